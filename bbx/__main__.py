@@ -1,0 +1,3 @@
+from bbx.cli import main
+
+main()

@@ -1,0 +1,146 @@
+"""Endpoint strings, PB login, and the reasons a login or connection fails, in words.
+
+Every listen and connect in bbx goes through Twisted endpoint strings, so `tcp:`, `ssl:`,
+`tls:` and `unix:` all work (ARCHITECTURE.md, rules of the house).
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.internet import defer, error
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.python.failure import Failure
+from twisted.spread import pb
+
+DEFAULT_PORT = 9989
+
+# TCP keepalive: probe after 10 s idle, every 5 s, give up after 3 misses — a dead peer is
+# noticed by the kernel within ~25 s even when no application traffic flows.
+TCP_KEEPIDLE = 10
+TCP_KEEPINTVL = 5
+TCP_KEEPCNT = 3
+
+
+def master_endpoint(master: str, *, use_tls: bool = False) -> str:
+    """`host[:port]` or `[v6addr][:port]` -> a client endpoint string (default port 9989)."""
+    text = master.strip()
+    if not text or "://" in text:
+        raise ValueError(f"master address {master!r} is not host[:port]")
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    if not host:
+        raise ValueError(f"master address {master!r} has no host")
+    port = port or str(DEFAULT_PORT)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"master address {master!r} has a bad port {port!r}")
+    host = host.replace(":", r"\:")
+    return f"{'tls' if use_tls else 'tcp'}:host={host}:port={port}"
+
+
+def client_endpoint(reactor, description: str):
+    """A client endpoint from a Twisted endpoint string; ValueError names a bad string."""
+    try:
+        return clientFromString(reactor, description)
+    except Exception as e:  # Twisted raises ValueError, KeyError, TypeError... for bad strings
+        raise ValueError(f"bad connection string {description!r}: {e}") from None
+
+
+def server_endpoint(reactor, description: str):
+    """A server endpoint from a Twisted endpoint string; ValueError names a bad string."""
+    try:
+        return serverFromString(reactor, description)
+    except Exception as e:
+        raise ValueError(f"bad listen endpoint {description!r}: {e}") from None
+
+
+def enable_tcp_keepalive(transport) -> None:
+    """Turn on SO_KEEPALIVE (with short Linux timers where available) on a TCP transport."""
+    try:
+        sock = transport.getHandle()
+    except Exception:
+        return
+    if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", TCP_KEEPIDLE),
+            ("TCP_KEEPINTVL", TCP_KEEPINTVL),
+            ("TCP_KEEPCNT", TCP_KEEPCNT),
+        ):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except OSError:
+        pass
+
+
+class LoginFailed(Exception):
+    """A login that did not succeed, with a reason an operator can act on."""
+
+    def __init__(self, reason: str, *, unauthorized: bool = False, unreachable: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.unauthorized = unauthorized
+        self.unreachable = unreachable
+
+
+def explain(failure: Failure, description: str = "") -> LoginFailed:
+    """Turn a connect or login failure into a LoginFailed with one clear sentence."""
+    where = f" {description}" if description else ""
+    if failure.check(error.ConnectionRefusedError):
+        return LoginFailed(f"nothing is listening at{where} (connection refused)", unreachable=True)
+    if failure.check(error.DNSLookupError):
+        return LoginFailed(f"cannot resolve the master's host{where}", unreachable=True)
+    if failure.check(error.TimeoutError, error.ConnectingCancelledError):
+        return LoginFailed(f"timed out connecting to{where}", unreachable=True)
+    if failure.check(error.NoRouteError, error.ConnectError):
+        return LoginFailed(f"cannot connect to{where}: {failure.getErrorMessage()}", unreachable=True)
+    if failure.check(error.ConnectionDone, error.ConnectionLost, pb.PBConnectionLost):
+        return LoginFailed(f"the connection to{where} closed during login", unreachable=True)
+    if failure.check("twisted.cred.error.UnauthorizedLogin", "twisted.cred.error.UnhandledCredentials"):
+        return LoginFailed("the master refused the login: wrong name or password", unauthorized=True)
+    message = failure.getErrorMessage()
+    return LoginFailed(f"login to{where} failed: {message}")
+
+
+class _Factory(pb.PBClientFactory):
+    """A PBClientFactory that turns on TCP keepalive as soon as the connection is made."""
+
+    def clientConnectionMade(self, broker):
+        enable_tcp_keepalive(broker.transport)
+        super().clientConnectionMade(broker)
+
+
+@defer.inlineCallbacks
+def login(reactor, description: str, username: str, password: str, mind=None, *, timeout: float = 10.0):
+    """Connect to `description` and log in; fire with (perspective, broker).
+
+    The mind (a Referenceable or None) is serviced by the reactor while the login call is
+    still pending — the master calls it inside `respond` (PROTOCOL.md §4.1).
+    Errbacks with LoginFailed for every expected failure.
+    """
+    endpoint = client_endpoint(reactor, description)
+    factory = _Factory()
+    connecting = endpoint.connect(factory)
+    timer = reactor.callLater(timeout, connecting.cancel)
+    try:
+        broker = yield connecting
+    except Exception:
+        raise explain(Failure(), description) from None
+    finally:
+        if timer.active():
+            timer.cancel()
+    creds = UsernamePassword(username.encode("utf-8"), password.encode("utf-8"))
+    try:
+        perspective = yield factory.login(creds, client=mind)
+    except Exception:
+        broker.transport.loseConnection()
+        raise explain(Failure(), description) from None
+    return perspective, broker
