@@ -1,0 +1,102 @@
+"""Helpers every test may use: bounded waits, child processes that are always cleaned up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+BBX = str(BIN / "bbx")
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.02, what: str = "condition"):
+    """Poll `predicate` until it returns a truthy value or `timeout` passes; return that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def file_contains(path, text: str) -> bool:
+    try:
+        return text in Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return False
+
+
+class Proc:
+    """A child process in its own session, killed with its whole group on cleanup."""
+
+    def __init__(self, argv, *, cwd=None, env=None, log_path=None):
+        self.argv = [str(a) for a in argv]
+        self.log_path = Path(log_path) if log_path else None
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.popen = subprocess.Popen(
+            self.argv, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        if self.log_path:
+            out.close()
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def wait_for_output(self, text: str, timeout: float = 20.0) -> None:
+        def seen():
+            if text in self.output():
+                return True
+            if self.popen.poll() is not None:
+                raise AssertionError(
+                    f"{self.argv[:3]} exited {self.popen.returncode} before printing {text!r}:\n"
+                    + self.output()[-3000:])
+            return False
+        wait_until(seen, timeout, what=repr(text))
+
+    def terminate(self, timeout: float = 15.0) -> int | None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.popen.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def run_bbx(*args, cwd=None, env=None, timeout: float = 60.0, input=None) -> subprocess.CompletedProcess:
+    """Run the installed `bbx` CLI to completion and capture its output (text)."""
+    full_env = dict(os.environ)
+    full_env.pop("BBX_MASTER_DIR", None)
+    full_env.update({"COLUMNS": "200", "NO_COLOR": "1"})
+    full_env.update(env or {})
+    return subprocess.run(
+        [BBX, *[str(a) for a in args]], cwd=cwd, env=full_env, capture_output=True, text=True,
+        timeout=timeout, input=input, stdin=None if input is not None else subprocess.DEVNULL,
+    )
