@@ -1,5 +1,238 @@
-"""bbx master — (to be written)."""
+"""bbx master — create, check, start and stop a master.
+
+`bbx master stop` on a master that is not running prints "not running" and exits 0, as
+`buildbot stop` does: stopping is idempotent, so scripts can call it unconditionally.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
-app = typer.Typer(help="Create, start and stop a master.", no_args_is_help=True, pretty_exceptions_enable=False)
+from .errors import BbxError, UsageError
+
+app = typer.Typer(help="Create, start and stop a master.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+
+# How long `stop` waits for the master to exit after SIGTERM.
+STOP_TIMEOUT = 15.0
+# How long `start --daemon` waits for the master to write master.endpoint.
+DAEMON_START_TIMEOUT = 30.0
+
+
+def _load(directory: Path):
+    from bbx.master.config import ConfigError, load_config
+
+    if not directory.is_dir():
+        raise UsageError(f"{directory} is not a directory; create a master with "
+                         f"`bbx master create {directory}`")
+    try:
+        return load_config(directory)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+def _parse_slave(text: str):
+    from bbx.master.config import SlaveConfig
+
+    name, sep, password = text.partition(":")
+    if not sep or not name.strip() or not password:
+        raise UsageError(f"--slave {text!r} is not NAME:PASSWORD; write e.g. --slave local:s3cret")
+    return SlaveConfig(name.strip(), password)
+
+
+def _parse_builder(text: str):
+    name, sep, slaves = text.partition("=")
+    names = [s.strip() for s in slaves.split(",") if s.strip()]
+    if not sep or not name.strip() or not names:
+        raise UsageError(f"--builder {text!r} is not NAME=SLAVE[,SLAVE...]; "
+                         f"write e.g. --builder linux=local")
+    return name.strip(), names
+
+
+@app.command()
+def create(
+    directory: Path = typer.Argument(..., help="The master's directory (created if missing)."),
+    listen: str = typer.Option("tcp:9989:interface=127.0.0.1", "--listen",
+                               help="Twisted server endpoint string to listen on."),
+    slave: Optional[List[str]] = typer.Option(None, "--slave", help="NAME:PASSWORD (repeatable). "
+                                              "Default: one slave 'local' with a random password."),
+    builder: Optional[List[str]] = typer.Option(None, "--builder", help="NAME=SLAVE[,SLAVE...] "
+                                                "(repeatable). Default: one builder per slave."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing master.toml."),
+) -> None:
+    """Write a commented DIR/master.toml (mode 0600)."""
+    from bbx.master.config import (CONFIG_NAME, DEFAULT_SLAVE, BuilderConfig, ConfigError,
+                                   new_password, safe_builddir, write_config)
+
+    _check_listen(listen)
+    path = directory / CONFIG_NAME
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists; use --force to overwrite it")
+    slaves = [_parse_slave(s) for s in slave or []]
+    if not slaves:
+        from bbx.master.config import SlaveConfig
+
+        slaves = [SlaveConfig(DEFAULT_SLAVE, new_password())]
+    if builder:
+        builders = []
+        for text in builder:
+            name, names = _parse_builder(text)
+            builders.append(BuilderConfig(name, tuple(names), safe_builddir(name)))
+    else:
+        builders = [BuilderConfig(s.name, (s.name,), safe_builddir(s.name)) for s in slaves]
+    try:
+        written = write_config(directory, listen, slaves, builders, force=force)
+    except ConfigError as e:
+        # The file was not written; the message names the option's value that is wrong.
+        raise UsageError(str(e).replace(str(path), "the options")) from None
+    except FileExistsError:
+        raise UsageError(f"{path} already exists; use --force to overwrite it") from None
+    except OSError as e:
+        raise BbxError(f"cannot write {path}: {e.strerror}; check the directory's permissions") from None
+    print(f"wrote {written} (mode 0600)")
+    for s in slaves:
+        print(f"  slave {s.name}: password {s.password}")
+    print("control user and password: see [control] in that file")
+    print(f"next: bbx master start {directory}   (check it first: bbx master checkconfig {directory})")
+
+
+def _check_listen(listen: str) -> None:
+    from twisted.internet import reactor
+
+    from bbx.pb.endpoints import server_endpoint
+
+    try:
+        server_endpoint(reactor, listen)
+    except ValueError as e:
+        raise UsageError(f"{e}; write e.g. --listen tcp:9989:interface=127.0.0.1") from None
+
+
+@app.command()
+def checkconfig(directory: Path = typer.Argument(..., help="The master's directory.")) -> None:
+    """Validate DIR/master.toml and say what it configures (never the passwords)."""
+    config = _load(directory)
+    _check_listen(config.listen)
+    print(f"{config.path}: valid")
+    print(f"  listen: {config.listen}")
+    print(f"  keepalive: every {config.keepalive_interval:g} s; a slave silent for "
+          f"{config.keepalive_timeout:g} s is declared gone")
+    print(f"  slaves ({len(config.slaves)}): {', '.join(s.name for s in config.slaves) or 'none'}")
+    print(f"  builders ({len(config.builders)}):")
+    for b in config.builders:
+        print(f"    {b.name}: slaves {', '.join(b.slaves)}; builddir {b.builddir}")
+    print(f"  control users: {', '.join(u.name for u in config.control_users) or 'none'}")
+    print(f"  log: {directory / config.log}")
+
+
+def _refuse_if_running(directory: Path) -> None:
+    from bbx.master.service import ENDPOINT_FILE, PID_FILE, pid_alive, read_pid
+
+    pid = read_pid(directory)
+    if pid is not None and pid != os.getpid() and pid_alive(pid):
+        raise BbxError(f"a master is already running in {directory} (pid {pid}); "
+                       f"stop it with `bbx master stop {directory}`")
+    for stale in (PID_FILE, ENDPOINT_FILE):
+        try:
+            (directory / stale).unlink()
+        except FileNotFoundError:
+            pass
+
+
+@app.command()
+def start(
+    directory: Path = typer.Argument(..., help="The master's directory."),
+    daemon: bool = typer.Option(False, "--daemon", help="Run in the background; logs go to DIR/master.log."),
+    detached: bool = typer.Option(False, "--detached", hidden=True,
+                                  help="Internal: the background child of --daemon."),
+) -> None:
+    """Run the master (foreground: logs to the terminal and DIR/master.log; Ctrl-C stops it)."""
+    config = _load(directory)
+    _check_listen(config.listen)
+    directory = directory.resolve()
+    _refuse_if_running(directory)
+    if daemon:
+        _start_daemon(directory, config)
+        return
+    from bbx.master.service import StartFailed, run
+
+    try:
+        run(directory, config, to_terminal=not detached)
+    except StartFailed as e:
+        raise BbxError(str(e)) from None
+    except ValueError as e:
+        raise UsageError(f"{e}; fix listen in {config.path}") from None
+
+
+def _start_daemon(directory: Path, config) -> None:
+    import subprocess
+
+    from bbx.master.service import ENDPOINT_FILE, read_pid
+
+    log_path = directory / config.log
+    with open(log_path, "ab") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "bbx", "master", "start", str(directory), "--detached"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True,
+        )
+    endpoint_file = directory / ENDPOINT_FILE
+    deadline = time.monotonic() + DAEMON_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise BbxError(f"the master did not start: {_last_line(log_path)}")
+        if endpoint_file.exists() and read_pid(directory) == child.pid:
+            endpoint = endpoint_file.read_text().strip()
+            print(f"master started in {directory} (pid {child.pid}), listening on {endpoint}")
+            return
+        time.sleep(0.05)
+    raise BbxError(f"the master (pid {child.pid}) did not start listening within "
+                   f"{DAEMON_START_TIMEOUT:g} s; see {log_path}")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1].strip() if lines else "(empty log)"
+
+
+@app.command()
+def stop(directory: Path = typer.Argument(..., help="The master's directory.")) -> None:
+    """Stop the master running in DIR (SIGTERM, then wait up to 15 s). Not running: says so, exit 0."""
+    import signal
+
+    from bbx.master.service import PID_FILE, pid_alive, read_pid
+
+    if not directory.is_dir():
+        raise UsageError(f"{directory} is not a directory")
+    pid = read_pid(directory)
+    if pid is None or not pid_alive(pid):
+        if pid is not None:
+            try:
+                (directory / PID_FILE).unlink()
+            except FileNotFoundError:
+                pass
+        print(f"master in {directory} is not running")
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        print(f"master in {directory} is not running")
+        return
+    except PermissionError:
+        raise BbxError(f"not allowed to signal the master (pid {pid}); run as its user") from None
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            print(f"master in {directory} stopped (pid {pid})")
+            return
+        time.sleep(0.05)
+    raise BbxError(f"the master (pid {pid}) did not stop within {STOP_TIMEOUT:g} s; "
+                   f"kill it with `kill -9 {pid}`")

@@ -1,0 +1,1 @@
+"""The master role: configuration, the PB port, slaves, builders, commands, control."""

@@ -1,0 +1,123 @@
+"""Builders and the master-side SlaveBuilder: which slave runs what, and whether it is free."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.spread import pb
+
+from bbx.pb import dialect
+from bbx.pb.control import NoSlaveAttached, SlaveBusy, SlaveTimeout
+
+from .config import BuilderConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .slave import SlavePerspective
+
+log = Logger()
+
+# Buildbot's PING_TIMEOUT for duplicate arbitration is 10 s (PROTOCOL.md §2.4); bbx uses the
+# same deadline for every ping, since Buildbot's own build-time ping has none (§6).
+PING_TIMEOUT = 10.0
+
+
+class Builder:
+    """One configured builder and the SlaveBuilders of its currently attached slaves."""
+
+    def __init__(self, config: BuilderConfig):
+        self.config = config
+        self.slave_builders: dict[str, SlaveBuilder] = {}
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def attached(self) -> list[str]:
+        """Names of the attached slaves that may run this builder, in configured order."""
+        return [n for n in self.config.slaves if n in self.slave_builders]
+
+    def attach(self, slave_builder: "SlaveBuilder") -> None:
+        self.slave_builders[slave_builder.slave.name] = slave_builder
+
+    def detach(self, slave_builder: "SlaveBuilder") -> None:
+        if self.slave_builders.get(slave_builder.slave.name) is slave_builder:
+            del self.slave_builders[slave_builder.slave.name]
+
+    def any_attached(self) -> "SlaveBuilder":
+        """The first attached SlaveBuilder; NoSlaveAttached when there is none."""
+        for name in self.attached():
+            return self.slave_builders[name]
+        raise NoSlaveAttached(f"builder {self.name} has no attached slave "
+                              f"(configured: {', '.join(self.config.slaves)})")
+
+    def idle_slave_builder(self) -> "SlaveBuilder":
+        """An attached SlaveBuilder not running a command; NoSlaveAttached or SlaveBusy otherwise."""
+        candidates = [self.slave_builders[n] for n in self.attached()]
+        if not candidates:
+            self.any_attached()
+        for sb in candidates:
+            if not sb.busy:
+                return sb
+        raise SlaveBusy(f"every slave of builder {self.name} is running a command "
+                        f"({', '.join(sb.slave.name for sb in candidates)}); try again when it ends")
+
+
+class SlaveBuilder(pb.Referenceable):
+    """The master's side of one builder on one attached slave.
+
+    Holds the slave's builder reference (from setBuilderList) and the one command that may run
+    on it. Slave-era peers receive it through `setMaster` (PROTOCOL.md §4.3); it offers them no
+    remote methods — they only watch it for disconnect.
+    """
+
+    def __init__(self, builder: Builder, slave: "SlavePerspective", remote, reactor):
+        self.builder = builder
+        self.slave = slave
+        self.remote = remote
+        self.reactor = reactor
+        self.command = None  # the RemoteCommand running here, if any
+        self.detached = False
+
+    @property
+    def busy(self) -> bool:
+        return self.command is not None
+
+    def ping(self) -> defer.Deferred:
+        """Ping the slave once; fire with the round-trip time in seconds.
+
+        Worker-era peers are pinged with Bot.print, slave-era peers with the builder's print
+        (PROTOCOL.md §4.2, §4.3). Errbacks with SlaveTimeout after PING_TIMEOUT.
+        """
+        start = self.reactor.seconds()
+        link = self.slave.link
+        if self.detached or link is None:
+            return defer.fail(NoSlaveAttached(f"slave {self.slave.name} is not attached"))
+        if link.dialect is dialect.Dialect.WORKER:
+            d = link.mind.callRemote("print", message=dialect.PING_MESSAGE)
+        else:
+            d = self.remote.callRemote("print", dialect.PING_MESSAGE)
+        d.addTimeout(PING_TIMEOUT, self.reactor)
+
+        def answered(_):
+            return self.reactor.seconds() - start
+
+        def failed(failure):
+            if failure.check(defer.TimeoutError, defer.CancelledError):
+                raise SlaveTimeout(f"slave {self.slave.name} did not answer a ping within "
+                                   f"{PING_TIMEOUT:g} s")
+            if failure.check(pb.PBConnectionLost, pb.DeadReferenceError):
+                raise NoSlaveAttached(f"lost the connection to slave {self.slave.name}")
+            raise SlaveTimeout(f"ping of slave {self.slave.name} failed: {failure.getErrorMessage()}")
+
+        d.addCallbacks(answered, failed)
+        return d
+
+    def lost(self) -> None:
+        """The slave went away: fail the running command as lost."""
+        self.detached = True
+        self.builder.detach(self)
+        command, self.command = self.command, None
+        if command is not None:
+            command.lost(f"lost the connection to slave {self.slave.name}")

@@ -1,0 +1,218 @@
+"""RemoteCommand: the stepRef a slave reports one command's progress to.
+
+The slave calls `update` with envelopes `[[{key: value}, 0], ...]` and finally `complete`
+(PROTOCOL.md §3.4, §5.1, §5.2). The command keeps what the master needs (rc, elapsed,
+failure_reason) and hands the very same envelope to its observers — a watching CLI, later
+the store — so nothing is re-encoded on the way.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.spread import pb
+from zope.interface import Interface, implementer
+
+from bbx.pb import dialect
+from bbx.pb.updates import iter_updates
+
+log = Logger()
+
+# Command ids are str of a process-global counter, as Buildbot's master does (PROTOCOL.md §4.2).
+_command_ids = itertools.count()
+
+
+def next_command_id() -> str:
+    return str(next(_command_ids))
+
+
+class ICommandObserver(Interface):
+    """Something that watches one command: a watching CLI, the store, a build step."""
+
+    def update(updates):
+        """Receive one update envelope as the slave sent it; return None or a Deferred.
+
+        A Deferred delays the answer to the slave's update call (flow control).
+        """
+
+    def complete(result):
+        """The command ended; `result` is {"rc", "failure", "interrupted", "lost"}."""
+
+
+@implementer(ICommandObserver)
+class RemoteObserver:
+    """An observer living on the far end of a PB connection (the CLI's Referenceable)."""
+
+    def __init__(self, ref, on_gone=None):
+        self.ref = ref
+        self.gone = False
+        self._on_gone = on_gone
+        if on_gone is not None:
+            ref.notifyOnDisconnect(self._disconnected)
+
+    def _disconnected(self, _ref=None) -> None:
+        self.gone = True
+        if self._on_gone is not None:
+            callback, self._on_gone = self._on_gone, None
+            callback()
+
+    def update(self, updates):
+        if self.gone:
+            return None
+        d = self.ref.callRemote("update", updates)
+        d.addErrback(self._failed, "update")
+        return d
+
+    def complete(self, result):
+        if self._on_gone is not None:
+            try:
+                self.ref.dontNotifyOnDisconnect(self._disconnected)
+            except ValueError:
+                pass
+            self._on_gone = None
+        if self.gone:
+            return None
+        d = self.ref.callRemote("complete", result)
+        d.addErrback(self._failed, "complete")
+        return d
+
+    def _failed(self, failure, what):
+        if not failure.check(pb.PBConnectionLost, pb.DeadReferenceError):
+            log.warn("watching client failed on {what}: {f}", what=what, f=failure.getErrorMessage())
+        return None
+
+
+class RemoteCommand(pb.Referenceable):
+    """One command on one slave builder; passed to the slave as its stepRef.
+
+    Create it, add observers, `start()` it; `done` fires with the result dict
+    `{"rc": int|None, "failure": str|None, "interrupted": bool, "lost": bool}`.
+    """
+
+    def __init__(self, slave_builder, name: str, args: dict[str, Any], reactor):
+        self.slave_builder = slave_builder
+        self.name = name
+        self.args = dict(args)
+        self.reactor = reactor
+        self.command_id = next_command_id()
+        self.observers: list[ICommandObserver] = []
+        self.rc: int | None = None
+        self.elapsed: float | None = None
+        self.failure_reason: str | None = None
+        self.interrupted = False
+        self.result: dict | None = None
+        self.done = defer.Deferred()
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None
+
+    def add_observer(self, observer: ICommandObserver) -> None:
+        self.observers.append(observer)
+
+    @defer.inlineCallbacks
+    def start(self):
+        """startBuild() then startCommand(self, id, name, args); fires once the slave accepted.
+
+        Errbacks with the slave's error (unknown command, bad args) and releases the builder.
+        """
+        sb = self.slave_builder
+        link = sb.slave.link
+        commands = link.commands if link is not None else {}
+        wire_args = dialect.args_for_peer(self.name, self.args, commands)
+        sb.command = self
+        try:
+            yield sb.remote.callRemote("startBuild")
+            yield sb.remote.callRemote("startCommand", self, self.command_id, self.name, wire_args)
+        except Exception:
+            if sb.command is self:
+                sb.command = None
+            raise
+        log.info("command {id} ({name}) started on slave {slave} builder {builder}",
+                 id=self.command_id, name=self.name, slave=sb.slave.name, builder=sb.builder.name)
+        return self.command_id
+
+    def remote_update(self, updates):
+        """The slave sends a list of `[dict, 0]` pairs (lists or tuples, one or more keys per dict).
+
+        Returns 0 (Buildbot's vestigial ack), or a Deferred firing 0 once every observer has
+        taken the envelope, so a slow observer slows the slave.
+        """
+        if self.finished:
+            return 0
+        for key, value in iter_updates(updates):
+            if key == "rc":
+                self.rc = value
+            elif key == "elapsed":
+                self.elapsed = value
+            elif key == "failure_reason":
+                self.failure_reason = value
+        waits = []
+        for observer in list(self.observers):
+            try:
+                d = observer.update(updates)
+            except Exception:
+                log.failure("observer failed on update")
+                continue
+            if isinstance(d, defer.Deferred):
+                waits.append(d)
+        if not waits:
+            return 0
+        d = defer.DeferredList(waits, consumeErrors=True)
+        d.addCallback(lambda _: 0)
+        return d
+
+    def remote_complete(self, failure=None):
+        """The slave says the command ended: `failure` is None or a CopyableFailure. Returns None."""
+        if failure is None and self.rc is None:
+            reason = "the command ended without an exit code"
+        elif failure is None:
+            reason = None
+        else:
+            reason = f"command could not run: {_one_line(failure)}"
+        self._finish(reason, lost=False)
+
+    def interrupt(self, why: str):
+        """Ask the slave to stop the command; it still ends with `complete` (PROTOCOL.md §6)."""
+        if self.finished or self.interrupted:
+            return defer.succeed(None)
+        self.interrupted = True
+        log.info("interrupting command {id} on slave {slave}: {why}", id=self.command_id,
+                 slave=self.slave_builder.slave.name, why=why)
+        d = self.slave_builder.remote.callRemote("interruptCommand", self.command_id, str(why))
+        d.addErrback(lambda f: log.warn("interruptCommand failed: {f}", f=f.getErrorMessage()))
+        return d
+
+    def lost(self, why: str) -> None:
+        """The slave's connection went away: the command is over, as lost."""
+        self._finish(why, lost=True)
+
+    def _finish(self, failure: str | None, *, lost: bool) -> None:
+        if self.finished:
+            return
+        self.result = {"rc": None if lost else self.rc, "failure": failure,
+                       "interrupted": self.interrupted, "lost": lost}
+        if self.slave_builder.command is self:
+            self.slave_builder.command = None
+        log.info("command {id} on slave {slave} ended: rc={rc} failure={failure}",
+                 id=self.command_id, slave=self.slave_builder.slave.name, rc=self.result["rc"],
+                 failure=failure)
+        for observer in list(self.observers):
+            try:
+                observer.complete(dict(self.result))
+            except Exception:
+                log.failure("observer failed on complete")
+        self.done.callback(dict(self.result))
+
+
+def _one_line(failure) -> str:
+    if isinstance(failure, Failure):
+        text = failure.getErrorMessage()
+    else:
+        text = getattr(failure, "value", None) or str(failure)
+    text = str(text).strip()
+    return text.splitlines()[-1] if text else "unknown error"

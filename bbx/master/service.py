@@ -1,0 +1,228 @@
+"""MasterService: listen on one PB port for slaves and operators; start and stop cleanly."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.spread import pb
+
+from bbx.pb.endpoints import enable_tcp_keepalive, server_endpoint
+
+from .builder import Builder
+from .config import MasterConfig
+from .control import ControlPerspective
+from .realm import Dispatcher
+from .slave import SlavePerspective
+
+log = Logger()
+
+ENDPOINT_FILE = "master.endpoint"
+
+
+class _Broker(pb.Broker):
+    """A Broker that notes when bytes last arrived (the slave's liveness) and keeps TCP alive."""
+
+    clock = None
+    last_received = None
+
+    def connectionMade(self):
+        enable_tcp_keepalive(self.transport)
+        super().connectionMade()
+
+    def dataReceived(self, data):
+        if self.clock is not None:
+            self.last_received = self.clock.seconds()
+        super().dataReceived(data)
+
+
+class _ServerFactory(pb.PBServerFactory):
+    protocol = _Broker
+    noisy = False
+
+    def __init__(self, portal, clock):
+        # Buildbot serves tracebacks to its peers (PROTOCOL.md §2.1); bbx does not need them.
+        super().__init__(portal, unsafeTracebacks=False)
+        self.clock = clock
+        self.brokers: set[_Broker] = set()
+
+    def buildProtocol(self, addr):
+        broker = super().buildProtocol(addr)
+        broker.clock = self.clock
+        self.brokers.add(broker)
+        broker.notifyOnDisconnect(lambda: self.brokers.discard(broker))
+        return broker
+
+
+class PortInUse(Exception):
+    """The listen address is taken by another process."""
+
+
+def client_endpoint_for(address, listen: str) -> str:
+    """The client endpoint string that reaches a bound server address."""
+    from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+    if isinstance(address, UNIXAddress):
+        name = address.name.decode() if isinstance(address.name, bytes) else address.name
+        return "unix:path=" + name.replace(":", r"\:")
+    kind = "ssl" if listen.split(":", 1)[0] in ("ssl", "tls") else "tcp"
+    if isinstance(address, IPv6Address):
+        host = address.host if address.host not in ("::", "") else "::1"
+        return f"{kind}:host={host.replace(':', chr(92) + ':')}:port={address.port}"
+    if isinstance(address, IPv4Address):
+        host = address.host if address.host not in ("0.0.0.0", "") else "127.0.0.1"
+        return f"{kind}:host={host}:port={address.port}"
+    raise ValueError(f"cannot describe address {address!r}")
+
+
+class MasterService:
+    """The running master: configured slaves and builders behind one listening PB port."""
+
+    def __init__(self, config: MasterConfig, basedir, reactor):
+        self.config = config
+        self.basedir = Path(basedir)
+        self.reactor = reactor
+        self.builders = {b.name: Builder(b) for b in config.builders}
+        self.slaves = {s.name: SlavePerspective(s, config, self.builders, reactor) for s in config.slaves}
+        passwords = {s.name: s.password for s in config.slaves}
+        passwords.update({u.name: u.password for u in config.control_users})
+        control_names = {u.name for u in config.control_users}
+        self.dispatcher = Dispatcher(
+            self.slaves, passwords,
+            lambda name: ControlPerspective(name, self) if name in control_names else None)
+        portal = Portal(self.dispatcher, [self.dispatcher])
+        self.factory = _ServerFactory(portal, reactor)
+        self.port = None
+        self.endpoint: str | None = None
+
+    @property
+    def endpoint_file(self) -> Path:
+        return self.basedir / ENDPOINT_FILE
+
+    @defer.inlineCallbacks
+    def start(self):
+        """Listen; write DIR/master.endpoint; fire with the client endpoint string.
+
+        Errbacks with PortInUse when the address is taken, ValueError for a bad listen string.
+        """
+        from twisted.internet.error import CannotListenError
+
+        endpoint = server_endpoint(self.reactor, self.config.listen)
+        try:
+            self.port = yield endpoint.listen(self.factory)
+        except CannotListenError as e:
+            socket_error = getattr(e, "socketError", None)
+            if socket_error is not None and getattr(socket_error, "errno", None) == errno.EADDRINUSE:
+                raise PortInUse(str(getattr(e, "port", "?"))) from None
+            raise
+        self.endpoint = client_endpoint_for(self.port.getHost(), self.config.listen)
+        tmp = self.endpoint_file.with_suffix(".endpoint.tmp")
+        tmp.write_text(self.endpoint + "\n")
+        os.replace(tmp, self.endpoint_file)
+        log.info("listening on {endpoint}", endpoint=self.endpoint)
+        return self.endpoint
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """Stop listening, drop every connection, remove DIR/master.endpoint."""
+        try:
+            self.endpoint_file.unlink()
+        except FileNotFoundError:
+            pass
+        if self.port is not None:
+            port, self.port = self.port, None
+            yield port.stopListening()
+        for slave in self.slaves.values():
+            slave.disconnect()
+        for broker in list(self.factory.brokers):
+            if broker.transport is not None:
+                broker.transport.loseConnection()
+        log.info("master stopped")
+
+
+PID_FILE = "master.pid"
+
+
+def pid_alive(pid: int) -> bool:
+    """True if process `pid` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def read_pid(basedir) -> int | None:
+    """The pid in DIR/master.pid, or None when there is no readable pid file."""
+    try:
+        return int((Path(basedir) / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+class StartFailed(Exception):
+    """The master could not start; str(error) is the operator's one line."""
+
+
+def run(basedir, config: MasterConfig, *, to_terminal: bool) -> None:
+    """Run a master in this process until SIGTERM/SIGINT; raise StartFailed if it cannot start.
+
+    Logs go to DIR/<log> (and to the terminal when `to_terminal`); DIR/master.pid exists while
+    it runs.
+    """
+    import sys
+
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    basedir = Path(basedir)
+    server_endpoint(reactor, config.listen)  # ValueError for a bad string, before anything else
+    log_path = basedir / config.log
+    log_file = open(log_path, "a", encoding="utf-8", buffering=1)
+    observers = [textFileLogObserver(log_file)]
+    if to_terminal:
+        observers.append(textFileLogObserver(sys.stdout))
+    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
+    pid_path = basedir / PID_FILE
+    pid_path.write_text(f"{os.getpid()}\n")
+    service = MasterService(config, basedir, reactor)
+    problem: list[str] = []
+
+    def started_failed(failure):
+        if failure.check(PortInUse):
+            where = failure.value.args[0]
+            problem.append(f"port {where} is already in use; pick another with --listen "
+                           f"(or listen in {config.path}) or stop what holds it")
+        else:
+            problem.append(f"cannot listen on {config.listen!r}: {failure.getErrorMessage()}")
+        log.error("{problem}", problem=problem[-1])
+        reactor.stop()
+
+    def begin():
+        d = service.start()
+        d.addErrback(started_failed)
+
+    reactor.callWhenRunning(begin)
+    reactor.addSystemEventTrigger("before", "shutdown", service.stop)
+    log.info("master starting in {dir} (pid {pid})", dir=str(basedir), pid=os.getpid())
+    try:
+        reactor.run()
+    finally:
+        try:
+            if read_pid(basedir) == os.getpid():
+                pid_path.unlink()
+        except FileNotFoundError:
+            pass
+        log_file.flush()
+    if problem:
+        raise StartFailed(problem[0])
