@@ -1,0 +1,409 @@
+"""How the CLI finds a master, logs in as a control user, and runs one conversation with it.
+
+Where the master is and who we are come from, in order of preference:
+
+* `--master ENDPOINT` (env BBX_MASTER): `host[:port]` or a full Twisted client endpoint
+  string (anything containing '='), with `--user` / `--password` (BBX_USER / BBX_PASSWORD);
+* `--master-dir DIR` (env BBX_MASTER_DIR), or the current directory when it holds a
+  master.toml: the first `[control] users` entry gives name and password, and the address is
+  DIR/master.endpoint (written by the running master, the only way to find a port-0 master)
+  or else `[master] listen` turned into a client endpoint.
+
+This module deliberately parses master.toml itself with tomllib: the CLI must work on an
+operator's laptop that only has the file, never importing the master role.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+import typer
+
+from .errors import BbxError, UsageError
+
+# The master's default listen string when master.toml has none (PROTOCOL.md §1: 9989 is
+# Buildbot's customary PB port).
+DEFAULT_LISTEN = "tcp:9989"
+ENDPOINT_FILE = "master.endpoint"
+CONFIG_FILE = "master.toml"
+
+# Seconds to wait for the TCP connect + PB login before calling the master unreachable.
+LOGIN_TIMEOUT = 10.0
+
+_CONN_PANEL = "Connection"
+
+MasterDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--master-dir", envvar="BBX_MASTER_DIR", file_okay=False, rich_help_panel=_CONN_PANEL,
+        help="The master's directory: read master.toml and master.endpoint there "
+        "(default: the current directory when it holds master.toml).",
+    ),
+]
+MasterOption = Annotated[
+    str | None,
+    typer.Option(
+        "--master", envvar="BBX_MASTER", rich_help_panel=_CONN_PANEL,
+        help="The master as host[:port] or a Twisted client endpoint (tcp:host=H:port=P, unix:path=...).",
+    ),
+]
+UserOption = Annotated[
+    str | None,
+    typer.Option("--user", envvar="BBX_USER", rich_help_panel=_CONN_PANEL, help="Control user name."),
+]
+PasswordOption = Annotated[
+    str | None,
+    typer.Option("--password", envvar="BBX_PASSWORD", rich_help_panel=_CONN_PANEL,
+                 help="Control user password."),
+]
+
+
+@dataclass(frozen=True)
+class ConnOptions:
+    """What the operator said about the master; resolve() turns it into a Target."""
+
+    master_dir: Path | None = None
+    master: str | None = None
+    user: str | None = None
+    password: str | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved master: the client endpoint string and the control credentials."""
+
+    endpoint: str
+    user: str
+    password: str
+
+
+# ---------------------------------------------------------------------------- master.toml
+
+
+def _control_users(path: Path) -> list[tuple[str, str]]:
+    """(name, password) of every [control] user in master.toml; errors name the file."""
+    config = _load_toml(path)
+    control = config.get("control", {})
+    users = control.get("users") if isinstance(control, dict) else None
+    if not isinstance(users, list) or not users:
+        raise UsageError(
+            f"{path}: no [control] users; add users = [{{ name = \"admin\", password = \"...\" }}] "
+            "under [control]")
+    result = []
+    for i, user in enumerate(users):
+        if not (isinstance(user, dict) and isinstance(user.get("name"), str)
+                and isinstance(user.get("password"), str)):
+            raise UsageError(f"{path}: [control] users[{i}] needs a string name and password")
+        result.append((user["name"], user["password"]))
+    return result
+
+
+def _listen(path: Path) -> str:
+    master = _load_toml(path).get("master", {})
+    listen = master.get("listen", DEFAULT_LISTEN) if isinstance(master, dict) else DEFAULT_LISTEN
+    if not isinstance(listen, str):
+        raise UsageError(f"{path}: [master] listen must be a string such as \"tcp:9989\"")
+    return listen
+
+
+_toml_cache: dict[Path, dict] = {}
+
+
+def _load_toml(path: Path) -> dict:
+    if path in _toml_cache:
+        return _toml_cache[path]
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise UsageError(
+            f"no {CONFIG_FILE} in {path.parent}: pass the directory made by "
+            f"'bbx master create DIR' (--master-dir), or --master HOST[:PORT]") from None
+    except PermissionError:
+        raise UsageError(f"cannot read {path}: permission denied (run as the master's user)") from None
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's message already says "(at line N, column M)".
+        raise UsageError(f"{path}: not valid TOML: {e}") from None
+    _toml_cache[path] = data
+    return data
+
+
+# ---------------------------------------------------------------------------- endpoints
+
+
+def _split_endpoint(description: str) -> list[str]:
+    """Split an endpoint string on ':' honouring backslash escapes; escapes are kept."""
+    parts, current, i = [], "", 0
+    while i < len(description):
+        c = description[i]
+        if c == "\\" and i + 1 < len(description):
+            current += description[i : i + 2]
+            i += 2
+            continue
+        if c == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += c
+        i += 1
+    parts.append(current)
+    return parts
+
+
+def _unescape(text: str) -> str:
+    return text.replace("\\:", ":").replace("\\=", "=").replace("\\\\", "\\")
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+# A master listening on every interface is reached on loopback from its own host.
+_WILDCARD = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def client_for_listen(listen: str) -> str:
+    """A server endpoint string (master.toml `listen`) → the client endpoint that reaches it.
+
+    `tcp:9989:interface=10.0.0.5` → `tcp:host=10.0.0.5:port=9989`; a wildcard or missing
+    interface becomes loopback; `unix:PATH` / `unix:address=PATH` → `unix:path=PATH`;
+    `ssl:PORT...` → `ssl:host=...:port=PORT`. ValueError for anything else.
+    """
+    parts = _split_endpoint(listen.strip())
+    kind = parts[0].lower() if len(parts) > 1 else "tcp"
+    if len(parts) == 1:  # a bare port, the old strports form
+        parts = ["tcp", parts[0]]
+    positional = [p for p in parts[1:] if "=" not in p.replace("\\=", "")]
+    keywords = {}
+    for p in parts[1:]:
+        if "=" in p.replace("\\=", ""):
+            key, _, value = p.partition("=")
+            keywords[key] = value
+    if kind in ("tcp", "tcp6", "ssl"):
+        port = keywords.get("port") or (positional[0] if positional else "")
+        if not _unescape(port).isdigit():
+            raise ValueError(f"listen endpoint {listen!r} has no port number")
+        interface = _unescape(keywords.get("interface", ""))
+        host = _WILDCARD.get(interface, interface)
+        client_kind = "ssl" if kind == "ssl" else "tcp"
+        return f"{client_kind}:host={_escape(host)}:port={_unescape(port)}"
+    if kind == "unix":
+        address = keywords.get("address") or (positional[0] if positional else "")
+        if not address:
+            raise ValueError(f"listen endpoint {listen!r} has no socket path")
+        return f"unix:path={address}"
+    raise ValueError(f"cannot derive a client endpoint from listen endpoint {listen!r}")
+
+
+# ---------------------------------------------------------------------------- resolving
+
+
+def resolve(options: ConnOptions, cwd: Path | None = None) -> Target:
+    """Decide endpoint and credentials from the options (see the module docstring)."""
+    cwd = cwd or Path.cwd()
+    master_dir = options.master_dir
+    if master_dir is None and options.master is None and (cwd / CONFIG_FILE).is_file():
+        master_dir = cwd
+    if master_dir is not None and not master_dir.is_dir():
+        raise UsageError(f"master directory {master_dir} does not exist: pass the directory "
+                         "made by 'bbx master create DIR'")
+
+    if options.master is not None:
+        endpoint = options.master.strip()
+        if "=" not in endpoint:
+            try:
+                from bbx.pb.endpoints import master_endpoint
+
+                endpoint = master_endpoint(endpoint)
+            except ValueError as e:
+                raise UsageError(f"--master: {e}; use host[:port] or an endpoint like "
+                                 "tcp:host=H:port=P") from None
+    elif master_dir is not None:
+        endpoint = _endpoint_of_dir(master_dir)
+    else:
+        raise UsageError("which master? pass --master-dir DIR (the master's directory), or "
+                         "--master HOST[:PORT] with --user and --password, or run in the master's directory")
+
+    user, password = options.user, options.password
+    if password is None:
+        if master_dir is None:
+            raise UsageError("no control password: pass --password (or set BBX_PASSWORD), "
+                             "or --master-dir DIR to read it from master.toml")
+        users = _control_users(master_dir / CONFIG_FILE)
+        if user is None:
+            user, password = users[0]
+        else:
+            matching = [p for n, p in users if n == user]
+            if not matching:
+                raise UsageError(f"{master_dir / CONFIG_FILE}: no [control] user named {user!r}; "
+                                 "pass --password too, or one of: " + ", ".join(n for n, _ in users))
+            password = matching[0]
+    if user is None:
+        if master_dir is not None:
+            user = _control_users(master_dir / CONFIG_FILE)[0][0]
+        else:
+            raise UsageError("no control user: pass --user (or set BBX_USER)")
+    return Target(endpoint=endpoint, user=user, password=password)
+
+
+def _endpoint_of_dir(master_dir: Path) -> str:
+    config = master_dir / CONFIG_FILE
+    if not config.is_file():
+        raise UsageError(f"no {CONFIG_FILE} in {master_dir}: pass the directory made by "
+                         "'bbx master create DIR', or --master HOST[:PORT]")
+    try:
+        written = (master_dir / ENDPOINT_FILE).read_text().strip()
+    except OSError:
+        written = ""
+    if written:
+        return written
+    listen = _listen(config)
+    try:
+        return client_for_listen(listen)
+    except ValueError as e:
+        raise UsageError(f"{config}: [master] listen: {e}; pass --master ENDPOINT") from None
+
+
+# ---------------------------------------------------------------------------- one conversation
+
+
+class Interrupted(Exception):
+    """The reactor was stopped (Ctrl-C) before the conversation finished."""
+
+
+def run_reactor(main: Callable[[Any], Any]):
+    """Run the global reactor until `main(reactor)` (a Deferred or coroutine) fires.
+
+    Returns its result or raises its exception; raises Interrupted when something else
+    (Twisted's SIGINT handler, `reactor.stop()`) ended the reactor first. Unlike
+    twisted.internet.task.react this returns instead of calling sys.exit.
+    """
+    from twisted.internet import defer, reactor
+    from twisted.python.failure import Failure
+
+    outcome: list = []
+
+    def finished(result):
+        outcome.append(result)
+        if reactor.running:
+            reactor.stop()
+
+    def start():
+        defer.maybeDeferred(main, reactor).addCallback(
+            lambda r: defer.ensureDeferred(r) if _is_coroutine(r) else r).addBoth(finished)
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    if not outcome:
+        raise Interrupted()
+    result = outcome[0]
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result
+
+
+def _is_coroutine(value) -> bool:
+    import inspect
+
+    return inspect.iscoroutine(value)
+
+
+def to_bbx_error(failure) -> BbxError:
+    """errors.from_failure, plus the RemoteError that `await` turns a CopiedFailure into."""
+    from twisted.spread.pb import RemoteError
+
+    from bbx.pb.control import CONTROL_ERROR_TYPES
+
+    from .errors import from_failure
+
+    value = failure.value
+    if isinstance(value, RemoteError):
+        kind = value.remoteType
+        kind = kind.decode("utf-8", "replace") if isinstance(kind, bytes) else str(kind)
+        message = str(value)
+        if kind in CONTROL_ERROR_TYPES:
+            return BbxError(message)
+        return BbxError(f"the master reported an error: {kind.rpartition('.')[2]}: {message}")
+    return from_failure(failure)
+
+
+def call(options: ConnOptions, fn: Callable[[Any, Any], Any], *, mind=None):
+    """Log in to the master as a control user, run `fn(perspective, reactor)`, disconnect.
+
+    Returns what `fn` returned (it may return a Deferred or a coroutine). Every expected
+    failure becomes a BbxError with one line: unreachable master (exit 3), refused login
+    (exit 4), an error the master reported (exit 1).
+    """
+    from twisted.internet import defer
+    from twisted.python.failure import Failure
+
+    from bbx.pb import endpoints
+
+    from .errors import Refused, Unreachable
+
+    target = resolve(options)
+
+    async def conversation(reactor):
+        try:
+            perspective, broker = await endpoints.login(
+                reactor, target.endpoint, target.user, target.password, mind, timeout=LOGIN_TIMEOUT)
+        except endpoints.LoginFailed as e:
+            if _refused_remotely(e):
+                raise Refused("the master refused the login: wrong control user name or password "
+                              "(check --user/--password or [control] users in master.toml)") from None
+            if e.unreachable:
+                raise Unreachable(_unreachable_message(target.endpoint, e.reason)) from None
+            raise to_bbx_error(Failure()) from None
+        try:
+            result = fn(perspective, reactor)
+            if _is_coroutine(result):
+                result = defer.ensureDeferred(result)
+            return await defer.maybeDeferred(lambda: result)
+        except BbxError:
+            raise
+        except Exception:
+            raise to_bbx_error(Failure()) from None
+        finally:
+            broker.transport.loseConnection()
+
+    try:
+        return run_reactor(conversation)
+    except ValueError as e:  # a malformed endpoint string
+        raise UsageError(str(e)) from None
+
+
+_REFUSALS = ("twisted.cred.error.UnauthorizedLogin", "twisted.cred.error.UnhandledCredentials")
+
+
+def _refused_remotely(error) -> bool:
+    """True when a LoginFailed came from the master rejecting our credentials.
+
+    endpoints.login explains the failure from inside an inlineCallbacks `except`, where a
+    CopiedFailure has already become a pb.RemoteError that Failure.check cannot match by
+    type name; the RemoteError survives as the exception's __context__.
+    """
+    if error.unauthorized:
+        return True
+    from twisted.spread.pb import RemoteError
+
+    cause = error.__context__
+    if isinstance(cause, RemoteError):
+        kind = cause.remoteType
+        kind = kind.decode("utf-8", "replace") if isinstance(kind, bytes) else str(kind)
+        return kind in _REFUSALS
+    return False
+
+
+def _unreachable_message(endpoint: str, reason: str) -> str:
+    """'cannot reach the master at E (connection refused); is it running? (bbx master start DIR)'."""
+    why = reason
+    if "(" in reason and reason.endswith(")"):
+        why = reason[reason.rindex("(") + 1 : -1]
+    else:
+        for joint in (" at ", " to ", " "):
+            why = why.replace(f"{joint}{endpoint}", "")
+    return f"cannot reach the master at {endpoint} ({why}); is it running? (bbx master start DIR)"

@@ -1,0 +1,318 @@
+"""What the operator sees: pure functions from the master's answers to rich renderables,
+plus the two sinks that paint a running command's output (terminal and pipe).
+
+Everything here but the sinks is pure: render it to `Console(record=True, width=...)` to test.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from typing import Any, Iterable
+
+from rich.console import Console, Group, RenderableType
+from rich.style import Style
+from rich.table import Table
+from rich.text import Text
+
+MASK = "********"
+
+# Environment variable names whose values are secrets, matched anywhere in the name,
+# ignoring case (e.g. GITHUB_TOKEN, AWS_SECRET_ACCESS_KEY, DB_PASSWORD).
+SECRET_NAME_PARTS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
+_SECRET_NAME = re.compile("|".join(SECRET_NAME_PARTS), re.IGNORECASE)
+
+
+def is_secret_name(name: str) -> bool:
+    """True when an environment variable called `name` probably holds a secret."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def mask_environ(environ: dict[str, Any] | None, show: bool) -> dict[str, Any]:
+    """A copy of `environ` with secret-looking values replaced by MASK unless `show`."""
+    environ = dict(environ or {})
+    if show:
+        return environ
+    return {name: (MASK if is_secret_name(str(name)) else value) for name, value in environ.items()}
+
+
+def masked_info(answer: dict, show_secrets: bool) -> dict:
+    """The master's `info` answer with info.environ masked (for tables and --json alike)."""
+    answer = dict(answer)
+    info = dict(answer.get("info") or {})
+    if "environ" in info:
+        info["environ"] = mask_environ(info["environ"], show_secrets)
+    answer["info"] = info
+    return answer
+
+
+# ---------------------------------------------------------------------------- small formats
+
+
+def relative_time(then: float | None, now: float) -> str:
+    """'12s ago', '3m ago', '5h ago', '2d ago'; '—' for never."""
+    if then is None:
+        return "—"
+    seconds = max(0.0, now - then)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
+
+
+def human_bytes(count: int) -> str:
+    """1023 B, 1.5 KiB, 12.0 MiB ..."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"  # pragma: no cover
+
+
+def duration(seconds: float) -> str:
+    """0.42s, 12.3s, 4m05s, 1h02m."""
+    if seconds < 60:
+        return f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def to_json(value: Any) -> str:
+    """Plain JSON text for --json output (no markup, stable key order)."""
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+# ---------------------------------------------------------------------------- ping
+
+
+def ping_report(answer: dict) -> RenderableType:
+    """Per-ping round-trip times in ms and a min/avg/max summary."""
+    rtts = [float(r) * 1000 for r in answer.get("rtts", [])]
+    lines = [Text.assemble("ping builder ", (str(answer.get("builder")), "bold"),
+                           " on slave ", (str(answer.get("slave")), "bold"))]
+    for i, rtt in enumerate(rtts, 1):
+        lines.append(Text(f"  reply {i}: {rtt:.2f} ms"))
+    if rtts:
+        lines.append(Text(f"{len(rtts)} {'reply' if len(rtts) == 1 else 'replies'}: "
+                          f"min {min(rtts):.2f} / avg {sum(rtts) / len(rtts):.2f} / "
+                          f"max {max(rtts):.2f} ms", style="green"))
+    return Group(*lines)
+
+
+# ---------------------------------------------------------------------------- info
+
+_SYSTEM_KEYS = ("system", "numcpus", "basedir", "version")
+_COMMAND_KEYS = ("worker_commands", "slave_commands", "commands")
+
+
+def _kv_table(title: str, rows: Iterable[tuple[str, Any]]) -> Table:
+    table = Table(title=title, title_justify="left", title_style="bold", show_header=False,
+                  box=None, padding=(0, 2, 0, 1))
+    table.add_column("key", style="cyan", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for key, value in rows:
+        table.add_row(str(key), "" if value is None else str(value))
+    return table
+
+
+def info_report(answer: dict, *, show_secrets: bool = False, now: float | None = None) -> RenderableType:
+    """Sections: slave summary, system, admin/host, environ (masked), commands."""
+    now = time.time() if now is None else now
+    answer = masked_info(answer, show_secrets)
+    info = answer.get("info") or {}
+    since = answer.get("connected_since")
+    sections: list[RenderableType] = [_kv_table("slave", [
+        ("name", answer.get("name")),
+        ("dialect", answer.get("dialect")),
+        ("peer", answer.get("peer")),
+        ("connected since", None if since is None else
+         f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))} ({relative_time(since, now)})"),
+    ])]
+    system = [(k, info[k]) for k in _SYSTEM_KEYS if k in info]
+    system += sorted((k, v) for k, v in info.items() if k.startswith("os_"))
+    sections.append(_kv_table("system", system))
+    sections.append(_kv_table("admin / host", [(k, info.get(k)) for k in ("admin", "host")]))
+    environ = info.get("environ") or {}
+    sections.append(_kv_table("environ", sorted(environ.items())))
+    commands = next((info[k] for k in _COMMAND_KEYS if isinstance(info.get(k), dict)), {})
+    sections.append(_kv_table("commands", sorted(commands.items())))
+    spaced: list[RenderableType] = []
+    for section in sections:
+        spaced += [section, Text("")]
+    return Group(*spaced[:-1])
+
+
+# ---------------------------------------------------------------------------- slaves / builders
+
+
+def slaves_table(slaves: list[dict], *, now: float | None = None) -> Table:
+    """One row per configured slave: connected ✓/✗, since, builders, dialect, last message."""
+    now = time.time() if now is None else now
+    table = Table(title="slaves", title_justify="left", title_style="bold")
+    for column in ("name", "connected", "since", "builders", "dialect", "last message"):
+        table.add_column(column)
+    for slave in slaves:
+        connected = bool(slave.get("connected"))
+        table.add_row(
+            str(slave.get("name")),
+            Text("✓", style="green") if connected else Text("✗", style="red"),
+            relative_time(slave.get("connected_since"), now) if connected else "—",
+            ", ".join(slave.get("builders") or []),
+            str(slave.get("dialect") or "—"),
+            relative_time(slave.get("last_message"), now),
+        )
+    return table
+
+
+def builders_table(builders: list[dict]) -> Table:
+    """One row per builder: its slaves, which are attached, its builddir."""
+    table = Table(title="builders", title_justify="left", title_style="bold")
+    for column in ("name", "slaves", "attached", "builddir"):
+        table.add_column(column)
+    for builder in builders:
+        attached = builder.get("attached") or []
+        table.add_row(
+            str(builder.get("name")),
+            ", ".join(builder.get("slaves") or []),
+            Text(", ".join(attached), style="green") if attached else Text("none", style="red"),
+            str(builder.get("builddir", "")),
+        )
+    return table
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def run_status(where: str, elapsed: float, nbytes: int) -> Text:
+    """The live status line under a running command's output ('where': 'slave x', 'builder b')."""
+    return Text(f"▶ running on {where} · {duration(elapsed)} · {human_bytes(nbytes)}", style="dim")
+
+
+def run_summary(message: str, exit_code: int, elapsed: float, nbytes: int) -> Text:
+    """The final line after a command: what happened and which exit code bbx returns."""
+    style = "green" if exit_code == 0 else "red"
+    return Text.assemble((message, style), (f" · {duration(elapsed)} · {human_bytes(nbytes)}"
+                                            f" · exit {exit_code}", "dim"))
+
+
+class PipeOutput:
+    """Command output for a non-terminal stdout: the command's stdout byte for byte on our
+    stdout, everything else on stderr. No rich work per chunk: this path carries bulk output.
+    """
+
+    def __init__(self, err: Console, stdout=None, stderr=None):
+        self.err = err
+        self._out = stdout if stdout is not None else sys.stdout.buffer
+        self._err = stderr if stderr is not None else sys.stderr.buffer
+        self.nbytes = 0
+        self.broken_pipe = False
+
+    def stdout(self, text: str) -> None:
+        data = text.encode("utf-8", "surrogateescape")
+        self.nbytes += len(data)
+        if self.broken_pipe:
+            return
+        try:
+            # A blocking write is the flow control we want: while the reader is slow we do
+            # not answer the master's update call, so the master, then the slave, slow down.
+            self._out.write(data)
+            self._out.flush()
+        except BrokenPipeError:
+            self.broken_pipe = True
+
+    def stderr(self, text: str) -> None:
+        data = text.encode("utf-8", "surrogateescape")
+        self.nbytes += len(data)
+        self._err.write(data)
+        self._err.flush()
+
+    def header(self, text: str) -> None:
+        self.err.print(Text(text.rstrip("\n"), style="dim"), soft_wrap=True, highlight=False)
+
+    def status(self, text: Text) -> None:
+        """No live status line in a pipe."""
+
+    def finish(self, summary: Text) -> None:
+        self.err.print(summary, soft_wrap=True, highlight=False)
+
+
+class TerminalOutput:
+    """Command output for a terminal: stdout as is, stderr red, headers dim, and a status line
+    redrawn at the bottom whenever the output sits at the start of a line.
+
+    The status line is erased before each piece of output and only drawn after a newline, so
+    partial lines and '\\r' progress bars of the command are never mixed with it.
+    """
+
+    def __init__(self, console: Console):
+        self.console = console
+        self._file = console.file
+        self.nbytes = 0
+        self.broken_pipe = False
+        self._at_line_start = True
+        self._status_shown = False
+        self._last_status: Text | None = None
+        color = console.color_system is not None and not console.no_color
+        self._red = self._codes(Style(color="red")) if color else ("", "")
+        self._dim = self._codes(Style(dim=True)) if color else ("", "")
+
+    @staticmethod
+    def _codes(style: Style) -> tuple[str, str]:
+        start, _, end = style.render("\0").partition("\0")
+        return start, end
+
+    def _write(self, text: str, codes: tuple[str, str] = ("", "")) -> None:
+        self._erase_status()
+        if codes[0]:
+            # Close the style before a final newline so a partial next line starts plain.
+            body, newline = (text[:-1], "\n") if text.endswith("\n") else (text, "")
+            text = f"{codes[0]}{body}{codes[1]}{newline}"
+        self._file.write(text)
+        self._at_line_start = text.endswith("\n")
+        if self._at_line_start and self._last_status is not None:
+            self._draw_status()
+        self._file.flush()
+
+    def stdout(self, text: str) -> None:
+        self.nbytes += len(text.encode("utf-8", "surrogateescape"))
+        self._write(text)
+
+    def stderr(self, text: str) -> None:
+        self.nbytes += len(text.encode("utf-8", "surrogateescape"))
+        self._write(text, self._red)
+
+    def header(self, text: str) -> None:
+        if not self._at_line_start:
+            text = "\n" + text
+        self._write(text if text.endswith("\n") else text + "\n", self._dim)
+
+    def status(self, text: Text) -> None:
+        self._last_status = text
+        if self._at_line_start:
+            self._erase_status()
+            self._draw_status()
+            self._file.flush()
+
+    def _draw_status(self) -> None:
+        width = max(10, self.console.width - 1)
+        plain = self._last_status.plain[:width]
+        self._file.write(f"{self._dim[0]}{plain}{self._dim[1]}" if self._dim[0] else plain)
+        self._status_shown = True
+
+    def _erase_status(self) -> None:
+        if self._status_shown:
+            self._file.write("\r\x1b[2K")
+            self._status_shown = False
+
+    def finish(self, summary: Text) -> None:
+        self._erase_status()
+        if not self._at_line_start:
+            self._file.write("\n")
+        self._file.flush()
+        self.console.print(summary, soft_wrap=True, highlight=False)
