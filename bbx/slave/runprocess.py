@@ -1,0 +1,866 @@
+"""Run one child process for a slave command: stream its output, enforce its limits, kill its tree.
+
+`RunProcess` is what a Buildbot worker's `runprocess.RunProcess` is (PROTOCOL.md §5.4, §6): it
+sends the worker's headers, streams stdout/stderr/logfiles as `stdout`/`stderr`/`log` updates,
+enforces `timeout`/`maxTime`/`max_lines`, and reports `rc`, `elapsedTime` and `elapsed`.
+
+Where it goes further than the worker:
+
+- The child leads its own *session* (not just a process group), and every run gets a unique
+  cookie in its environment. Killing signals the session, the process group, every descendant
+  found through /proc parent links, every process carrying the cookie (daemons that double-forked
+  and called setsid keep their environment) and every process holding our output pipes. The
+  processes are frozen with SIGSTOP first, so none can fork a survivor while we collect them.
+- A daemon that outlives the child while holding its output open does not hang the command:
+  LEFTOVER_GRACE after the child exits, whatever is left of its tree is killed.
+- Output flows back under flow control: the batcher pauses reading the child's pipes while the
+  master is behind (bbx/pb/updates.py), and the silence timeout does not count paused time.
+"""
+
+from __future__ import annotations
+
+import codecs
+import errno
+import os
+import re
+import shlex
+import shutil
+import signal
+import uuid
+from typing import Any, Callable, Mapping
+
+from twisted.internet import defer, main, process, protocol, task
+from twisted.logger import Logger
+
+log = Logger()
+
+# PROTOCOL.md §6: how long a killed process may take to die before the worker gives up,
+# reports "SIG<X> failed to kill process" with a fake rc -1 and fails the command.
+BACKUP_TIMEOUT = 5.0
+
+# Buildbot polls logfiles every 2 s (PROTOCOL.md §5.4); we poll faster so logfile text arrives
+# about as promptly as stdout. Reads are bounded so one huge file cannot stall the reactor.
+LOGFILE_POLL_INTERVAL = 0.5
+LOGFILE_READ_SIZE = 64 * 1024
+
+# Twisted reads pipes 8 KiB at a time; a Linux pipe holds 64 KiB, so reading that much per
+# wake-up cuts reactor turns eightfold at full speed (measured: needed for >= 100 MB/s).
+PIPE_READ_SIZE = 64 * 1024
+
+# After the child exits, how long its leftovers may keep its output open (a background job
+# printing its last line) before we decide they are daemons and kill them. Our choice: the
+# worker waits for ever (until the command's timeout), which hangs builds.
+LEFTOVER_GRACE = 1.0
+
+# What a shell answers for a command it cannot find / cannot execute (POSIX 2.8.2).
+NOT_FOUND_RC = 127
+NOT_EXECUTABLE_RC = 126
+# The rc the worker reports for a process it killed (PROTOCOL.md §5.4 update order, item 4).
+KILLED_RC = -1
+
+# Environment variable names shown as '***' in the environment header.
+SECRET_NAME_PARTS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
+MASK = "***"
+
+# Set in the child's environment (not shown in headers) so its descendants can be found
+# even after they left its session and were re-parented (ProcessTree).
+COOKIE_VAR = "BBX_RUN_COOKIE"
+
+_ENV_REFERENCE = re.compile(r"\$\{([0-9a-zA-Z_]*)\}")
+
+
+class CommandCouldNotRun(RuntimeError):
+    """The child could not be started at all (workdir, fork); start() errbacks with this."""
+
+
+class KillFailed(RuntimeError):
+    """The child outlived BACKUP_TIMEOUT after its last signal; start() errbacks with this."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments as the master sends them
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return value if isinstance(value, str) else str(value)
+
+
+def _is_obfuscated(item: Any) -> bool:
+    return isinstance(item, (list, tuple)) and len(item) == 3 and item[0] == "obfuscated"
+
+
+def command_argv(command: list | tuple | str | bytes) -> tuple[list[str], list[str] | str, str]:
+    """(argv to exec, what to show as argv, display line) for a master's `command`.
+
+    A string runs via `/bin/sh -c`; a list is exec'd, its `('obfuscated', real, fake)` items
+    run `real` and show `fake` (PROTOCOL.md §5.4).
+    """
+    if isinstance(command, (str, bytes)):
+        text = _text(command)
+        return ["/bin/sh", "-c", text], text, text
+    if not isinstance(command, (list, tuple)) or not command:
+        raise ValueError(f"shell: 'command' must be a string or a non-empty list, not {command!r}")
+    real = [_text(c[1]) if _is_obfuscated(c) else _text(c) for c in command]
+    fake = [_text(c[2]) if _is_obfuscated(c) else _text(c) for c in command]
+    display = " ".join(shlex.quote(a) if a else '""' for a in fake)
+    return real, fake, display
+
+
+def build_environment(requested: Mapping[str, Any] | None, base: Mapping[str, str]) -> dict[str, str]:
+    """The child's environment: `base` (the slave's) changed as the master asks (PROTOCOL.md §5.4).
+
+    List values are joined with os.pathsep, None deletes, `${VAR}` expands from `base`, and
+    PYTHONPATH keeps the slave's own PYTHONPATH after the requested one. Unlike the worker we
+    do not append an empty entry when the slave has no PYTHONPATH: a trailing ':' would put
+    the current directory on the child's Python path.
+    """
+    env = dict(base)
+    if not requested:
+        return env
+    if not isinstance(requested, Mapping):
+        raise ValueError(f"shell: 'env' must be a dictionary, not {type(requested).__name__}")
+    wanted: dict[str, Any] = {}
+    for key, value in requested.items():
+        key = _text(key)
+        if isinstance(value, (list, tuple)):
+            value = os.pathsep.join(_text(v) for v in value)
+        elif isinstance(value, bytes):
+            value = _text(value)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"shell: env value for {key!r} must be a string or a list, not {value!r}")
+        wanted[key] = value
+    if wanted.get("PYTHONPATH") is not None and base.get("PYTHONPATH"):
+        wanted["PYTHONPATH"] += os.pathsep + "${PYTHONPATH}"
+
+    def expand(match: re.Match) -> str:
+        return base.get(match.group(1), "")
+
+    for key, value in wanted.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = _ENV_REFERENCE.sub(expand, value)
+    return env
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable's value must not be shown (its name looks secret)."""
+    upper = name.upper()
+    return any(part in upper for part in SECRET_NAME_PARTS)
+
+
+def environment_header(env: Mapping[str, str]) -> str:
+    """The worker's " environment:" header, secret-looking values masked."""
+    lines = [" environment:\n"]
+    for name in sorted(env):
+        lines.append(f"  {name}={MASK if is_secret_name(name) else env[name]}\n")
+    return "".join(lines)
+
+
+def signal_number(name: Any) -> int:
+    """'KILL', 'SIGKILL', 9 -> 9; ValueError for anything that is not a signal."""
+    if isinstance(name, int) and not isinstance(name, bool):
+        return signal.Signals(name).value
+    text = _text(name).upper()
+    try:
+        return signal.Signals[text if text.startswith("SIG") else "SIG" + text].value
+    except KeyError:
+        raise ValueError(f"shell: unknown signal {name!r} (use a name such as 'KILL' or 'TERM')") from None
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _seconds_text(value: float) -> str:
+    return f"{value} {'sec' if value == 1 else 'secs'}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The process tree of one run (Linux /proc; elsewhere only the process group is reachable)
+
+_PROC = "/proc"
+# Rounds of "find members, freeze them" before signalling; each round catches the children
+# forked since the last one, and a frozen process cannot fork, so this converges fast.
+FREEZE_ROUNDS = 20
+
+
+class ProcessTree:
+    """Everything one child started: found through /proc, signalled all at once.
+
+    A process belongs to the tree when any of these holds: it is the root; it is in the
+    root's session or process group; its parent belongs; it carries `cookie` (an exact
+    NAME=value entry) in its environment; it holds one of `pipe_inodes` (the child's pipes)
+    open. The slave itself and its parent are never members.
+    """
+
+    def __init__(self, root: int, *, cookie: str, pipe_inodes=()) -> None:
+        self.root = root
+        self.cookie = cookie.encode("utf-8", "surrogateescape")
+        self.pipe_links = {f"pipe:[{ino}]" for ino in pipe_inodes}
+        self.exempt = {os.getpid(), os.getppid(), 1}
+        self.have_proc = os.path.isdir(os.path.join(_PROC, "self"))
+
+    def members(self) -> set[int]:
+        """Live (non-zombie) members, the root included while it lives."""
+        if not self.have_proc:
+            return set()
+        table = {}
+        for name in os.listdir(_PROC):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            stat = _read_stat(pid)
+            if stat is not None and pid not in self.exempt:
+                table[pid] = stat
+        found = set()
+        for pid, (state, ppid, pgrp, sid) in table.items():
+            if state in "ZX":
+                continue
+            if pid == self.root or sid == self.root or pgrp == self.root or self._marked(pid):
+                found.add(pid)
+        children: dict[int, list[int]] = {}
+        for pid, (state, ppid, _, _) in table.items():
+            if state not in "ZX":
+                children.setdefault(ppid, []).append(pid)
+        todo = list(found)
+        if self.root not in found:
+            todo.append(self.root)  # its orphaned children are re-parented, but not at once
+        while todo:
+            for child in children.get(todo.pop(), ()):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+        return found
+
+    def _marked(self, pid: int) -> bool:
+        try:
+            with open(f"{_PROC}/{pid}/environ", "rb") as f:
+                if self.cookie in f.read().split(b"\0"):
+                    return True
+        except OSError:
+            return False
+        if self.pipe_links:
+            fd_dir = f"{_PROC}/{pid}/fd"
+            try:
+                for fd in os.listdir(fd_dir):
+                    try:
+                        if os.readlink(f"{fd_dir}/{fd}") in self.pipe_links:
+                            return True
+                    except OSError:
+                        pass
+            except OSError:
+                pass
+        return False
+
+    def signal(self, sig: int, *, include_root: bool = True) -> int:
+        """Send `sig` to every member, frozen first so none escapes; how many were signalled.
+
+        `include_root` is False once the root has been reaped: its pid may be reused.
+        """
+        if include_root:
+            for send in (os.killpg, os.kill):  # also works where /proc does not
+                try:
+                    send(self.root, sig)
+                except OSError:
+                    pass
+        frozen: set[int] = set()
+        for _ in range(FREEZE_ROUNDS):
+            new = self.members() - frozen
+            if not include_root:
+                new.discard(self.root)
+            if not new:
+                break
+            for pid in new:
+                _send(pid, signal.SIGSTOP)
+            frozen |= new
+        for pid in frozen:
+            _send(pid, sig)
+        for pid in frozen:
+            _send(pid, signal.SIGCONT)
+        return len(frozen)
+
+
+def _read_stat(pid: int):
+    """(state, ppid, pgrp, session) of a process, or None if it is gone."""
+    try:
+        with open(f"{_PROC}/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    return fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3])
+
+
+def _send(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Spawning: the child leads a new session
+
+
+class _ExecFailureReport:
+    """In the forked child: when exec fails, say why on stderr and exit like a shell would.
+
+    Twisted's own fallback prints a Python traceback and exits 1, which reads as a crash of
+    bbx rather than "command not found".
+    """
+
+    def _execChild(self, path, uid, gid, executable, args, environment):
+        try:
+            super()._execChild(path, uid, gid, executable, args, environment)
+        except OSError as e:
+            try:
+                where = f" in {path}" if path else ""
+                os.write(2, f"bbx: cannot run {executable}{where}: {e.strerror}\n".encode("utf-8", "replace"))
+            finally:
+                os._exit(NOT_FOUND_RC if e.errno == errno.ENOENT else NOT_EXECUTABLE_RC)
+
+
+class _PipeReader(process.ProcessReader):
+    """A ProcessReader that reads PIPE_READ_SIZE per wake-up instead of 8 KiB."""
+
+    def doRead(self):
+        try:
+            data = os.read(self.fd, PIPE_READ_SIZE)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EINTR):
+                return None
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self.proc.childDataReceived(self.name, data)
+        return None
+
+
+class _SessionProcess(_ExecFailureReport, process.Process):
+    """A pipe-connected child that calls setsid() before exec.
+
+    Why setsid and not just setpgid (as the worker does): a session survives its leader's
+    process groups changing (a shell running `cmd &` under job control puts jobs in new
+    groups), and every member keeps the session id, so /proc tells us who belongs to the run.
+    Twisted only offers that for PTYs, so we hook its fork path. posix_spawn could do setsid
+    too, but it cannot chdir, and we always run in a workdir — so this class always forks.
+    """
+
+    processReaderFactory = _PipeReader
+
+    def _trySpawnInsteadOfFork(self, *args, **kwargs):
+        return False
+
+    def _setupChild(self, fdmap):
+        super()._setupChild(fdmap)
+        os.setsid()
+
+
+class _SessionPTYProcess(_ExecFailureReport, process.PTYProcess):
+    """A PTY child; Twisted's PTYProcess already makes it a session leader."""
+
+
+class _ChildProtocol(protocol.ProcessProtocol):
+    """Forwards the child's events to its RunProcess."""
+
+    def __init__(self, run: "RunProcess") -> None:
+        self.run = run
+
+    def connectionMade(self) -> None:
+        self.run._connected(self.transport)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self.run._output(childFD, data)
+
+    def processExited(self, reason) -> None:
+        self.run._on_exit(reason)
+
+    def processEnded(self, reason) -> None:
+        self.run._on_end(reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logfiles
+
+
+class LogfileWatcher:
+    """Sends what is written to one file during the command as `log` updates (PROTOCOL.md §5.4).
+
+    As in the worker: with `follow` only text appended after the command started is sent;
+    without it, the whole file is sent once it differs from how it was at start (a stale file
+    from an earlier build is ignored until rewritten).
+    """
+
+    def __init__(self, name: str, path: str, follow: bool, emit: Callable[[str, str], None]) -> None:
+        self.name = name
+        self.path = path
+        self.follow = follow
+        self.emit = emit
+        self.initial = self._stat()
+        self.file = None
+        self.decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+        self.loop: task.LoopingCall | None = None
+
+    def _stat(self):
+        try:
+            s = os.stat(self.path)
+        except OSError:
+            return None
+        return (s.st_ino, s.st_ctime_ns, s.st_mtime_ns, s.st_size)
+
+    def start(self, clock) -> None:
+        self.loop = task.LoopingCall(self.poll)
+        self.loop.clock = clock
+        self.loop.start(LOGFILE_POLL_INTERVAL, now=True).addErrback(
+            lambda f: log.failure("logfile watcher for {path} failed", f, path=self.path))
+
+    def poll(self) -> None:
+        if self.file is None:
+            now = self._stat()
+            if now is None:
+                self.initial = None  # deleted: whatever appears next is new
+                return
+            if now == self.initial:
+                return
+            try:
+                self.file = open(self.path, "rb")
+            except OSError:
+                return
+            if self.follow and self.initial is not None and self.initial[0] == now[0]:
+                self.file.seek(self.initial[3])
+        for _ in range(64):  # bounded per poll; the rest comes next time
+            data = self.file.read(LOGFILE_READ_SIZE)
+            if not data:
+                break
+            text = self.decode(data)
+            if text:
+                self.emit(self.name, text)
+
+    def stop(self) -> None:
+        """Read what is left, then stop."""
+        if self.loop is not None and self.loop.running:
+            self.loop.stop()
+        try:
+            self.poll()
+        except OSError:
+            pass
+        if self.file is not None:
+            tail = self.decode(b"", True)
+            if tail:
+                self.emit(self.name, tail)
+            self.file.close()
+            self.file = None
+
+
+def _logfile_specs(logfiles: Any) -> list[tuple[str, str, bool]]:
+    if not logfiles:
+        return []
+    if not isinstance(logfiles, Mapping):
+        raise ValueError("shell: 'logfiles' must map a log name to a filename or {filename, follow}")
+    specs = []
+    for name, value in logfiles.items():
+        follow = False
+        if isinstance(value, Mapping):
+            if "filename" not in value:
+                raise ValueError(f"shell: logfile {name!r} has no 'filename'")
+            follow = bool(value.get("follow", False))
+            value = value["filename"]
+        specs.append((_text(name), _text(value), follow))
+    return specs
+
+
+# ---------------------------------------------------------------------------------------------
+# The runner
+
+
+class RunProcess:
+    """Runs one child for a slave command and reports it through `updates` (an UpdateBatcher).
+
+    `start()` returns a Deferred firing with the rc (-1 if the child was killed) once `rc`,
+    the `elapsedTime` header and `elapsed` have been added; it errbacks with CommandCouldNotRun
+    when the child could not be started and with KillFailed when it would not die.
+    `kill(why)` interrupts: SIGTERM to the whole tree, `sigterm_time` later `interrupt_signal`
+    (at once when sigterm_time is None); no `elapsed` is sent afterwards (PROTOCOL.md §6).
+    """
+
+    def __init__(
+        self,
+        reactor,
+        command: list[str] | str,
+        *,
+        workdir: str,
+        env: dict | None,
+        updates,
+        want_stdout: bool = True,
+        want_stderr: bool = True,
+        timeout: float | None = None,
+        max_time: float | None = None,
+        max_lines: int | None = None,
+        sigterm_time: float | None = None,
+        interrupt_signal: Any = "KILL",
+        initial_stdin: str | bytes | None = None,
+        use_pty: bool = False,
+        logfiles: Mapping | None = None,
+        log_environ: bool = True,
+        send_rc: bool = True,
+    ) -> None:
+        self.reactor = reactor
+        self.argv, self.shown_argv, self.display = command_argv(command)
+        self.workdir = os.path.abspath(workdir)
+        self.env = build_environment(env, os.environ)
+        self.env["PWD"] = self.workdir  # the shell would otherwise inherit the slave's
+        self.updates = updates
+        self.want_stdout = bool(want_stdout)
+        self.want_stderr = bool(want_stderr)
+        self.timeout = _positive("timeout", timeout)
+        self.max_time = _positive("maxTime", max_time)
+        self.max_lines = None if max_lines is None else int(max_lines)
+        self.sigterm_time = None if sigterm_time is None else float(sigterm_time)
+        self.interrupt_signal = signal_number(interrupt_signal or "KILL")
+        if isinstance(initial_stdin, str):
+            initial_stdin = initial_stdin.encode("utf-8")
+        self.initial_stdin = initial_stdin
+        if not isinstance(use_pty, bool):
+            raise ValueError(f"shell: 'usePTY' must be true or false, not {use_pty!r}")
+        self.use_pty = use_pty
+        self.logfiles = dict(logfiles or {})
+        self.logfile_specs = _logfile_specs(self.logfiles)
+        self.log_environ = log_environ
+        self.send_rc = send_rc
+
+        self.cookie = uuid.uuid4().hex
+        self.pid: int | None = None
+        self.tree: ProcessTree | None = None
+        self._transport = None
+        self._deferred: defer.Deferred | None = None
+        self._start_time = 0.0
+        self._decode_out = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+        self._decode_err = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+        self._watchers: list[LogfileWatcher] = []
+        self._lines = 0
+        self._stdout_closed = False
+        self._last_activity = 0.0
+        self._paused = False
+        self._exited = False
+        self._ended = False
+        self._killed = False  # we signalled it: the rc is -1 whatever it exits with
+        self._interrupted = False  # kill() from outside: no `elapsed` (PROTOCOL.md §6)
+        self._timers: dict[str, Any] = {}
+
+    # -- starting ------------------------------------------------------------------------------
+
+    def start(self) -> defer.Deferred:
+        """Send the headers, spawn the child; the Deferred fires with its rc (see class doc)."""
+        self._deferred = d = defer.Deferred()
+        add = self.updates.add
+        if self.use_pty and self.initial_stdin is not None:
+            add("header", "WARNING: disabling usePTY for this command\n")
+            self.use_pty = False
+        try:
+            os.makedirs(self.workdir, exist_ok=True)
+        except OSError as e:
+            return self._could_not_run(f"cannot create workdir {self.workdir}: {e.strerror or e}")
+        if not os.path.isdir(self.workdir):
+            return self._could_not_run(f"cannot use workdir {self.workdir}: not a directory")
+
+        add("header", self.display + "\n")
+        where = f" in dir {self.workdir}"
+        if self.timeout:
+            where += f" (timeout {_seconds_text(self.timeout)})"
+        if self.max_time:
+            where += f" (maxTime {_seconds_text(self.max_time)})"
+        add("header", where + "\n")
+        add("header", f" watching logfiles {self.logfiles}\n")
+        add("header", f" argv: {self.shown_argv}\n")
+        if self.log_environ:
+            add("header", environment_header(self.env))
+        if self.initial_stdin:
+            add("header", f" writing {len(self.initial_stdin)} bytes to stdin\n")
+        add("header", f" using PTY: {self.use_pty}\n")
+
+        self._start_time = self._last_activity = self.reactor.seconds()
+        missing = self._missing_executable()
+        if missing:
+            add("header", missing)
+            self._finish(None, NOT_FOUND_RC)
+            return d
+
+        child_env = dict(self.env)
+        child_env[COOKIE_VAR] = self.cookie
+        proto = _ChildProtocol(self)
+        try:
+            if self.use_pty:
+                _SessionPTYProcess(self.reactor, self.argv[0], self.argv, child_env, self.workdir,
+                                   proto, None, None, True)
+            else:
+                _SessionProcess(self.reactor, self.argv[0], self.argv, child_env, self.workdir, proto)
+        except OSError as e:
+            return self._could_not_run(f"cannot start {self.argv[0]}: {e.strerror or e}")
+
+        if self.timeout:
+            self._timers["silence"] = self.reactor.callLater(self.timeout, self._check_silence)
+        if self.max_time:
+            self._timers["max_time"] = self.reactor.callLater(self.max_time, self._max_time_reached)
+        for name, filename, follow in self.logfile_specs:
+            watcher = LogfileWatcher(name, os.path.join(self.workdir, filename), follow, self._log_text)
+            self._watchers.append(watcher)
+            watcher.start(self.reactor)
+        return d
+
+    def _missing_executable(self) -> str | None:
+        """A header if argv[0] cannot be found, so we answer like a shell without forking."""
+        exe = self.argv[0]
+        if os.sep in exe:
+            found = os.path.exists(os.path.join(self.workdir, exe))
+        else:
+            found = shutil.which(exe, path=self.env.get("PATH", os.defpath)) is not None
+        if found:
+            return None
+        return f"{exe}: command not found (exec failed: No such file or directory)\n"
+
+    def _could_not_run(self, message: str) -> defer.Deferred:
+        self.updates.add("header", message + "\n")
+        d, self._deferred = self._deferred, None
+        d.errback(CommandCouldNotRun(message))
+        return d
+
+    def _connected(self, transport) -> None:
+        self._transport = transport
+        self.pid = transport.pid
+        inodes = []
+        for pipe in getattr(transport, "pipes", {}).values():
+            try:
+                inodes.append(os.fstat(pipe.fileno()).st_ino)
+            except OSError:
+                pass
+        self.tree = ProcessTree(self.pid, cookie=f"{COOKIE_VAR}={self.cookie}", pipe_inodes=inodes)
+        log.debug("spawned pid {pid}: {argv}", pid=self.pid, argv=self.shown_argv)
+        register = getattr(self.updates, "register_producer", None)
+        if register is not None:
+            register(self)
+        if self.use_pty:
+            if self.initial_stdin:
+                transport.write(self.initial_stdin)
+            return
+        if self.initial_stdin:
+            transport.write(self.initial_stdin)
+        transport.closeStdin()
+
+    # -- flow control (IPushProducer for the batcher) ------------------------------------------
+
+    def pauseProducing(self) -> None:
+        """The master is behind: stop reading the child's output (it blocks on a full pipe)."""
+        self._paused = True
+        if self._transport is not None:
+            self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._last_activity = self.reactor.seconds()
+        if self._transport is not None:
+            self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.kill("command output no longer wanted")
+
+    # -- output --------------------------------------------------------------------------------
+
+    def _output(self, fd: int, data: bytes) -> None:
+        # The hot path: one call per pipe read (up to PIPE_READ_SIZE). No per-line work.
+        self._last_activity = self.reactor.seconds()
+        if fd == 1:
+            if not self.want_stdout or self._stdout_closed:
+                return
+            text = self._decode_out(data)
+            if text:
+                self.updates.add("stdout", text)
+        else:
+            if not self.want_stderr:
+                return
+            text = self._decode_err(data)
+            if text:
+                self.updates.add("stderr", text)
+        if self.max_lines is not None and not self._killed:
+            self._lines += data.count(b"\n")
+            if self._lines > self.max_lines:
+                self._max_lines_reached()
+
+    def _log_text(self, name: str, text: str) -> None:
+        self._last_activity = self.reactor.seconds()
+        self.updates.add("log", (name, text))
+
+    def _flush_decoders(self) -> None:
+        tail = self._decode_out(b"", True)
+        if tail and self.want_stdout and not self._stdout_closed:
+            self.updates.add("stdout", tail)
+        tail = self._decode_err(b"", True)
+        if tail and self.want_stderr:
+            self.updates.add("stderr", tail)
+
+    # -- limits --------------------------------------------------------------------------------
+
+    def _check_silence(self) -> None:
+        self._timers.pop("silence", None)
+        now = self.reactor.seconds()
+        if self._paused:
+            self._last_activity = now  # waiting for the master is not the child's silence
+        idle = now - self._last_activity
+        if idle < self.timeout:
+            self._timers["silence"] = self.reactor.callLater(self.timeout - idle, self._check_silence)
+            return
+        self.updates.add("failure_reason", "timeout_without_output")
+        self._kill(f"command timed out: {self.timeout} seconds without output running {self.display}")
+
+    def _max_time_reached(self) -> None:
+        self._timers.pop("max_time", None)
+        self.updates.add("failure_reason", "timeout")
+        self._kill(f"command timed out: {self.max_time} seconds elapsed running {self.display}")
+
+    def _max_lines_reached(self) -> None:
+        # As the worker: stop taking stdout at once (the child gets EPIPE), then kill.
+        self._stdout_closed = True
+        if self._transport is not None:
+            self._transport.closeStdout()
+        self.updates.add("failure_reason", "max_lines_failure")
+        self._kill(f"command exceeds max lines: {self._lines}/{self.max_lines} "
+                   f"written/allowed running {self.display}")
+
+    # -- killing -------------------------------------------------------------------------------
+
+    def kill(self, why: str) -> None:
+        """Interrupt: kill the child and everything it started; no `elapsed` will be sent."""
+        if self._deferred is None or self._ended:
+            return
+        self._interrupted = True
+        self._kill(why)
+
+    def _kill(self, why: str) -> None:
+        if self._killed or self._ended:
+            return
+        self._killed = True
+        for name in ("silence", "max_time"):
+            self._cancel(name)
+        self.updates.add("header", f"\n{why}, attempting to kill\n")
+        if self.sigterm_time is not None:
+            self._signal_tree(signal.SIGTERM)
+            self._timers["sigterm"] = self.reactor.callLater(self.sigterm_time, self._final_signal)
+        else:
+            self._final_signal()
+
+    def _final_signal(self) -> None:
+        self._timers.pop("sigterm", None)
+        if self._ended:
+            return
+        if not self._exited or self.tree is None or self.tree.members():
+            self._signal_tree(self.interrupt_signal)
+        self._timers["backup"] = self.reactor.callLater(BACKUP_TIMEOUT, self._backup_timeout)
+
+    def _signal_tree(self, sig: int) -> None:
+        if self.tree is None:
+            return
+        hit = self.tree.signal(sig, include_root=not self._exited)
+        log.debug("sent {sig} to {n} process(es) of pid {pid}", sig=signal_name(sig), n=hit, pid=self.pid)
+
+    def _backup_timeout(self) -> None:
+        self._timers.pop("backup", None)
+        if self._ended or self._deferred is None:
+            return
+        name = signal_name(self.interrupt_signal)
+        self.updates.add("header", f"{name} failed to kill process\n")
+        if self.send_rc:
+            self.updates.add("header", f"using fake rc={KILLED_RC}\n")
+            self.updates.add("rc", KILLED_RC)
+        self._stop_watchers()
+        self._cancel_all()
+        if self._transport is not None:
+            self._transport.loseConnection()
+        d, self._deferred = self._deferred, None
+        d.errback(KillFailed(f"{name} failed to kill process"))
+
+    # -- ending --------------------------------------------------------------------------------
+
+    def _on_exit(self, reason) -> None:
+        """The child itself is gone (reaped); its output pipes may still be held open."""
+        self._exited = True
+        if self._ended:
+            return
+        if self._killed and self.tree is not None:
+            self._signal_tree(self.interrupt_signal)  # the rest of the tree goes with it
+        self._timers["leftovers"] = self.reactor.callLater(LEFTOVER_GRACE, self._leftovers)
+
+    def _leftovers(self) -> None:
+        self._timers.pop("leftovers", None)
+        if self._ended:
+            return
+        if self._paused:
+            # The pipes may just hold output the master has not taken yet.
+            self._timers["leftovers"] = self.reactor.callLater(LEFTOVER_GRACE, self._leftovers)
+            return
+        members = self.tree.members() if self.tree is not None else set()
+        if members:
+            pids = " ".join(str(p) for p in sorted(members))
+            self.updates.add("header", f"\nthe command exited but left processes holding its output "
+                                       f"open; killing them: {pids}\n")
+            self.tree.signal(signal.SIGKILL, include_root=False)
+            self._timers["leftovers"] = self.reactor.callLater(LEFTOVER_GRACE, self._leftovers)
+        elif self._transport is not None:
+            # Held by something we cannot see or signal: stop waiting for it.
+            self._transport.loseConnection()
+
+    def _on_end(self, reason) -> None:
+        """The child is gone and its output pipes are closed: report rc."""
+        self._ended = True
+        value = reason.value
+        self._finish(getattr(value, "signal", None), getattr(value, "exitCode", None))
+
+    def _finish(self, sig: int | None, rc: int | None) -> None:
+        self._cancel_all()
+        self._flush_decoders()
+        self._stop_watchers()
+        if self._deferred is None:
+            return  # already given up on it (backup timeout)
+        if sig is not None or self._killed or rc is None:
+            rc = KILLED_RC
+        if self.send_rc:
+            if sig is not None:
+                self.updates.add("header", f"process killed by signal {sig}\n")
+            self.updates.add("rc", rc)
+        elapsed = self.reactor.seconds() - self._start_time
+        self.updates.add("header", f"elapsedTime={elapsed:0.6f}\n")
+        if not self._interrupted:
+            self.updates.add("elapsed", elapsed)
+        d, self._deferred = self._deferred, None
+        d.callback(rc)
+
+    def _stop_watchers(self) -> None:
+        watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            watcher.stop()
+
+    def _cancel(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _cancel_all(self) -> None:
+        for name in list(self._timers):
+            self._cancel(name)
+
+
+def _positive(name: str, value: Any) -> float | None:
+    """Buildbot treats 0 and None alike as 'no limit'."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"shell: {name!r} must be a number of seconds, not {value!r}") from None
+    if number <= 0:
+        return None
+    return int(number) if number == int(number) else number
