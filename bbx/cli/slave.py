@@ -1,5 +1,321 @@
-"""bbx slave — (to be written)."""
+"""bbx slave — create, start, stop and inspect a slave.
+
+`bbx slave stop` on a slave that is not running prints "not running" and exits 0, as
+`buildbot-worker stop` does, so scripts can call it unconditionally.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
-app = typer.Typer(help="Create, start and stop a slave.", no_args_is_help=True, pretty_exceptions_enable=False)
+from .errors import BbxError, UsageError
+
+app = typer.Typer(help="Create, start, stop and inspect a slave.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+
+# `start --daemon` reports success once the log says this, like buildbot-worker (PROTOCOL.md §8).
+ATTACHED_LINE = "message from master: attached"
+DAEMON_START_WAIT = 10.0  # buildbot-worker start's wait (PROTOCOL.md §8)
+STOP_WAIT = 15.0
+
+CREATE_HELP = """Create a slave directory DIR.
+
+Two forms:
+
+  bbx slave create DIR MASTER NAME PASSWORD
+
+  bbx slave create DIR --connection-string ENDPOINT NAME PASSWORD
+
+MASTER is host[:port] or [v6addr][:port] (port 9989 by default); ENDPOINT is any Twisted
+client endpoint string, e.g. tcp:host=ci.example.org:port=9989. Writes DIR/slave.toml
+(mode 0600), DIR/info/admin and DIR/info/host.
+"""
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while `pid` runs and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _read_pid(directory: Path) -> Optional[int]:
+    from bbx.slave.basedir import PID_NAME
+
+    try:
+        text = (directory / PID_NAME).read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise BbxError(f"cannot read {directory / PID_NAME}: {e.strerror}; check its permissions")
+    return int(text) if text.isdigit() else None
+
+
+def _running_pid(directory: Path) -> Optional[int]:
+    pid = _read_pid(directory)
+    return pid if pid is not None and _pid_alive(pid) else None
+
+
+def _load(directory: Path):
+    from bbx.slave import basedir
+
+    try:
+        config = basedir.load(directory)
+    except basedir.BasedirError as e:
+        raise UsageError(str(e)) from None
+    _check_connection(config.connection, f"{config.path(basedir.CONFIG_NAME)}: connection")
+    return config
+
+
+def _check_connection(description: str, where: str) -> None:
+    from twisted.internet import reactor
+
+    from bbx.pb.endpoints import client_endpoint
+
+    try:
+        client_endpoint(reactor, description)
+    except ValueError as e:
+        raise UsageError(f"{where}: {e}; use e.g. tcp:host=HOST:port=9989") from None
+
+
+@app.command(help=CREATE_HELP)
+def create(
+    directory: Path = typer.Argument(..., metavar="DIR", help="The slave directory (created if missing)."),
+    args: List[str] = typer.Argument(..., metavar="[MASTER] NAME PASSWORD",
+                                     help="MASTER (host[:port]) unless --connection-string is given, "
+                                          "then the slave's NAME and PASSWORD."),
+    connection_string: Optional[str] = typer.Option(
+        None, "--connection-string", metavar="ENDPOINT",
+        help="A Twisted client endpoint string to reach the master; replaces MASTER."),
+    keepalive: int = typer.Option(600, "--keepalive", help="Seconds between keepalives to the master (0 = off)."),
+    keepalive_timeout: float = typer.Option(
+        0, "--keepalive-timeout", help="Seconds of master silence before reconnecting (0 = 2 x keepalive + 30)."),
+    maxdelay: int = typer.Option(300, "--maxdelay", help="Longest wait between reconnection attempts, seconds."),
+    umask: str = typer.Option("", "--umask", help="File-creation mask, e.g. 0o022 (default: inherit)."),
+    allow_shutdown: str = typer.Option("", "--allow-shutdown", metavar="signal|file",
+                                       help="Allow graceful shutdown by SIGHUP (signal) or by touching "
+                                            "DIR/shutdown.stamp (file)."),
+    use_tls: bool = typer.Option(False, "--use-tls", help="Connect to MASTER with TLS."),
+    info_admin: Optional[str] = typer.Option(None, "--info-admin", help="Contents of DIR/info/admin."),
+    info_host: Optional[str] = typer.Option(None, "--info-host", help="Contents of DIR/info/host."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing slave.toml."),
+) -> None:
+    from bbx.slave import basedir
+
+    if connection_string is not None:
+        if len(args) != 2:
+            raise UsageError("with --connection-string give exactly NAME PASSWORD after DIR "
+                             f"(got {len(args)} argument(s))")
+        name, password = args
+        if use_tls:
+            raise UsageError("--use-tls applies to MASTER; with --connection-string use a tls: endpoint")
+        connection = connection_string
+        _check_connection(connection, "--connection-string")
+    else:
+        if len(args) != 3:
+            raise UsageError("give MASTER NAME PASSWORD after DIR (or --connection-string ENDPOINT "
+                             f"NAME PASSWORD); got {len(args)} argument(s)")
+        master, name, password = args
+        from bbx.pb.endpoints import master_endpoint
+
+        try:
+            connection = master_endpoint(master, use_tls=use_tls)
+        except ValueError as e:
+            raise UsageError(f"{e}; give MASTER as host or host:port, e.g. ci.example.org:9989") from None
+    if allow_shutdown not in basedir.ALLOW_SHUTDOWN:
+        raise UsageError(f"--allow-shutdown must be 'signal' or 'file', not {allow_shutdown!r}")
+    for opt, value in (("--keepalive", keepalive), ("--maxdelay", maxdelay),
+                       ("--keepalive-timeout", keepalive_timeout)):
+        if value < 0:
+            raise UsageError(f"{opt} must be >= 0, not {value}")
+    try:
+        basedir.parse_umask(umask)
+    except ValueError as e:
+        raise UsageError(f"--umask: {e}") from None
+    try:
+        config = basedir.create(directory, name=name, password=password, connection=connection,
+                                keepalive=keepalive, keepalive_timeout=keepalive_timeout,
+                                maxdelay=maxdelay, umask=umask, allow_shutdown=allow_shutdown,
+                                info_admin=info_admin, info_host=info_host, force=force)
+    except basedir.BasedirError as e:
+        raise UsageError(str(e)) from None
+    typer.echo(f"created slave {config.name} in {config.basedir} (master {config.connection})")
+    typer.echo(f"edit {config.path('info/admin')} and {config.path('info/host')}, then run: "
+               f"bbx slave start {directory}")
+
+
+@app.command(help="Run the slave in DIR: in the foreground (logging to the terminal and "
+                  "DIR/slave.log) or with --daemon in the background.")
+def start(
+    directory: Path = typer.Argument(..., metavar="DIR", help="The slave directory."),
+    daemon: bool = typer.Option(False, "--daemon", help="Detach; wait up to 10 s for the master to "
+                                                          "attach and report; logs go to DIR/slave.log."),
+    detached: bool = typer.Option(False, "--detached", hidden=True,
+                                  help="Internal: this process is the --daemon child."),
+) -> None:
+    config = _load(directory)
+    pid = _running_pid(Path(config.basedir))
+    if pid is not None:
+        raise BbxError(f"a slave is already running in {config.basedir} (pid {pid}); "
+                       f"stop it with: bbx slave stop {directory}")
+    if daemon:
+        _start_daemon(config, directory)
+        return
+    from bbx.slave import run
+
+    try:
+        rc = run(config, console=not detached)
+    except OSError as e:
+        raise BbxError(f"cannot run the slave in {config.basedir}: {e}") from None
+    raise typer.Exit(rc)
+
+
+def _start_daemon(config, directory: Path) -> None:
+    from bbx.slave.basedir import LOG_NAME
+
+    log_path = Path(config.path(LOG_NAME))
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    child = subprocess.Popen(
+        [sys.executable, "-m", "bbx", "slave", "start", "--detached", config.basedir],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, cwd=config.basedir, close_fds=True)
+    deadline = time.monotonic() + DAEMON_START_WAIT
+    fresh = ""
+    while True:
+        try:
+            with open(log_path, encoding="utf-8", errors="replace") as f:
+                f.seek(offset)
+                fresh = f.read()
+        except FileNotFoundError:
+            fresh = ""
+        if ATTACHED_LINE in fresh:
+            typer.echo(f"slave {config.name} started (pid {child.pid}) and attached to the master "
+                       f"at {config.connection}")
+            return
+        rc = child.poll()
+        if rc is not None:
+            raise BbxError(f"the slave exited at once (status {rc}): {_hint(fresh)}")
+        if time.monotonic() > deadline:
+            raise BbxError(f"slave {config.name} started (pid {child.pid}) but has not attached to "
+                           f"the master within {DAEMON_START_WAIT:.0f} s; it keeps retrying in the "
+                           f"background. Last news: {_hint(fresh)} (see {log_path})")
+        time.sleep(0.05)
+
+
+_HINT_MARKERS = ("unauthorized", "cannot connect", "failed", "closed", "lost", "error", "retrying")
+
+
+def _hint(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if any(m in line.lower() for m in _HINT_MARKERS):
+            return _strip_stamp(line)
+    return _strip_stamp(lines[-1]) if lines else "nothing logged yet"
+
+
+def _strip_stamp(line: str) -> str:
+    return re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ ", "", line).strip()
+
+
+def _check_slave_dir(directory: Path) -> Path:
+    from bbx.slave.basedir import CONFIG_NAME
+
+    directory = directory.absolute()
+    if not directory.is_dir():
+        raise UsageError(f"slave directory {directory} does not exist; give the DIR you created")
+    if not (directory / CONFIG_NAME).exists():
+        raise UsageError(f"{directory} is not a slave directory (no {CONFIG_NAME})")
+    return directory
+
+
+@app.command(help="Stop the slave running in DIR (SIGTERM; waits up to 15 s).")
+def stop(directory: Path = typer.Argument(..., metavar="DIR", help="The slave directory.")) -> None:
+    from bbx.slave.basedir import PID_NAME
+
+    directory = _check_slave_dir(directory)
+    pid = _read_pid(directory)
+    if pid is None:
+        typer.echo(f"slave in {directory} is not running")
+        return
+    if not _pid_alive(pid):
+        (directory / PID_NAME).unlink(missing_ok=True)
+        typer.echo(f"slave in {directory} is not running (removed a stale {PID_NAME})")
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        typer.echo(f"slave in {directory} is not running")
+        return
+    except PermissionError:
+        raise BbxError(f"not allowed to signal pid {pid}; run bbx slave stop as the slave's user")
+    deadline = time.monotonic() + STOP_WAIT
+    while _pid_alive(pid):
+        if time.monotonic() > deadline:
+            raise BbxError(f"slave (pid {pid}) did not stop within {STOP_WAIT:.0f} s; "
+                           f"force it with: kill -9 {pid}")
+        time.sleep(0.05)
+    typer.echo(f"slave stopped (pid {pid})")
+
+
+# Log lines that tell the connection's state, newest wins; (marker, state shown).
+_STATE_MARKERS = (
+    (ATTACHED_LINE, "attached"),
+    ("attached to the master", "attached"),
+    ("unauthorized", "refused: wrong name or password"),
+    ("cannot connect to", "cannot connect"),
+    ("login to", "login failed"),
+    ("lost the connection", "disconnected"),
+    ("sent nothing for", "disconnected (master silent)"),
+    ("closed during login", "disconnected during login"),
+    ("connected to", "connected, logging in"),
+    ("slave stopped", "stopped"),
+)
+
+
+def last_connection_state(log_text: str) -> tuple[str, str] | None:
+    """(state, log line) from the newest log line that tells the connection's state."""
+    for line in reversed(log_text.splitlines()):
+        for marker, state in _STATE_MARKERS:
+            if marker in line:
+                return state, line.strip()
+    return None
+
+
+@app.command(help="Show whether the slave in DIR runs, its master and its last connection state. "
+                  "Exit status 0 if running, 1 if not.")
+def status(directory: Path = typer.Argument(..., metavar="DIR", help="The slave directory.")) -> None:
+    from bbx.slave.basedir import LOG_NAME
+
+    config = _load(directory)
+    pid = _running_pid(Path(config.basedir))
+    typer.echo(f"slave {config.name} in {config.basedir}: "
+               + (f"running (pid {pid})" if pid else "not running"))
+    typer.echo(f"master: {config.connection}")
+    try:
+        text = Path(config.path(LOG_NAME)).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    found = last_connection_state(text)
+    if found:
+        state, line = found
+        typer.echo(f"last connection state: {state} ({line})")
+    else:
+        typer.echo("last connection state: unknown (nothing in the log yet)")
+    raise typer.Exit(0 if pid else 1)

@@ -1,0 +1,188 @@
+"""The slave role: connect to a master, obey it, run its commands.
+
+    basedir.py     create / load the slave directory (slave.toml, info/)
+    connection.py  stay logged in: connect, log in, keepalive, reconnect with backoff
+    bot.py         the Bot the master calls (info, builders, print, shutdown)
+    builder.py     one SlaveBuilder per builder; runs the master's commands
+    commands/      the commands themselves
+
+`Slave` wires them together for one process; `run` is what `bbx slave start` calls.
+Heavy imports stay inside functions so that `import bbx.slave.basedir` stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# A graceful stop waits this long for killed commands to report before giving up on them.
+STOP_GRACE = 10.0
+# allow_shutdown = "file": how often DIR/shutdown.stamp is checked (PROTOCOL.md §4.5).
+SHUTDOWN_STAMP_POLL = 10.0
+
+
+class Slave:
+    """One running slave: a Bot, its connection, and the ways to ask it to stop."""
+
+    def __init__(self, config, reactor, *, policy=None):
+        from bbx.slave.bot import Bot
+        from bbx.slave.connection import SlaveConnection, full_jitter_backoff
+
+        self.config = config
+        self.reactor = reactor
+        self.bot = Bot(config.basedir, reactor, shutdown=self._stop_reactor)
+        self.connection = SlaveConnection(
+            reactor, config.connection, config.name, config.password, self.bot,
+            keepalive=config.keepalive, deadline=config.keepalive_deadline,
+            policy=policy or full_jitter_backoff(cap=config.maxdelay))
+        self._stamp_poll = None
+        self._stamp_mtime = None
+        self._stopping = False
+
+    def start(self) -> None:
+        from twisted.logger import Logger
+
+        log = Logger(namespace="bbx.slave")
+        log.info("slave {name} starting in {dir}; master {where}", name=self.config.name,
+                 dir=self.config.basedir, where=self.config.connection)
+        if self.config.allow_shutdown == "file":
+            from twisted.internet.task import LoopingCall
+
+            self._stamp_mtime = self._stamp()
+            self._stamp_poll = LoopingCall(self._check_stamp)
+            self._stamp_poll.clock = self.reactor
+            self._stamp_poll.start(SHUTDOWN_STAMP_POLL, now=False)
+        self.connection.start()
+
+    def _stamp(self):
+        try:
+            return os.stat(self.config.path("shutdown.stamp")).st_mtime
+        except OSError:
+            return None
+
+    def _check_stamp(self) -> None:
+        mtime = self._stamp()
+        if mtime is not None and mtime != self._stamp_mtime:
+            self._stamp_mtime = mtime
+            self.request_shutdown("DIR/shutdown.stamp was touched")
+
+    def request_shutdown(self, why: str) -> None:
+        """Ask the master for a graceful shutdown (PROTOCOL.md §4.5); stop now if not attached."""
+        from twisted.logger import Logger
+
+        log = Logger(namespace="bbx.slave")
+        perspective = self.connection.perspective
+        if perspective is None:
+            log.info("graceful shutdown requested ({why}); not attached, stopping now", why=why)
+            self._stop_reactor()
+            return
+        log.info("graceful shutdown requested ({why}); asking the master", why=why)
+        d = perspective.callRemote("shutdown")
+
+        def failed(f):
+            if f.check(AttributeError) or "AttributeError" in str(f.type):
+                log.warn("the master does not support slave-initiated shutdown; stopping now")
+            else:
+                log.warn("the master did not accept the shutdown request ({why}); stopping now",
+                         why=f.getErrorMessage())
+            self._stop_reactor()
+
+        d.addErrback(failed)
+
+    def stop(self):
+        """Kill running commands and disconnect; fires when done (bounded by STOP_GRACE)."""
+        from twisted.internet import defer
+
+        self._stopping = True
+        if self._stamp_poll is not None and self._stamp_poll.running:
+            self._stamp_poll.stop()
+        killed = self.bot.stop_all("the slave is stopping")
+        timeout = defer.Deferred()
+        timer = self.reactor.callLater(STOP_GRACE, timeout.callback, None)
+        first = defer.DeferredList([killed, timeout], fireOnOneCallback=True, consumeErrors=True)
+
+        def disconnect(_):
+            if timer.active():
+                timer.cancel()
+            return self.connection.stop()
+
+        first.addCallback(disconnect)
+        return first
+
+    def _stop_reactor(self) -> None:
+        from twisted.internet import error
+
+        try:
+            self.reactor.stop()
+        except error.ReactorNotRunning:
+            pass
+
+
+def _format_event(event) -> str | None:
+    import time
+
+    from twisted.logger import LogLevel, eventAsText
+
+    text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+    if not text:
+        return None
+    t = event.get("log_time", time.time())
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1000):03d}"
+    level = event.get("log_level")
+    tag = "" if level in (None, LogLevel.info, LogLevel.debug) else f"[{level.name}] "
+    return f"{stamp} {tag}{text}\n"
+
+
+def start_logging(log_path: str, *, console: bool = True) -> None:
+    """Log (info and up) with timestamps to `log_path`, and to stdout when `console`."""
+    from twisted.logger import (FileLogObserver, FilteringLogObserver, LogLevel,
+                                LogLevelFilterPredicate, globalLogBeginner)
+
+    log_file = open(log_path, "a", encoding="utf-8", buffering=1)
+    observers = [FileLogObserver(log_file, _format_event)]
+    if console:
+        observers.append(FileLogObserver(sys.stdout, _format_event))
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(o, [predicate]) for o in observers], redirectStandardIO=False)
+
+
+def run(config, *, console: bool = True) -> int:
+    """Run a slave in this process until it is stopped; return the exit status.
+
+    Writes DIR/slave.pid while running, logs to DIR/slave.log (and the terminal), applies the
+    configured umask, stops cleanly on SIGTERM / SIGINT, and on SIGHUP asks the master for a
+    graceful shutdown when allow_shutdown = "signal".
+    """
+    import signal
+
+    from twisted.internet import reactor
+
+    from bbx.slave.basedir import LOG_NAME, PID_NAME
+
+    if config.umask is not None:
+        os.umask(config.umask)
+    start_logging(config.path(LOG_NAME), console=console)
+    pid_path = config.path(PID_NAME)
+    with open(pid_path, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    slave = Slave(config, reactor)
+    reactor.addSystemEventTrigger("before", "shutdown", slave.stop)
+    if config.allow_shutdown == "signal":
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(
+            slave.request_shutdown, "SIGHUP received"))
+    reactor.callWhenRunning(slave.start)
+    try:
+        reactor.run()
+    finally:
+        try:
+            with open(pid_path) as f:
+                mine = f.read().strip() == str(os.getpid())
+            if mine:
+                os.unlink(pid_path)
+        except OSError:
+            pass
+        from twisted.logger import Logger
+
+        Logger(namespace="bbx.slave").info("slave stopped")
+    return 0

@@ -1,0 +1,273 @@
+"""A slave's base directory: create it, load and validate its configuration.
+
+    DIR/slave.toml     the configuration (mode 0600: it holds the password)
+    DIR/info/admin     who runs this slave; sent to the master verbatim
+    DIR/info/host      what this machine is; sent to the master verbatim
+    DIR/slave.log      written while running
+    DIR/slave.pid      present while running
+    DIR/<builddir>/    one per builder the master assigns
+
+Loading turns slave.toml into a frozen SlaveConfig once; every problem is reported as a
+BasedirError whose message names the file, the line and key where known, and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_NAME = "slave.toml"
+LOG_NAME = "slave.log"
+PID_NAME = "slave.pid"
+INFO_DIR = "info"
+SHUTDOWN_STAMP = "shutdown.stamp"
+
+DEFAULT_ADMIN = "Your Name Here <admin@youraddress.invalid>"  # buildbot-worker's placeholder (§8)
+DEFAULT_KEEPALIVE = 600  # create-worker's default (PROTOCOL.md §4.4, §8)
+DEFAULT_MAXDELAY = 300  # create-worker's default (PROTOCOL.md §7, §8)
+ALLOW_SHUTDOWN = ("", "signal", "file")  # PROTOCOL.md §4.5
+
+# When keepalive_timeout is 0 the deadline is derived from the keepalive interval: two
+# missed keepalive answers plus a margin for a slow master.
+KEEPALIVE_DEADLINE_MISSES = 2
+KEEPALIVE_DEADLINE_MARGIN = 30.0
+
+_UMASK_RE = re.compile(r"^(0o[0-7]+|0[0-7]*|[1-9][0-9]*)$")
+
+_KEYS = ("name", "password", "connection", "keepalive", "keepalive_timeout", "maxdelay", "umask",
+         "allow_shutdown")
+
+
+class BasedirError(Exception):
+    """A slave directory that cannot be created or loaded; str() is one line with the fix."""
+
+
+@dataclass(frozen=True)
+class SlaveConfig:
+    """A validated slave.toml plus where it lives."""
+
+    basedir: str
+    name: str
+    password: str
+    connection: str
+    keepalive: int = DEFAULT_KEEPALIVE
+    keepalive_timeout: float = 0.0
+    maxdelay: float = DEFAULT_MAXDELAY
+    umask: int | None = None
+    allow_shutdown: str = ""
+
+    @property
+    def keepalive_deadline(self) -> float | None:
+        """Seconds of silence from the master after which the connection counts as dead.
+
+        An explicit keepalive_timeout wins; otherwise 2 × keepalive + 30 s; None (never) when
+        both are 0.
+        """
+        if self.keepalive_timeout > 0:
+            return float(self.keepalive_timeout)
+        if self.keepalive > 0:
+            return KEEPALIVE_DEADLINE_MISSES * self.keepalive + KEEPALIVE_DEADLINE_MARGIN
+        return None
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.basedir, name)
+
+
+def default_host_info() -> str:
+    """What info/host says when the operator does not: the host name and the platform."""
+    return f"{socket.gethostname()} ({platform.platform()}, Python {platform.python_version()})"
+
+
+def parse_umask(text: str) -> int | None:
+    """'' -> None (inherit); '0o022' / '022' / '18' -> int. ValueError names the accepted forms."""
+    text = str(text).strip()
+    if not text:
+        return None
+    if not _UMASK_RE.match(text):
+        raise ValueError(f"umask {text!r} is not an octal number like 0o022 or 022")
+    if text.startswith("0o"):
+        value = int(text[2:], 8)
+    elif text.startswith("0"):
+        value = int(text, 8)
+    else:
+        value = int(text)
+    if value > 0o777:
+        raise ValueError(f"umask {text!r} is larger than 0o777")
+    return value
+
+
+def _toml_str(value: str) -> str:
+    # JSON string escapes are a subset of TOML basic-string escapes.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def render_config(*, name: str, password: str, connection: str, keepalive: int,
+                  keepalive_timeout: float, maxdelay: float, umask: str, allow_shutdown: str) -> str:
+    """slave.toml text, commented so an operator can edit it by hand."""
+    kt = int(keepalive_timeout) if float(keepalive_timeout).is_integer() else keepalive_timeout
+    md = int(maxdelay) if float(maxdelay).is_integer() else maxdelay
+    return f"""\
+# bbx slave configuration. Edit, then restart: bbx slave stop DIR && bbx slave start DIR
+[slave]
+# The name and password this slave logs in with; they must match the master's config.
+name = {_toml_str(name)}
+password = {_toml_str(password)}
+# Where the master listens: a Twisted client endpoint string, e.g.
+# "tcp:host=master.example.org:port=9989" or "tls:host=master.example.org:port=9989".
+connection = {_toml_str(connection)}
+# Seconds between keepalive calls to the master (0 = none).
+keepalive = {int(keepalive)}
+# Seconds of silence from the master before the connection is dropped and retried;
+# 0 = 2 x keepalive + 30.
+keepalive_timeout = {kt}
+# Longest wait, in seconds, between reconnection attempts.
+maxdelay = {md}
+# File-creation mask for the slave and its commands, e.g. "0o022"; "" = inherit.
+umask = {_toml_str(umask)}
+# How an operator may ask for a graceful shutdown: "" (never), "signal" (SIGHUP) or
+# "file" (touch DIR/{SHUTDOWN_STAMP}).
+allow_shutdown = {_toml_str(allow_shutdown)}
+"""
+
+
+def create(basedir: str | os.PathLike, *, name: str, password: str, connection: str,
+           keepalive: int = DEFAULT_KEEPALIVE, keepalive_timeout: float = 0,
+           maxdelay: float = DEFAULT_MAXDELAY, umask: str = "", allow_shutdown: str = "",
+           info_admin: str | None = None, info_host: str | None = None,
+           force: bool = False) -> SlaveConfig:
+    """Create (or with force, overwrite) a slave directory; return its loaded configuration."""
+    base = Path(basedir).absolute()
+    config_path = base / CONFIG_NAME
+    if config_path.exists() and not force:
+        raise BasedirError(f"{config_path} already exists; use --force to overwrite it")
+    if base.exists() and not base.is_dir():
+        raise BasedirError(f"{base} exists and is not a directory; choose another DIR")
+    _check_values(str(config_path), dict(name=name, password=password, connection=connection,
+                                         keepalive=keepalive, keepalive_timeout=keepalive_timeout,
+                                         maxdelay=maxdelay, umask=umask,
+                                         allow_shutdown=allow_shutdown), lines={})
+    text = render_config(name=name, password=password, connection=connection, keepalive=keepalive,
+                         keepalive_timeout=keepalive_timeout, maxdelay=maxdelay, umask=umask,
+                         allow_shutdown=allow_shutdown)
+    try:
+        (base / INFO_DIR).mkdir(parents=True, exist_ok=True)
+        fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(config_path, 0o600)  # O_CREAT's mode does not apply to an existing file
+        _write_info(base / INFO_DIR / "admin", info_admin, DEFAULT_ADMIN, force)
+        _write_info(base / INFO_DIR / "host", info_host, default_host_info(), force)
+    except OSError as e:
+        raise BasedirError(f"cannot create the slave directory {base}: {e.strerror or e}; "
+                           "check the path and its permissions") from None
+    return load(base)
+
+
+def _write_info(path: Path, given: str | None, default: str, force: bool) -> None:
+    # An operator-edited info file survives a re-create unless a new value is given.
+    if given is None and path.exists():
+        return
+    path.write_text((given if given is not None else default).rstrip("\n") + "\n", encoding="utf-8")
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    lines = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        m = re.match(r"\s*([A-Za-z0-9_-]+)\s*=", line)
+        if m:
+            lines.setdefault(m.group(1), number)
+    return lines
+
+
+def load(basedir: str | os.PathLike) -> SlaveConfig:
+    """Read and validate DIR/slave.toml; BasedirError names what is wrong and how to fix it."""
+    base = Path(basedir).absolute()
+    if not base.exists():
+        raise BasedirError(f"slave directory {base} does not exist; "
+                           "create it with: bbx slave create DIR MASTER NAME PASSWORD")
+    if not base.is_dir():
+        raise BasedirError(f"{base} is not a directory; give the slave directory")
+    path = base / CONFIG_NAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise BasedirError(f"{base} is not a slave directory (no {CONFIG_NAME}); "
+                           "create it with: bbx slave create DIR MASTER NAME PASSWORD") from None
+    except OSError as e:
+        raise BasedirError(f"cannot read {path}: {e.strerror or e}; check its permissions") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BasedirError(f"{path} is not UTF-8 text; rewrite it as UTF-8") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise BasedirError(f"{path}: malformed TOML: {e}; fix that line") from None
+    table = data.get("slave")
+    if not isinstance(table, dict):
+        raise BasedirError(f"{path}: no [slave] table; add one with name, password and connection")
+    others = [k for k in data if k != "slave"]
+    if others:
+        raise BasedirError(f"{path}: unknown table or key {others[0]!r}; only [slave] is read")
+    lines = _key_lines(text)
+    unknown = [k for k in table if k not in _KEYS]
+    if unknown:
+        k = unknown[0]
+        raise BasedirError(f"{_where(path, lines, k)}: unknown key {k!r}; "
+                           f"the keys are {', '.join(_KEYS)}")
+    for k in ("name", "password", "connection"):
+        if k not in table:
+            raise BasedirError(f"{path}: [slave] has no {k!r}; add {k} = \"...\"")
+    values = dict(keepalive=DEFAULT_KEEPALIVE, keepalive_timeout=0, maxdelay=DEFAULT_MAXDELAY,
+                  umask="", allow_shutdown="")
+    values.update(table)
+    checked = _check_values(str(path), values, lines)
+    return SlaveConfig(basedir=str(base), **checked)
+
+
+def _where(path, lines: dict[str, int], key: str) -> str:
+    return f"{path} line {lines[key]}" if key in lines else str(path)
+
+
+def _check_values(path: str, v: dict, lines: dict[str, int]) -> dict:
+    def bad(key: str, why: str) -> BasedirError:
+        return BasedirError(f"{_where(path, lines, key)}: {key} {why}")
+
+    out = {}
+    for key in ("name", "password", "connection"):
+        value = v[key]
+        if not isinstance(value, str) or not value.strip():
+            raise bad(key, f"must be a non-empty string, got {value!r}; set {key} = \"...\"")
+        out[key] = value
+    if any(c.isspace() for c in v["name"]):
+        raise bad("name", f"{v['name']!r} contains white space; use a name without spaces")
+    for key in ("keepalive",):
+        value = v[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad(key, f"must be a whole number of seconds >= 0, got {value!r}")
+        out[key] = value
+    for key in ("keepalive_timeout", "maxdelay"):
+        value = v[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise bad(key, f"must be a number of seconds >= 0, got {value!r}")
+        out[key] = float(value)
+    if out["maxdelay"] < 1:
+        raise bad("maxdelay", f"must be at least 1 second, got {v['maxdelay']!r}")
+    umask = v["umask"]
+    if not isinstance(umask, str):
+        raise bad("umask", f"must be a string like \"0o022\" (or \"\"), got {umask!r}")
+    try:
+        out["umask"] = parse_umask(umask)
+    except ValueError as e:
+        raise bad("umask", f"is invalid: {e}") from None
+    allow = v["allow_shutdown"]
+    if allow not in ALLOW_SHUTDOWN:
+        raise bad("allow_shutdown", f"must be \"\", \"signal\" or \"file\", got {allow!r}")
+    out["allow_shutdown"] = allow
+    return out

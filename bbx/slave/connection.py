@@ -1,0 +1,361 @@
+"""Keep one slave connected to its master: connect, log in, keep alive, reconnect.
+
+One small state machine (SlaveConnection) does that and nothing else:
+
+    waiting --timer--> connecting --TCP up--> logging in --avatar--> attached
+       ^                   |                      |                     |
+       +---- backoff ------+----- refused --------+------ lost ---------+
+
+* Every failure — refused TCP connect, wrong password, any other login error, a lost or
+  silent connection — ends in the same place: log one line saying why, wait
+  `policy(attempt)` seconds, try again. buildbot-worker exits on login errors other than a
+  wrong password (e.g. "rejecting duplicate worker", PROTOCOL.md §2.3); bbx keeps trying,
+  because the other connection usually goes away and an exited slave needs a human.
+* The attempt counter resets once a login succeeds.
+* While attached, `perspective.keepalive()` is called every `keepalive` seconds
+  (PROTOCOL.md §4.4), and a watchdog drops the connection when nothing at all has been
+  received from the master for `deadline` seconds.
+* The master calls the Bot (the mind) while our login call is still pending (§4.1);
+  Twisted's broker services those calls as they arrive, so nothing special is needed.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.internet import defer, error
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.spread import pb
+
+from bbx.pb.endpoints import client_endpoint, enable_tcp_keepalive
+
+log = Logger(namespace="bbx.slave")
+
+# Reconnect policy: full-jitter exponential backoff. The first retry waits at most
+# BACKOFF_BASE s (the brief asks for one within 2 s), doubling per attempt up to maxdelay.
+BACKOFF_BASE = 1.0
+BACKOFF_FACTOR = 2.0
+
+# A TCP connect that has not completed in this long is abandoned and retried.
+CONNECT_TIMEOUT = 30.0
+# A login the master has not answered in this long is abandoned: the 0.8 slave's
+# HUNG_CONNECTION_TIMEOUT (PROTOCOL.md §2.3).
+LOGIN_TIMEOUT = 120.0
+
+
+def backoff_ceiling(attempt: int, *, cap: float, base: float = BACKOFF_BASE,
+                    factor: float = BACKOFF_FACTOR) -> float:
+    """The most the `attempt`-th retry (0-based) may wait: min(cap, base * factor**attempt)."""
+    # Exponent capped so huge attempt counts cannot overflow a float.
+    return min(cap, base * factor ** min(attempt, 64))
+
+
+def full_jitter_backoff(*, cap: float, base: float = BACKOFF_BASE, factor: float = BACKOFF_FACTOR,
+                        uniform: Callable[[float, float], float] = random.uniform
+                        ) -> Callable[[int], float]:
+    """A backoff policy: attempt number (0-based) -> seconds to wait, uniform in [0, ceiling]."""
+
+    def policy(attempt: int) -> float:
+        return uniform(0.0, backoff_ceiling(attempt, cap=cap, base=base, factor=factor))
+
+    policy.ceiling = lambda attempt: backoff_ceiling(attempt, cap=cap, base=base, factor=factor)
+    return policy
+
+
+class _Broker(pb.Broker):
+    """A Broker that remembers when the master last sent anything, and why it went away."""
+
+    on_receive: Callable[[], None] | None = None
+    lost_reason: Failure | None = None
+
+    def dataReceived(self, data):
+        if self.on_receive is not None:
+            self.on_receive()
+        super().dataReceived(data)
+
+    def connectionLost(self, reason):
+        self.lost_reason = reason
+        super().connectionLost(reason)
+
+
+class _Factory(pb.PBClientFactory):
+    protocol = _Broker
+    noisy = False  # one "Starting factory" line per retry is noise
+
+    def clientConnectionMade(self, broker):
+        enable_tcp_keepalive(broker.transport)
+        super().clientConnectionMade(broker)
+
+
+class _Session:
+    """One TCP connection attempt and whatever login follows on it."""
+
+    def __init__(self, number: int):
+        self.number = number
+        self.broker: _Broker | None = None
+        self.perspective = None
+        self.ended = False
+        self.end_reason: str | None = None
+        self.last_received = 0.0
+        self.timers: list = []
+
+
+def describe_failure(failure: Failure) -> str:
+    """A short reason for a connect, login or connection-lost failure."""
+    if failure.check(error.ConnectionRefusedError):
+        return "connection refused"
+    if failure.check(error.DNSLookupError):
+        return f"cannot resolve the host ({failure.getErrorMessage()})"
+    if failure.check(error.TimeoutError, defer.CancelledError, error.ConnectingCancelledError):
+        return "timed out"
+    if failure.check(error.ConnectionDone):
+        return "the master closed the connection"
+    if failure.check(error.ConnectionLost, pb.PBConnectionLost):
+        return "the connection was lost"
+    if failure.check("twisted.cred.error.UnauthorizedLogin", "twisted.cred.error.UnhandledCredentials"):
+        return "unauthorized: the master refused this slave's name or password"
+    if failure.check(error.ConnectError):
+        return failure.getErrorMessage()
+    message = failure.getErrorMessage().strip().splitlines()
+    return message[-1] if message else failure.type.__name__
+
+
+class SlaveConnection:
+    """Keeps the Bot logged in to the master at `description`, forever, until stop().
+
+    `bot` is the mind (a pb.Referenceable with `connection_lost(why)`); `policy(attempt)` gives
+    the seconds to wait before the next try; time comes from `reactor`.
+    """
+
+    def __init__(self, reactor, description: str, name: str, password: str, bot, *,
+                 keepalive: float = 600, deadline: float | None = None,
+                 policy: Callable[[int], float] | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT, login_timeout: float = LOGIN_TIMEOUT):
+        self.reactor = reactor
+        self.description = description
+        self.name = name
+        self.password = password
+        self.bot = bot
+        self.keepalive = keepalive
+        self.deadline = deadline
+        self.policy = policy or full_jitter_backoff(cap=300.0)
+        self.connect_timeout = connect_timeout
+        self.login_timeout = login_timeout
+        self.attempt = 0  # failures since the last successful login
+        self.attaches = 0  # successful logins so far
+        self._session: _Session | None = None
+        self._sessions = 0
+        self._retry_timer = None
+        self._stopping = False
+        self._stopped: defer.Deferred | None = None
+        self._keepalive_running = False
+
+    # -- public ------------------------------------------------------------------------------
+
+    @property
+    def perspective(self):
+        """The master's avatar while attached, else None."""
+        s = self._session
+        return s.perspective if s is not None and not s.ended else None
+
+    @property
+    def attached(self) -> bool:
+        return self.perspective is not None
+
+    def start(self) -> None:
+        """Begin connecting now."""
+        self._stopping = False
+        self._connect()
+
+    def stop(self) -> defer.Deferred:
+        """Stop trying; drop the connection. Fires once it is closed."""
+        self._stopping = True
+        if self._retry_timer is not None and self._retry_timer.active():
+            self._retry_timer.cancel()
+        self._retry_timer = None
+        s = self._session
+        if s is None or s.ended or s.broker is None:
+            if s is not None and not s.ended:
+                self._end(s, "stopping")
+            return defer.succeed(None)
+        self._stopped = defer.Deferred()
+        d = self._stopped
+        s.broker.transport.loseConnection()
+        # A peer that never acknowledges the close must not hold up the shutdown.
+        self.reactor.callLater(5, self._abort_if_open, s)
+        return d
+
+    def drop(self, why: str) -> None:
+        """Abort the current connection (if any); the usual backoff then reconnects."""
+        s = self._session
+        if s is not None and not s.ended and s.broker is not None:
+            s.end_reason = why
+            s.broker.transport.abortConnection()
+
+    # -- the state machine -------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        self._retry_timer = None
+        if self._stopping:
+            return
+        self._sessions += 1
+        s = _Session(self._sessions)
+        self._session = s
+        self._run(s)
+
+    @defer.inlineCallbacks
+    def _run(self, s: _Session):
+        try:
+            endpoint = client_endpoint(self.reactor, self.description)
+        except ValueError as e:
+            self._end(s, f"cannot connect to {self.description}: {e}")
+            return
+        factory = _Factory()
+        connecting = endpoint.connect(factory)
+        timer = self.reactor.callLater(self.connect_timeout, connecting.cancel)
+        try:
+            broker = yield connecting
+        except Exception:
+            self._end(s, f"cannot connect to {self.description}: {describe_failure(Failure())}")
+            return
+        finally:
+            if timer.active():
+                timer.cancel()
+        if s.ended or self._stopping:
+            broker.transport.loseConnection()
+            return
+        s.broker = broker
+        broker.on_receive = lambda: self._received(s)
+        broker.notifyOnDisconnect(lambda: self._lost(s))
+        self._received(s)
+        log.info("connected to {where}; logging in as {name}", where=self.description, name=self.name)
+        if self.deadline:
+            self._arm_watchdog(s)
+        login_timer = self.reactor.callLater(self.login_timeout, self._login_timed_out, s)
+        s.timers.append(login_timer)
+        creds = UsernamePassword(self.name.encode("utf-8"), self.password.encode("utf-8"))
+        try:
+            perspective = yield factory.login(creds, client=self.bot)
+        except Exception:
+            f = Failure()
+            if login_timer.active():
+                login_timer.cancel()
+            if not s.ended:
+                reason = describe_failure(f)
+                if f.check("twisted.cred.error.UnauthorizedLogin",
+                           "twisted.cred.error.UnhandledCredentials"):
+                    why = f"login to {self.description} as {self.name} failed: {reason}"
+                elif f.check(error.ConnectionDone, error.ConnectionLost, pb.PBConnectionLost):
+                    why = f"the connection to {self.description} closed during login ({reason})"
+                else:
+                    # buildbot-worker exits here (PROTOCOL.md §2.3); we keep trying.
+                    why = f"login to {self.description} as {self.name} failed: {reason}"
+                self._end(s, why)
+                broker.transport.loseConnection()
+            return
+        if login_timer.active():
+            login_timer.cancel()
+        if s.ended:
+            return
+        s.perspective = perspective
+        self.attempt = 0
+        self.attaches += 1
+        log.info("attached to the master at {where} as {name}", where=self.description, name=self.name)
+        if self.keepalive and self.keepalive > 0:
+            s.timers.append(self.reactor.callLater(self.keepalive, self._send_keepalive, s))
+
+    def _received(self, s: _Session) -> None:
+        s.last_received = self.reactor.seconds()
+
+    def _arm_watchdog(self, s: _Session) -> None:
+        due = s.last_received + self.deadline - self.reactor.seconds()
+        s.timers.append(self.reactor.callLater(max(due, 0.0), self._watchdog, s))
+
+    def _watchdog(self, s: _Session) -> None:
+        if s.ended:
+            return
+        silent = self.reactor.seconds() - s.last_received
+        if silent >= self.deadline:
+            s.end_reason = (f"the master at {self.description} sent nothing for {silent:.0f} s "
+                            f"(deadline {self.deadline:.0f} s); dropping the connection")
+            s.broker.transport.abortConnection()
+            return
+        self._arm_watchdog(s)
+
+    def _login_timed_out(self, s: _Session) -> None:
+        if not s.ended and s.perspective is None and s.broker is not None:
+            s.end_reason = (f"the master at {self.description} did not answer the login within "
+                            f"{self.login_timeout:.0f} s")
+            s.broker.transport.abortConnection()
+
+    def _send_keepalive(self, s: _Session) -> None:
+        if s.ended or s.perspective is None:
+            return
+        d = s.perspective.callRemote("keepalive")
+
+        def failed(f):
+            if not s.ended:
+                log.warn("keepalive call failed: {why}", why=describe_failure(f))
+
+        def next_one(_):
+            if not s.ended:
+                s.timers.append(self.reactor.callLater(self.keepalive, self._send_keepalive, s))
+
+        # Runs are serialized: the next one is scheduled only once this one is answered; a
+        # master that never answers is caught by the watchdog.
+        d.addErrback(failed)
+        d.addBoth(next_one)
+
+    def _lost(self, s: _Session) -> None:
+        if s.ended:
+            if self._stopped is not None and s is self._session:
+                self._fire_stopped()
+            return
+        reason = s.end_reason
+        if reason is None:
+            why = describe_failure(s.broker.lost_reason) if s.broker.lost_reason else "connection lost"
+            if s.perspective is not None:
+                reason = f"lost the connection to {self.description}: {why}"
+            else:
+                reason = f"the connection to {self.description} closed during login ({why})"
+        self._end(s, reason)
+        if self._stopped is not None:
+            self._fire_stopped()
+
+    def _abort_if_open(self, s: _Session) -> None:
+        if s.broker is not None and s.broker.transport is not None and not s.ended:
+            s.broker.transport.abortConnection()
+
+    def _fire_stopped(self) -> None:
+        d, self._stopped = self._stopped, None
+        if d is not None:
+            d.callback(None)
+
+    def _end(self, s: _Session, reason: str) -> None:
+        """Close the books on one session: stop its timers, kill commands, plan the retry."""
+        if s.ended:
+            return
+        s.ended = True
+        s.end_reason = reason
+        for t in s.timers:
+            if t.active():
+                t.cancel()
+        s.timers = []
+        was_attached = s.perspective is not None
+        s.perspective = None
+        if was_attached:
+            try:
+                self.bot.connection_lost(reason)
+            except Exception:
+                log.failure("while stopping commands after a lost connection")
+        if self._stopping:
+            log.info("disconnected from {where}", where=self.description)
+            return
+        delay = self.policy(self.attempt)
+        self.attempt += 1
+        log.info("{reason}; retrying in {delay:.1f} s (attempt {n})", reason=reason, delay=delay,
+                 n=self.attempt)
+        self._retry_timer = self.reactor.callLater(delay, self._connect)
