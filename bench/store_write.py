@@ -1,0 +1,91 @@
+"""How fast a build's log goes into the store: MB/s through the real Store (not a test).
+
+    .venv/bin/python bench/store_write.py [--mb 200] [--chunk 65536] [--dir DIR]
+
+Appends `--mb` MB of log text to one step in `--chunk`-sized pieces, as a RemoteCommand does
+with a slave's updates: APPENDS_PER_TURN appends make one update call, and (unless --burst) the
+call is "answered" only when store.written() fires, with at most MAX_IN_FLIGHT calls
+unanswered — the slave's own flow control (bbx.pb.updates), so the queue stays bounded. Prints the rate from the first append to the
+moment everything is committed (flush), and the file's size. The issue's target is >= 80 MB/s;
+Buildbot stores about 8 MB/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+from twisted.internet import defer, task
+
+from bbx.master.store import Store
+
+# Appends between two yields to the reactor: a slave's update call carries up to 640 KiB
+# (PROTOCOL.md, banana limit), so ~10 x 64 KiB appends arrive per reactor turn at most.
+APPENDS_PER_TURN = 10
+# bbx.pb.updates.MAX_IN_FLIGHT: update calls a slave leaves unanswered before it pauses.
+MAX_IN_FLIGHT = 4
+
+
+async def bench(reactor, args):
+    directory = args.dir or tempfile.mkdtemp(prefix="bbx-store-bench-")
+    path = os.path.join(directory, "bench.sqlite")
+    store = Store(path, reactor)
+    await store.open()
+    build_id, _number = await store.start_build(None, "bench", "local")
+    step_id = await store.start_step(build_id, 1, "shell")
+    line = "x" * 99 + "\n"
+    chunk = (line * (args.chunk // len(line) + 1))[:args.chunk]
+    total = args.mb * 1000 * 1000
+    count = total // len(chunk)
+    unanswered = []
+    started = time.perf_counter()
+    for i in range(count):
+        store.append_log(step_id, "stdout" if i % 16 else "stderr", chunk)
+        if i % APPENDS_PER_TURN == APPENDS_PER_TURN - 1:
+            if not args.burst:
+                unanswered.append(store.written())
+                if len(unanswered) >= MAX_IN_FLIGHT:
+                    await unanswered.pop(0)
+            await task.deferLater(reactor, 0, lambda: None)
+    appended = time.perf_counter()
+    await store.flush()
+    done = time.perf_counter()
+    await store.finish_step(step_id, 0, 0)
+    await store.finish_build(build_id, 0)
+    info = await store.build(build_id)
+    await store.close()
+    stored = info["steps"][0]["log_bytes"]
+    size = os.path.getsize(path)
+    mb = stored / 1e6
+    print(f"stored {mb:.1f} MB of log in {count} appends of {len(chunk)} bytes")
+    print(f"appending took {appended - started:.2f} s on the reactor thread; committed after "
+          f"{done - started:.2f} s")
+    print(f"throughput: {mb / (done - started):.1f} MB/s into the store (target >= 80 MB/s)")
+    print(f"file: {path} ({size / 1e6:.1f} MB)")
+    if not args.keep:
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(path + suffix)
+            except FileNotFoundError:
+                pass
+        if not args.dir:
+            os.rmdir(directory)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=200, help="MB of log to write")
+    parser.add_argument("--chunk", type=int, default=64 * 1024, help="bytes per append")
+    parser.add_argument("--dir", help="where to put the database (default: a temp dir)")
+    parser.add_argument("--burst", action="store_true",
+                        help="append without waiting for written() (unbounded queue)")
+    parser.add_argument("--keep", action="store_true", help="keep the database file")
+    args = parser.parse_args(argv)
+    task.react(lambda reactor: defer.ensureDeferred(bench(reactor, args)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
