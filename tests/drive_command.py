@@ -1,6 +1,7 @@
 """Run one slave command outside any connection and print what it reports, as JSON lines.
 
     python tests/drive_command.py BUILDER_DIR NAME ARGS_JSON [--interrupt-after S]
+                                  [--interrupt-on-output TEXT]
 
 Each update pair the command sends is printed as {"update": [key, value]}; the end as
 {"complete": null} or {"complete": "<failure text>"}. Transfer commands get local stand-ins
@@ -44,6 +45,8 @@ class FileWriter(_Local):
     def remote_utime(self, times):
         self.calls.append(("utime", tuple(times)))
         self._utime = tuple(times)
+        if self.buf.closed:  # the real master applies utime to the renamed destination
+            os.utime(self.path, self._utime)
 
     def remote_close(self):
         self.calls.append(("close",))
@@ -64,17 +67,23 @@ class FileWriter(_Local):
 class FileReader(_Local):
     def __init__(self, path):
         self.f = open(path, "rb")
+        self.calls = []
 
     def remote_read(self, n):
+        self.calls.append(("read", n))
         return self.f.read(n)
 
     def remote_close(self):
+        self.calls.append(("close",))
         self.f.close()
 
 
 def main(reactor, builder_dir, name, args_json, *rest):
     args = json.loads(args_json)
     interrupt_after = float(rest[rest.index("--interrupt-after") + 1]) if "--interrupt-after" in rest else None
+    # Interrupt once TEXT shows up in stdout: lets a test interrupt a child exactly when it is ready.
+    interrupt_on = rest[rest.index("--interrupt-on-output") + 1] if "--interrupt-on-output" in rest else None
+    holder = {}
     if isinstance(args.get("writer"), str):
         args["writer"] = FileWriter(args["writer"])
     if isinstance(args.get("reader"), str):
@@ -84,6 +93,8 @@ def main(reactor, builder_dir, name, args_json, *rest):
     def send(pairs):
         for key, value in iter_updates(pairs):
             out.write(json.dumps({"update": [key, value]}) + "\n")
+            if interrupt_on is not None and key == "stdout" and interrupt_on in value and "cmd" in holder:
+                reactor.callLater(0, holder.pop("cmd").interrupt, "test interrupt")
         out.flush()
         return defer.succeed(0)
 
@@ -95,6 +106,7 @@ def main(reactor, builder_dir, name, args_json, *rest):
     except Exception as e:
         out.write(json.dumps({"refused": f"{type(e).__name__}: {e}"}) + "\n")
         return defer.succeed(None)
+    holder["cmd"] = cmd
     if interrupt_after is not None:
         reactor.callLater(interrupt_after, cmd.interrupt, "test interrupt")
 
@@ -106,6 +118,9 @@ def main(reactor, builder_dir, name, args_json, *rest):
         except Exception as e:
             failure = f"{type(e).__name__}: {e}"
         yield batcher.flush()
+        for peer in (args.get("writer"), args.get("reader")):
+            if isinstance(peer, _Local):
+                out.write(json.dumps({"peer_calls": getattr(peer, "calls", [])}) + "\n")
         out.write(json.dumps({"complete": failure}) + "\n")
         out.flush()
 
