@@ -2,7 +2,6 @@
 
     python tests/drive_command.py BUILDER_DIR NAME ARGS_JSON [--interrupt-after S]
                                   [--interrupt-on-output TEXT]
-                                  [--interrupt-on-output TEXT]
 
 Each update pair the command sends is printed as {"update": [key, value]}; the end as
 {"complete": null} or {"complete": "<failure text>"}. Transfer commands get local stand-ins
@@ -85,9 +84,6 @@ def main(reactor, builder_dir, name, args_json, *rest):
     # Interrupt once TEXT shows up in stdout: lets a test interrupt a child exactly when it is ready.
     interrupt_on = rest[rest.index("--interrupt-on-output") + 1] if "--interrupt-on-output" in rest else None
     holder = {}
-    # Interrupt once TEXT shows up in stdout: lets a test interrupt a child exactly when it is ready.
-    interrupt_on = rest[rest.index("--interrupt-on-output") + 1] if "--interrupt-on-output" in rest else None
-    holder = {}
     if isinstance(args.get("writer"), str):
         args["writer"] = FileWriter(args["writer"])
     if isinstance(args.get("reader"), str):
@@ -97,8 +93,6 @@ def main(reactor, builder_dir, name, args_json, *rest):
     def send(pairs):
         for key, value in iter_updates(pairs):
             out.write(json.dumps({"update": [key, value]}) + "\n")
-            if interrupt_on is not None and key == "stdout" and interrupt_on in value and "cmd" in holder:
-                reactor.callLater(0, holder.pop("cmd").interrupt, "test interrupt")
             if interrupt_on is not None and key == "stdout" and interrupt_on in value and "cmd" in holder:
                 reactor.callLater(0, holder.pop("cmd").interrupt, "test interrupt")
         out.flush()
@@ -112,7 +106,6 @@ def main(reactor, builder_dir, name, args_json, *rest):
     except Exception as e:
         out.write(json.dumps({"refused": f"{type(e).__name__}: {e}"}) + "\n")
         return defer.succeed(None)
-    holder["cmd"] = cmd
     holder["cmd"] = cmd
     if interrupt_after is not None:
         reactor.callLater(interrupt_after, cmd.interrupt, "test interrupt")
