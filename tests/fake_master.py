@@ -8,6 +8,7 @@ one line per notable call (`interrupt: <why>`), flushed, so a test can wait on t
 Builders: `b` (slave `local` attached), `idle` (no slave attached), `slow` (ping times out).
 `run` on `b` recognises a few commands:
   ["sleep", ...]    header + "started\\n", then waits for an interrupt; completes rc -1
+  ["stubborn", ...] like sleep, but never completes, even when interrupted
   ["lose", ...]     some output, then completes with lost=True
   ["big", N]        N bytes of stdout in 64 KiB pieces, each update awaited (flow control)
   anything else     STDOUT_PIECES / a stderr line, rc 3 (see RUN_STDOUT)
@@ -105,6 +106,9 @@ class Control(pb.Avatar):
     def _stream(self, observer, argv, handle):
         send = lambda *pairs: observer.callRemote("update", [pair(k, v) for k, v in pairs])  # noqa: E731
         yield send(("header", f"running {argv!r}\n"))
+        if argv[0] == "stubborn":
+            yield send(("stdout", "started\n"))
+            return
         if argv[0] == "sleep":
             yield send(("stdout", "started\n"))
             why = yield handle.interrupted
