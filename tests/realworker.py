@@ -6,6 +6,7 @@ PB control client run as a child process.
     python tests/realworker.py run ENDPOINT USER PASSWORD BUILDER COMMAND_JSON [--interrupt-on TEXT]
         prints {"started": {...}}, one {"update": envelope} per update call, then {"complete": result};
         with --interrupt-on it calls handle.interrupt once TEXT appears in the output
+        ("@start": as soon as the command has started)
 """
 
 from __future__ import annotations
@@ -215,8 +216,9 @@ def _client_main(argv: list[str]) -> int:
                 started = await persp.callRemote("run", builder, observer, command, None, {}, 1200, None)
                 observer.handle = started["handle"]
                 emit({"started": {"slave": started["slave"], "command_id": started["command_id"]}})
-                if observer.interrupt_on and observer.interrupt_on in observer.text \
-                        and not observer.interrupted:
+                if observer.interrupt_on == "@start" or (
+                        observer.interrupt_on and observer.interrupt_on in observer.text
+                        and not observer.interrupted):
                     observer.interrupted = True
                     observer.handle.callRemote("interrupt", "test interrupt")
                 await observer.done

@@ -190,9 +190,11 @@ def parse_config(text: str, path: Path) -> MasterConfig:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        line = getattr(e, "lineno", None)
-        msg = getattr(e, "msg", str(e))
-        col = getattr(e, "colno", None)
+        # Python < 3.14 keeps line and column only in the message: "... (at line L, column C)".
+        found = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
+        line = getattr(e, "lineno", None) or (int(found.group(1)) if found else None)
+        col = getattr(e, "colno", None) or (int(found.group(2)) if found else None)
+        msg = getattr(e, "msg", None) or re.sub(r"\s*\(at line.*\)$", "", str(e))
         at = f"{path}:{line}:{col}" if line else str(path)
         raise ConfigError(f"{at}: TOML syntax error: {msg}; fix the syntax at that spot") from None
     ld = _Loader(path, text)

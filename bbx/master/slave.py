@@ -35,7 +35,7 @@ def _is_no_such_method(failure) -> bool:
     return bool(failure.check(dialect.NO_SUCH_METHOD, "twisted.spread.flavors.NoSuchMethod"))
 
 
-class RejectedDuplicate(RuntimeError):
+class RejectedDuplicate(pb.Error, RuntimeError):
     """Raised into a newcomer's login when the slave of that name is alive elsewhere."""
 
 
