@@ -1,0 +1,12 @@
+
+_bbx_completion() {
+    local IFS=$'
+'
+    COMPREPLY=( $( env COMP_WORDS="${COMP_WORDS[*]}" \
+                   COMP_CWORD=$COMP_CWORD \
+                   _BBX_COMPLETE=complete_bash $1 ) )
+    return 0
+}
+
+complete -o default -F _bbx_completion bbx
+
