@@ -359,3 +359,57 @@ def test_download_into_an_unwritable_place_reports_stderr_and_rc_1(builder, mast
 def test_download_without_a_reader_is_refused(builder):
     updates, other = drive(builder, "downloadFile", {"workdir": "build", "workerdest": "f"})
     assert updates == [] and "reader" in other["refused"]
+
+
+# ---- against a real Buildbot 4.3 master -------------------------------------------------------
+
+FILE_STEPS_CFG = r'''
+f_fs = util.BuildFactory()
+f_fs.addStep(steps.MakeDirectory(dir='build/a/b'))
+f_fs.addStep(steps.ShellCommand(name='make', command=sh(
+    'echo x > a/b/f.txt && mkdir -p a/c && echo y > a/c/g.txt && touch -d @1234567890 a/b/f.txt')))
+f_fs.addStep(steps.CopyDirectory(src='build/a', dest='build/a2'))
+f_fs.addStep(steps.FileExists(file='build/a2/b/f.txt'))
+f_fs.addStep(steps.MultipleFileUpload(workersrcs=['a/**/*.txt'], glob=True,
+                                      masterdest=os.path.join(_here, 'multi')))
+f_fs.addStep(steps.FileUpload(workersrc='a/b/f.txt', keepstamp=True,
+                              masterdest=os.path.join(_here, 'stamped.txt')))
+f_fs.addStep(steps.FileDownload(mastersrc=os.path.join(_here, 'harness.json'),
+                                workerdest='sub/h.json', mode=0o640))
+f_fs.addStep(steps.ShellCommand(name='mode', command=sh('test "$(stat -c %a sub/h.json)" = 640')))
+f_fs.addStep(steps.DirectoryUpload(workersrc='a', compress='gz',
+                                   masterdest=os.path.join(_here, 'tree')))
+f_fs.addStep(steps.RemoveDirectory(dir='build/a2'))
+f_fs.addStep(steps.ShellCommand(name='gone', command=sh('test ! -e a2')))
+# The only step allowed to fail: it turns the build into WARNINGS, nothing else may.
+f_fs.addStep(steps.FileUpload(workersrc='a/b/f.txt', maxsize=1,
+                              masterdest=os.path.join(_here, 'toobig.txt'),
+                              flunkOnFailure=False, warnOnFailure=True))
+BUILDERS.append(('b-fs', f_fs))
+'''
+
+
+def test_a_real_buildbot_master_runs_its_file_steps_on_a_bbx_slave(tmp_path, monkeypatch):
+    from tests import realmaster
+    from tests.support import BBX, Proc, run_bbx
+
+    monkeypatch.setattr(realmaster, "MASTER_CFG", realmaster.MASTER_CFG.replace(
+        "c['builders'] =", FILE_STEPS_CFG + "\nc['builders'] ="))
+    master = realmaster.RealMaster.start(tmp_path / "m", worker="w1", password="pw")
+    slave = None
+    try:
+        created = run_bbx("slave", "create", tmp_path / "s", master.address, "w1", "pw")
+        assert created.returncode == 0, created.stderr
+        slave = Proc([BBX, "slave", "start", tmp_path / "s"], log_path=tmp_path / "slave.out")
+        slave.wait_for_output("message from master: attached", 30)
+        result = master.trigger("b-fs")
+    finally:
+        if slave is not None:
+            slave.terminate()
+        master.stop()
+    assert result == "WARNINGS", slave.output()[-3000:] if slave else ""
+    m = tmp_path / "m"
+    assert sorted(os.listdir(m / "multi")) == ["f.txt", "g.txt"]
+    assert (m / "stamped.txt").stat().st_mtime == 1234567890
+    assert (m / "tree" / "c" / "g.txt").read_text() == "y\n"
+    assert not (m / "toobig.txt").exists()
