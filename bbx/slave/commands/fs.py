@@ -61,6 +61,7 @@ class FsCommand(Command):
 
     def error_status(self, e: OSError, path: str) -> int:
         """Report an OSError the way buildbot-worker does; return the rc (the errno)."""
+        log.info("{command} {path} failed: {e}", command=self.name, path=path, e=e)
         self.updates.add("header", f"{self.name}: {e.strerror}: {path}")
         return e.errno if e.errno is not None else 1
 
