@@ -263,12 +263,17 @@ class ProcessTree:
 
         `include_root` is False once the root has been reaped: its pid may be reused.
         """
-        if include_root:
-            for send in (os.killpg, os.kill):  # also works where /proc does not
-                try:
-                    send(self.root, sig)
-                except OSError:
-                    pass
+        if not self.have_proc:
+            if include_root:
+                for send in (os.killpg, os.kill):
+                    try:
+                        send(self.root, sig)
+                        break
+                    except OSError:
+                        pass
+            return 0
+        # Each member gets `sig` exactly once: a second SIGTERM can land while a handler is
+        # already exiting (Python resets handlers at shutdown) and turn a clean exit into a kill.
         frozen: set[int] = set()
         for _ in range(FREEZE_ROUNDS):
             new = self.members() - frozen
@@ -591,6 +596,9 @@ class RunProcess:
             self._finish(None, NOT_FOUND_RC)
             return d
 
+        # Taken before the child runs, so a file it writes at once still counts as changed.
+        self._watchers = [LogfileWatcher(name, os.path.join(self.workdir, filename), follow, self._log_text)
+                          for name, filename, follow in self.logfile_specs]
         child_env = dict(self.env)
         child_env[COOKIE_VAR] = self.cookie
         proto = _ChildProtocol(self)
@@ -607,9 +615,7 @@ class RunProcess:
             self._timers["silence"] = self.reactor.callLater(self.timeout, self._check_silence)
         if self.max_time:
             self._timers["max_time"] = self.reactor.callLater(self.max_time, self._max_time_reached)
-        for name, filename, follow in self.logfile_specs:
-            watcher = LogfileWatcher(name, os.path.join(self.workdir, filename), follow, self._log_text)
-            self._watchers.append(watcher)
+        for watcher in self._watchers:
             watcher.start(self.reactor)
         return d
 
