@@ -105,7 +105,7 @@ class Control(pb.Avatar):
     @defer.inlineCallbacks
     def _stream(self, observer, argv, handle):
         send = lambda *pairs: observer.callRemote("update", [pair(k, v) for k, v in pairs])  # noqa: E731
-        yield send(("header", f"running {argv!r}\n"))
+        yield send(("header", f"running {argv!r}\n environment:\n  GITHUB_TOKEN=ghp_verysecret\n  LANG=C\n"))
         if argv[0] == "stubborn":
             yield send(("stdout", "started\n"))
             return

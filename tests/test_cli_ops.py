@@ -143,6 +143,13 @@ def test_run_exits_with_the_commands_rc_and_passes_stdout_byte_for_byte(env):
     assert "exit code 3" in stderr
 
 
+def test_run_masks_secrets_in_the_command_header_unless_asked(env):
+    masked = bbx_bytes("run", "b", "--", "make", env=env).stderr.decode()
+    assert "GITHUB_TOKEN=********" in masked and "ghp_verysecret" not in masked and "LANG=C" in masked
+    shown = bbx_bytes("run", "b", "--show-secrets", "--", "make", env=env).stderr.decode()
+    assert "GITHUB_TOKEN=ghp_verysecret" in shown
+
+
 def test_run_sends_argv_workdir_and_env(fake, env):
     proc, _ = fake
     run_bbx("run", "b", "--workdir", "src", "--env", "CC=clang", "--", "make", "-k", env=env)

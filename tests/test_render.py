@@ -125,3 +125,11 @@ def test_terminal_output_paints_stderr_red_and_keeps_stdout_text_intact():
     assert "\x1b[31mbad\x1b[0m\n" in written
     assert "half a line▶" not in written and "half a line\r" not in written
     assert written.rstrip().endswith("done")
+
+
+def test_mask_header_masks_secret_environment_lines_only():
+    header = "sh -c make\n environment:\n  API_KEY=abc=def\n  PATH=/bin\n argv: ['KEY=1']\n"
+    masked = render.mask_header(header, show=False)
+    assert "  API_KEY=********\n" in masked and "abc" not in masked
+    assert "  PATH=/bin\n" in masked and "argv: ['KEY=1']" in masked
+    assert render.mask_header(header, show=True) == header

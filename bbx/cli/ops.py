@@ -177,6 +177,8 @@ def run(
         "--shell", help="Join the words with spaces and run them with /bin/sh -c on the slave.")] = False,
     json: Annotated[bool, typer.Option(
         "--json", help="Print each update as a JSON line, then a final result object.")] = False,
+    show_secrets: Annotated[bool, typer.Option(
+        "--show-secrets", help="Do not mask secret-looking NAME=value lines of the command's header.")] = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None,
 ) -> None:
@@ -198,7 +200,7 @@ def run(
 
     from .client import call
 
-    session = RunSession(out, err, json=json)
+    session = RunSession(out, err, json=json, show_secrets=show_secrets)
     request = dict(builder=builder, command=argv, workdir=workdir, env=environment,
                    timeout=timeout, max_time=max_time)
     call(_conn(master_dir, master, user, password),
@@ -254,8 +256,8 @@ class RunSession:
 
     INTERRUPT_WHY = "interrupted by operator"
 
-    def __init__(self, out, err, *, json: bool = False):
-        self.out, self.err, self.json = out, err, json
+    def __init__(self, out, err, *, json: bool = False, show_secrets: bool = False):
+        self.out, self.err, self.json, self.show_secrets = out, err, json, show_secrets
         self.slave = "?"
         self.result: dict | None = None
         self.failure_reason: str | None = None
@@ -344,11 +346,15 @@ class RunSession:
     def update(self, updates) -> None:
         from bbx.pb.updates import iter_updates
 
+        from .render import mask_header
+
         if self.json:
             import json
 
             for key, value in iter_updates(updates):
                 self._record(key, value)
+                if key == "header" and isinstance(value, str):
+                    value = mask_header(value, self.show_secrets)
                 sys.stdout.write(json.dumps({key: value}) + "\n")
             sys.stdout.flush()
             return
@@ -359,7 +365,7 @@ class RunSession:
             elif key == "stderr":
                 sink.stderr(value)
             elif key == "header":
-                sink.header(value)
+                sink.header(mask_header(str(value), self.show_secrets))
             elif key == "log" and isinstance(value, (list, tuple)) and len(value) == 2:
                 sink.header(f"[{value[0]}] {value[1]}")
             else:

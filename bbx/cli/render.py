@@ -38,6 +38,18 @@ def mask_environ(environ: dict[str, Any] | None, show: bool) -> dict[str, Any]:
     return {name: (MASK if is_secret_name(str(name)) else value) for name, value in environ.items()}
 
 
+# An environment line in a command's header, as the slave logs it: "  NAME=value".
+_HEADER_ENV_LINE = re.compile(r"^([ \t]+)([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.MULTILINE)
+
+
+def mask_header(text: str, show: bool) -> str:
+    """A command header with the values of secret-looking "  NAME=value" lines masked."""
+    if show or "=" not in text:
+        return text
+    return _HEADER_ENV_LINE.sub(
+        lambda m: f"{m[1]}{m[2]}={MASK}" if is_secret_name(m[2]) else m[0], text)
+
+
 def masked_info(answer: dict, show_secrets: bool) -> dict:
     """The master's `info` answer with info.environ masked (for tables and --json alike)."""
     answer = dict(answer)
@@ -117,7 +129,8 @@ def _kv_table(title: str, rows: Iterable[tuple[str, Any]]) -> Table:
     table.add_column("key", style="cyan", no_wrap=True)
     table.add_column("value", overflow="fold")
     for key, value in rows:
-        table.add_row(str(key), "" if value is None else str(value))
+        # info/admin and info/host arrive with the file's trailing newline.
+        table.add_row(str(key), "" if value is None else str(value).strip())
     return table
 
 
