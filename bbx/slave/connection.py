@@ -103,8 +103,34 @@ class _Session:
         self.timers: list = []
 
 
+_UNAUTHORIZED = ("twisted.cred.error.UnauthorizedLogin", "twisted.cred.error.UnhandledCredentials")
+
+
+def remote_type(failure: Failure) -> str | None:
+    """The qualified class name of an error raised by the master, or None for local errors.
+
+    Inside inlineCallbacks a CopiedFailure surfaces as pb.RemoteError, which keeps the
+    remote class name only in `remoteType`.
+    """
+    value = failure.value
+    if isinstance(value, pb.RemoteError):
+        rt = value.remoteType
+        return rt.decode("utf-8", "replace") if isinstance(rt, bytes) else str(rt)
+    if isinstance(failure, pb.CopiedFailure):
+        t = failure.type
+        return t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t)
+    return None
+
+
+def is_unauthorized(failure: Failure) -> bool:
+    """True when the master refused the login's name or password."""
+    return remote_type(failure) in _UNAUTHORIZED or bool(failure.check(*_UNAUTHORIZED))
+
+
 def describe_failure(failure: Failure) -> str:
     """A short reason for a connect, login or connection-lost failure."""
+    if is_unauthorized(failure):
+        return "unauthorized: the master refused this slave's name or password"
     if failure.check(error.ConnectionRefusedError):
         return "connection refused"
     if failure.check(error.DNSLookupError):
@@ -115,12 +141,14 @@ def describe_failure(failure: Failure) -> str:
         return "the master closed the connection"
     if failure.check(error.ConnectionLost, pb.PBConnectionLost):
         return "the connection was lost"
-    if failure.check("twisted.cred.error.UnauthorizedLogin", "twisted.cred.error.UnhandledCredentials"):
-        return "unauthorized: the master refused this slave's name or password"
     if failure.check(error.ConnectError):
         return failure.getErrorMessage()
     message = failure.getErrorMessage().strip().splitlines()
-    return message[-1] if message else failure.type.__name__
+    kind = (remote_type(failure) or "").rpartition(".")[2]
+    text = message[-1] if message else ""
+    if kind:
+        return f"{kind}: {text}" if text else kind
+    return text or getattr(failure.type, "__name__", str(failure.type))
 
 
 class SlaveConnection:
@@ -245,8 +273,7 @@ class SlaveConnection:
                 login_timer.cancel()
             if not s.ended:
                 reason = describe_failure(f)
-                if f.check("twisted.cred.error.UnauthorizedLogin",
-                           "twisted.cred.error.UnhandledCredentials"):
+                if is_unauthorized(f):
                     why = f"login to {self.description} as {self.name} failed: {reason}"
                 elif f.check(error.ConnectionDone, error.ConnectionLost, pb.PBConnectionLost):
                     why = f"the connection to {self.description} closed during login ({reason})"
@@ -355,7 +382,9 @@ class SlaveConnection:
             log.info("disconnected from {where}", where=self.description)
             return
         delay = self.policy(self.attempt)
+        ceiling = getattr(self.policy, "ceiling", None)
+        bound = f", at most {ceiling(self.attempt):g} s" if ceiling else ""
         self.attempt += 1
-        log.info("{reason}; retrying in {delay:.1f} s (attempt {n})", reason=reason, delay=delay,
-                 n=self.attempt)
+        log.info("{reason}; retrying in {delay:.1f} s (attempt {n}{bound})", reason=reason,
+                 delay=delay, n=self.attempt, bound=bound)
         self._retry_timer = self.reactor.callLater(delay, self._connect)
