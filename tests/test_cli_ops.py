@@ -349,3 +349,25 @@ def test_master_flag_accepts_host_port_and_full_endpoints():
     assert client.resolve(options).endpoint == "unix:path=/x.sock"
     with pytest.raises(UsageError):
         client.resolve(client.ConnOptions(master="h:notaport", user="u", password="p"))
+
+
+def test_ctrl_c_while_waiting_for_the_master_is_one_line_and_exit_130(tmp_path):
+    # A listening socket that never answers PB: the login waits until we press Ctrl-C.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        silent.settimeout(20)
+        endpoint = f"tcp:host=127.0.0.1:port={silent.getsockname()[1]}"
+        err = tmp_path / "err"
+        with open(err, "wb") as err_file:
+            popen = subprocess.Popen([BBX, "ping", "b", "--master", endpoint, "--user", "u",
+                                      "--password", "p"], stdout=subprocess.DEVNULL, stderr=err_file,
+                                     stdin=subprocess.DEVNULL)
+        try:
+            conn, _ = silent.accept()  # bbx connected and is now waiting inside the reactor
+            with conn:
+                popen.send_signal(signal.SIGINT)
+                assert popen.wait(20) == 130
+        finally:
+            popen.kill()
+    assert one_line(err.read_text()) == "bbx: interrupted"

@@ -34,6 +34,9 @@ CONFIG_FILE = "master.toml"
 # Seconds to wait for the TCP connect + PB login before calling the master unreachable.
 LOGIN_TIMEOUT = 10.0
 
+# 128 + SIGINT, as a shell reports a command ended by Ctrl-C.
+EXIT_INTERRUPTED = 130
+
 _CONN_PANEL = "Connection"
 
 MasterDirOption = Annotated[
@@ -374,6 +377,8 @@ def call(options: ConnOptions, fn: Callable[[Any, Any], Any], *, mind=None):
         return run_reactor(conversation)
     except ValueError as e:  # a malformed endpoint string
         raise UsageError(str(e)) from None
+    except Interrupted:
+        raise BbxError("interrupted", exit_code=EXIT_INTERRUPTED) from None
 
 
 _REFUSALS = ("twisted.cred.error.UnauthorizedLogin", "twisted.cred.error.UnhandledCredentials")
