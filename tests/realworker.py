@@ -104,6 +104,11 @@ class Worker:
         return subprocess.run([WORKER, "start", str(self.basedir)], capture_output=True, text=True,
                               timeout=60)
 
+    def start_foreground(self) -> Proc:
+        """`buildbot-worker start --nodaemon` as a child; its log is twistd.log."""
+        return Proc([WORKER, "start", "--nodaemon", self.basedir],
+                    log_path=self.basedir.parent / f"{self.basedir.name}.out")
+
     @property
     def pid(self) -> int | None:
         try:
@@ -203,8 +208,9 @@ def _client_main(argv: list[str]) -> int:
 
     async def main():
         observer = Observer()
-        persp, broker = await login(reactor, endpoint, user, password)
+        broker = None
         try:
+            persp, broker = await login(reactor, endpoint, user, password)
             if mode == "call":
                 method, args = argv[4], json.loads(argv[5])
                 result = await persp.callRemote(method, *args)
@@ -227,7 +233,8 @@ def _client_main(argv: list[str]) -> int:
             kind = remote.decode() if isinstance(remote, bytes) else (remote or type(e).__name__)
             emit({"error": kind, "message": str(e)})
         finally:
-            broker.transport.loseConnection()
+            if broker is not None:
+                broker.transport.loseConnection()
 
     def go(reactor_):
         return defer.ensureDeferred(main())

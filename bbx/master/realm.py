@@ -18,11 +18,6 @@ from zope.interface import implementer
 log = Logger()
 
 
-class LoginRefused(error.UnauthorizedLogin, pb.Error):
-    """Wrong name or password. Being a pb.Error keeps Twisted from logging a traceback for
-    every refused login; peers still see (and check for) UnauthorizedLogin, a base class."""
-
-
 def _peer_of(creds) -> str:
     """The address of the client behind a PB challenge, for the log ("?" if unknown)."""
     from .slave import _peer_text
@@ -62,7 +57,7 @@ class Dispatcher:
             return defer.succeed(name)
         why = "unknown name" if password is None else "wrong password"
         log.warn("refused login as {name!r} from {peer}: {why}", name=name, peer=_peer_of(creds), why=why)
-        return defer.fail(LoginRefused(f"refused login as {name!r}"))
+        return defer.fail(error.UnauthorizedLogin(f"refused login as {name!r}"))
 
     def requestAvatar(self, avatarId, mind, *interfaces):
         """Return (IPerspective, avatar, logout); for a slave, only once it is attached."""

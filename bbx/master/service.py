@@ -6,6 +6,7 @@ import errno
 import os
 from pathlib import Path
 
+from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -33,6 +34,15 @@ class _Broker(pb.Broker):
     def connectionMade(self):
         enable_tcp_keepalive(self.transport)
         super().connectionMade()
+
+    def _sendFailureOrError(self, fail, requestID):
+        # A refused login is already logged by the Dispatcher (name and peer, never the
+        # password). Peers key on the exact remote type twisted.cred.error.UnauthorizedLogin
+        # (PROTOCOL.md §2.3), so it cannot become a pb.Error; skip Twisted's traceback log.
+        if fail.check(UnauthorizedLogin):
+            self._sendError(fail, requestID)
+        else:
+            super()._sendFailureOrError(fail, requestID)
 
     def dataReceived(self, data):
         if self.clock is not None:
