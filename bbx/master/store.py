@@ -181,8 +181,9 @@ class Store:
             pool.stop()
             raise
         self._is_open = True
+        # "before": only before-shutdown triggers may return a Deferred the reactor waits for.
         self._shutdown_trigger = self._reactor.addSystemEventTrigger(
-            "during", "shutdown", self.close)
+            "before", "shutdown", self._reactor_stopping)
         if info["created"]:
             log.info("store: created {path} (schema version {version})",
                      path=self.path, version=info["version"])
@@ -190,6 +191,10 @@ class Store:
             log.info("store: migrated {path} from schema version {old} to {version}",
                      path=self.path, old=info["migrated_from"], version=info["version"])
         return info["version"]
+
+    def _reactor_stopping(self):
+        self._shutdown_trigger = None  # it is firing: removing it now would warn
+        return self.close()
 
     def close(self):
         """Commit everything queued, close the file and stop the writer thread. Idempotent."""
@@ -200,11 +205,9 @@ class Store:
     async def _close(self):
         if self._pool is None:
             return
+        self._is_open = False  # from here on, appends are refused and no retry is scheduled
         if self._shutdown_trigger is not None:
-            try:
-                self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
-            except (KeyError, ValueError):
-                pass  # we are being called by that very trigger
+            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
             self._shutdown_trigger = None
         self._cancel_timers()
         try:
@@ -212,7 +215,7 @@ class Store:
         except StoreError as error:
             log.error("store: closing with log data that could not be saved: {error}",
                       error=error)
-        self._is_open = False
+        self._cancel_timers()
         pool, self._pool = self._pool, None
         await deferToThreadPool(self._reactor, pool, self._db.close)
         pool.stop()
@@ -526,6 +529,10 @@ class _Database:
     def _corrupt(self, detail) -> StoreError:
         return StoreError(f"store: {self.path} is corrupt ({detail}); it was left untouched — "
                           "restore it from a backup or move it aside to start a new history")
+
+    def _reactor_stopping(self):
+        self._shutdown_trigger = None  # it is firing: removing it now would warn
+        return self.close()
 
     def close(self):
         if self.conn is not None:
