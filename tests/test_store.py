@@ -10,10 +10,12 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,8 +39,9 @@ def digest(path) -> str:
 
 class StoreTestCase(unittest.TestCase):
     def setUp(self):
-        self.dir = Path(self.mktemp())
-        self.dir.mkdir(parents=True)
+        # Not trial's mktemp: under pytest it would create directories in the work tree.
+        self.dir = Path(tempfile.mkdtemp(prefix="bbx-store-test-"))
+        self.addCleanup(shutil.rmtree, self.dir, True)
         self.path = self.dir / "bbx.sqlite"
         self.events = []
         globalLogPublisher.addObserver(self.events.append)
