@@ -133,3 +133,11 @@ def test_mask_header_masks_secret_environment_lines_only():
     assert "  API_KEY=********\n" in masked and "abc" not in masked
     assert "  PATH=/bin\n" in masked and "argv: ['KEY=1']" in masked
     assert render.mask_header(header, show=True) == header
+
+
+def test_values_that_look_like_rich_markup_are_shown_literally():
+    info = {"name": "s", "info": {"environ": {"PS1": "[bold]$ [/bold]"}, "host": "[red]box"}}
+    out = text_of(render.info_report(info, now=NOW))
+    assert "[bold]$ [/bold]" in out and "[red]box" in out
+    table = text_of(render.builders_table([{"name": "[b]x", "slaves": [], "builddir": "d", "attached": []}]))
+    assert "[b]x" in table

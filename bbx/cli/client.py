@@ -15,7 +15,7 @@ operator's laptop that only has the file, never importing the master role.
 
 from __future__ import annotations
 
-import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -411,4 +411,8 @@ def _unreachable_message(endpoint: str, reason: str) -> str:
     else:
         for joint in (" at ", " to ", " "):
             why = why.replace(f"{joint}{endpoint}", "")
+    # Twisted's ConnectError text: "An error occurred while connecting: 2: No such file or directory."
+    why = re.sub(r"An error occurred while connecting: (\d+: )?", "", why).rstrip(".")
+    if "resolve" in why:
+        return f"cannot reach the master at {endpoint} ({why}); check the host name"
     return f"cannot reach the master at {endpoint} ({why}); is it running? (bbx master start DIR)"

@@ -8,7 +8,6 @@ operator sees is bbx/cli/render.py's.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -196,7 +195,7 @@ def run(
     out, err = _consoles()
     if not shell and len(command) == 1 and _SHELL_SYNTAX & set(command[0]):
         err.print(f"bbx: note: running {command[0]!r} as one program name; add --shell to run it "
-                  "with /bin/sh -c", highlight=False, soft_wrap=True)
+                  "with /bin/sh -c", highlight=False, soft_wrap=True, markup=False)
 
     from .client import call
 
@@ -339,7 +338,7 @@ class RunSession:
         if self.sink is not None:
             self.sink.header(f"bbx: {text}\n")
         else:
-            self.err.print(f"bbx: {text}", highlight=False, soft_wrap=True)
+            self.err.print(f"bbx: {text}", highlight=False, soft_wrap=True, markup=False)
 
     # -- what the observer receives
 
@@ -401,7 +400,7 @@ class RunSession:
                             "message": message, "failure_reason": self.failure_reason,
                             "elapsed": round(elapsed, 3)})
             if code != 0:
-                self.err.print(f"bbx: {message}", highlight=False, soft_wrap=True)
+                self.err.print(f"bbx: {message}", highlight=False, soft_wrap=True, markup=False)
             return code
         self.sink.finish(run_summary(message, code, elapsed, self.sink.nbytes))
         return code

@@ -130,7 +130,8 @@ def _kv_table(title: str, rows: Iterable[tuple[str, Any]]) -> Table:
     table.add_column("value", overflow="fold")
     for key, value in rows:
         # info/admin and info/host arrive with the file's trailing newline.
-        table.add_row(str(key), "" if value is None else str(value).strip())
+        # Text, not str: rich would read "[...]" in a value as markup.
+        table.add_row(Text(str(key)), Text("" if value is None else str(value).strip()))
     return table
 
 
@@ -173,11 +174,11 @@ def slaves_table(slaves: list[dict], *, now: float | None = None) -> Table:
     for slave in slaves:
         connected = bool(slave.get("connected"))
         table.add_row(
-            str(slave.get("name")),
+            Text(str(slave.get("name"))),
             Text("✓", style="green") if connected else Text("✗", style="red"),
             relative_time(slave.get("connected_since"), now) if connected else "—",
-            ", ".join(slave.get("builders") or []),
-            str(slave.get("dialect") or "—"),
+            Text(", ".join(slave.get("builders") or [])),
+            Text(str(slave.get("dialect") or "—")),
             relative_time(slave.get("last_message"), now),
         )
     return table
@@ -191,10 +192,10 @@ def builders_table(builders: list[dict]) -> Table:
     for builder in builders:
         attached = builder.get("attached") or []
         table.add_row(
-            str(builder.get("name")),
-            ", ".join(builder.get("slaves") or []),
+            Text(str(builder.get("name"))),
+            Text(", ".join(builder.get("slaves") or [])),
             Text(", ".join(attached), style="green") if attached else Text("none", style="red"),
-            str(builder.get("builddir", "")),
+            Text(str(builder.get("builddir", ""))),
         )
     return table
 
