@@ -3,7 +3,7 @@
     .venv/bin/python bench/store_write.py [--mb 200] [--chunk 65536] [--dir DIR]
 
 Appends `--mb` MB of log text to one step in `--chunk`-sized pieces, as a RemoteCommand does
-with a slave's updates: APPENDS_PER_TURN appends make one update call, and (unless --burst) the
+with a slave's updates: --per-call appends make one update call, and (unless --burst) the
 call is "answered" only when store.written() fires, with at most MAX_IN_FLIGHT calls
 unanswered — the slave's own flow control (bbx.pb.updates), so the queue stays bounded. Prints the rate from the first append to the
 moment everything is committed (flush), and the file's size. The issue's target is >= 80 MB/s;
@@ -22,9 +22,9 @@ from twisted.internet import defer, task
 
 from bbx.master.store import Store
 
-# Appends between two yields to the reactor: a slave's update call carries up to 640 KiB
-# (PROTOCOL.md, banana limit), so ~10 x 64 KiB appends arrive per reactor turn at most.
-APPENDS_PER_TURN = 10
+# A bbx slave's update call carries about bbx.pb.updates.FLUSH_BYTES (64 KiB) of output: one
+# 64 KiB append per call by default.
+APPENDS_PER_CALL = 1
 # bbx.pb.updates.MAX_IN_FLIGHT: update calls a slave leaves unanswered before it pauses.
 MAX_IN_FLIGHT = 4
 
@@ -44,7 +44,7 @@ async def bench(reactor, args):
     started = time.perf_counter()
     for i in range(count):
         store.append_log(step_id, "stdout" if i % 16 else "stderr", chunk)
-        if i % APPENDS_PER_TURN == APPENDS_PER_TURN - 1:
+        if i % args.per_call == args.per_call - 1:
             if not args.burst:
                 unanswered.append(store.written())
                 if len(unanswered) >= MAX_IN_FLIGHT:
@@ -80,6 +80,8 @@ def main(argv=None):
     parser.add_argument("--mb", type=int, default=200, help="MB of log to write")
     parser.add_argument("--chunk", type=int, default=64 * 1024, help="bytes per append")
     parser.add_argument("--dir", help="where to put the database (default: a temp dir)")
+    parser.add_argument("--per-call", type=int, default=APPENDS_PER_CALL,
+                        help="appends per simulated update call")
     parser.add_argument("--burst", action="store_true",
                         help="append without waiting for written() (unbounded queue)")
     parser.add_argument("--keep", action="store_true", help="keep the database file")

@@ -231,11 +231,15 @@ class Store:
                 log.warn("store: log text for step {step} arrived after {path} was closed; "
                          "dropped", step=step_id, path=self.path)
             return
+        if not isinstance(text, (str, bytes)):
+            raise TypeError(f"log text must be str or bytes, not {type(text).__name__}")
         if not text:
             return
         self._pending.append((step_id, stream, text))
         self._pending_bytes += len(text)
         self._appended += 1
+        if self._failing is not None:
+            return  # the retry timer takes the queue along
         if self._pending_bytes >= self._flush_bytes and self._in_flight == 0:
             self._submit_pending()
         elif self._timer is None:
@@ -251,13 +255,20 @@ class Store:
 
     def written(self):
         """Fires once every append queued so far has been committed — or, while the disk is
-        full, is held by the writer for retry. Does not hurry the batch along; a caller may
-        wait on this before acknowledging the data (flow control, at most FLUSH_INTERVAL)."""
+        full, is held by the writer for retry. Meant for a caller that acknowledges data only
+        once it is safe (RemoteCommand answering a slave's update call).
+
+        Group commit: if the writer is idle the queue goes now; if it is busy, the queue goes
+        the moment it is free, so waiting callers share one transaction. While writes fail,
+        waiters are settled by the next retry (at most RETRY_INTERVAL): that slows the slave,
+        which bounds the memory held."""
         target = self._appended
         if self._settled >= target:
             return defer.succeed(None)
         d = defer.Deferred()
         self._waiters.append((target, d))
+        if self._in_flight == 0 and self._failing is None:
+            self._submit_pending()
         return d
 
     @property
@@ -267,7 +278,7 @@ class Store:
 
     def _timer_fired(self):
         self._timer = None
-        if self._in_flight == 0:
+        if self._in_flight == 0 and self._failing is None:
             self._submit_pending()
         # else: _batch_done hands the queue over when the writer is free again
 
@@ -284,7 +295,8 @@ class Store:
         self._in_flight += 1
         d = deferToThreadPool(self._reactor, self._pool, self._db.append, batch,
                               self._reactor.seconds())
-        d.addCallback(self._batch_done, target)
+        d.addCallbacks(self._batch_done, self._batch_crashed, callbackArgs=(target,),
+                       errbackArgs=(target,))
         return d
 
     def _batch_done(self, status, target):
@@ -309,14 +321,20 @@ class Store:
             self._failing = None
             log.info("store: writing to {path} again; the log data held in memory is saved",
                      path=self.path)
-        if self._pending and self._in_flight == 0 and self._timer is None:
-            if self._pending_bytes >= self._flush_bytes:
+        if self._pending and self._in_flight == 0 and self._failing is None:
+            if self._waiters or self._pending_bytes >= self._flush_bytes:
                 self._submit_pending()
-            else:
+            elif self._timer is None:
                 self._timer = self._reactor.callLater(self._flush_interval, self._timer_fired)
         for d in ready:
             d.callback(None)
         return status
+
+    def _batch_crashed(self, failure, target):
+        # A bug, not a full disk (_Database.append reports those): say so, keep the queue moving.
+        log.failure("store: writing a log batch to {path} failed", failure, path=self.path)
+        return self._batch_done({"ok": False, "error": failure.getErrorMessage(), "held": 0,
+                                 "dropped": 0, "what": "this batch"}, target)
 
     def _retry(self):
         self._retry_timer = None
