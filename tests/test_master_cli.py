@@ -184,3 +184,13 @@ def test_sigint_stops_a_foreground_master_with_exit_0(tmp_path):
         wait_until(lambda: not (tmp_path / "master.endpoint").exists(), 5)
     finally:
         proc.terminate()
+
+
+def test_start_with_a_bad_listen_string_names_the_config_line(tmp_path):
+    make_master(tmp_path)
+    path = tmp_path / "master.toml"
+    path.write_text(path.read_text().replace('listen = "tcp:0:interface=127.0.0.1"', 'listen = "bogus:1"'))
+    line = one_clear_line(run_bbx("master", "start", tmp_path, timeout=30))
+    number = int(line.split(str(path) + ":")[1].split(":")[0])
+    assert path.read_text().splitlines()[number - 1] == 'listen = "bogus:1"'
+    assert "master.listen" in line and "bogus" in line

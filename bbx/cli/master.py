@@ -102,7 +102,10 @@ def create(
     print(f"next: bbx master start {directory}   (check it first: bbx master checkconfig {directory})")
 
 
-def _check_listen(listen: str) -> None:
+def _check_listen(listen: str, config=None) -> None:
+    """A bad endpoint string is one clear line: naming --listen, or master.toml's line."""
+    import re
+
     from twisted.internet import reactor
 
     from bbx.pb.endpoints import server_endpoint
@@ -110,14 +113,20 @@ def _check_listen(listen: str) -> None:
     try:
         server_endpoint(reactor, listen)
     except ValueError as e:
-        raise UsageError(f"{e}; write e.g. --listen tcp:9989:interface=127.0.0.1") from None
+        if config is None:
+            raise UsageError(f"{e}; write e.g. --listen tcp:9989:interface=127.0.0.1") from None
+        lines = config.path.read_text().splitlines()
+        number = next((i + 1 for i, ln in enumerate(lines) if re.match(r"\s*listen\s*=", ln)), None)
+        at = f"{config.path}:{number}" if number else str(config.path)
+        raise UsageError(f'{at}: master.listen: {e}; write e.g. listen = '
+                         f'"tcp:9989:interface=127.0.0.1"') from None
 
 
 @app.command()
 def checkconfig(directory: Path = typer.Argument(..., help="The master's directory.")) -> None:
     """Validate DIR/master.toml and say what it configures (never the passwords)."""
     config = _load(directory)
-    _check_listen(config.listen)
+    _check_listen(config.listen, config)
     print(f"{config.path}: valid")
     print(f"  listen: {config.listen}")
     print(f"  keepalive: every {config.keepalive_interval:g} s; a slave silent for "
@@ -153,7 +162,7 @@ def start(
 ) -> None:
     """Run the master (foreground: logs to the terminal and DIR/master.log; Ctrl-C stops it)."""
     config = _load(directory)
-    _check_listen(config.listen)
+    _check_listen(config.listen, config)
     directory = directory.resolve()
     _refuse_if_running(directory)
     if daemon:

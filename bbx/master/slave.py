@@ -213,9 +213,6 @@ class SlavePerspective(pb.Avatar):
     def _accept(self, link: SlaveLink) -> None:
         self.link = link
         self.last_link = link
-        from bbx.pb.endpoints import enable_tcp_keepalive
-
-        enable_tcp_keepalive(link.broker.transport)
         link.broker.notifyOnDisconnect(lambda: self.detach(link, "connection closed"))
         for sb in link.slave_builders.values():
             sb.builder.attach(sb)
