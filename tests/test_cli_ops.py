@@ -371,3 +371,33 @@ def test_ctrl_c_while_waiting_for_the_master_is_one_line_and_exit_130(tmp_path):
         finally:
             popen.kill()
     assert one_line(err.read_text()) == "bbx: interrupted"
+
+
+def test_run_on_a_terminal_shows_output_and_stderr_in_red(env):
+    import pty
+
+    controller, terminal = pty.openpty()
+    full = dict(os.environ, COLUMNS="100", TERM="xterm", **env)
+    for name in ("NO_COLOR", "BBX_MASTER_DIR"):
+        full.pop(name, None)
+    popen = subprocess.Popen([BBX, "run", "b", "--", "make"], env=full, stdin=subprocess.DEVNULL,
+                             stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    seen = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: every writer of the terminal has gone
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert popen.wait(20) == fake_master.RUN_RC
+    finally:
+        popen.kill()
+        os.close(controller)
+    text = seen.decode("utf-8", "replace")
+    assert "héllo wörld ✓" in text and "tail without newline" in text
+    assert "\x1b[31mwarning: something odd" in text
+    assert "exit 3" in text

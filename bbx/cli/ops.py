@@ -181,6 +181,7 @@ def run(
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None,
 ) -> None:
+    """Run a command on a slave (the operator-facing help is RUN_HELP)."""
     from .errors import UsageError
 
     environment = {}
