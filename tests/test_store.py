@@ -20,7 +20,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from twisted.internet import defer, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
@@ -30,7 +29,7 @@ from bbx.master.results import (CANCELLED, EXCEPTION, FAILURE, RETRY, SKIPPED, S
                                 WARNINGS, FailurePolicy)
 from bbx.master.store import (SCHEMA_VERSION, NoSuchBuild, NoSuchStep, RequestNotQueued, Store,
                               StoreError)
-from tests.support import Proc, wait_until
+from tests.support import Proc
 
 
 def digest(path) -> str:
