@@ -7,6 +7,9 @@ PB control client run as a child process.
         prints {"started": {...}}, one {"update": envelope} per update call, then {"complete": result};
         with --interrupt-on it calls handle.interrupt once TEXT appears in the output
         ("@start": as soon as the command has started)
+    python tests/realworker.py slave08 ENDPOINT NAME PASSWORD
+        a stand-in for a Buildbot 0.8 buildslave (slave-era names, command versions 2.16); prints
+        one line per call it gets from the master
 """
 
 from __future__ import annotations
@@ -243,5 +246,76 @@ def _client_main(argv: list[str]) -> int:
     return 0
 
 
+# The command table a buildbot-slave 0.8.14 reports (PROTOCOL.md §5.6).
+SLAVE08_COMMANDS = {name: "2.16" for name in ("shell", "uploadFile", "uploadDirectory", "downloadFile",
+                                              "mkdir", "rmdir", "cpdir", "stat", "glob", "listdir")}
+
+
+def _slave08_main(argv: list[str]) -> int:
+    """Log in like a 0.8 buildslave: no getWorkerInfo, info without slave_commands, bytes output."""
+    from twisted.internet import defer, reactor, task
+    from twisted.spread import pb
+
+    from bbx.pb.endpoints import login
+
+    endpoint, name, password = argv[:3]
+
+    def say(*parts):
+        sys.stdout.write(" ".join(str(p) for p in parts) + "\n")
+        sys.stdout.flush()
+
+    class Builder(pb.Referenceable):
+        def __init__(self, name):
+            self.name = name
+
+        def remote_setMaster(self, remote):
+            say("setMaster", self.name, type(remote).__name__)
+
+        def remote_print(self, message):
+            say("builder message:", message)
+
+        def remote_startBuild(self):
+            say("startBuild", self.name)
+
+        def remote_startCommand(self, step_ref, command_id, command, args):
+            say("startCommand", command_id, command, json.dumps(args, sort_keys=True))
+
+            async def run():
+                await step_ref.callRemote("update", [[{b"header": b"running\n"}, 0]])
+                await step_ref.callRemote("update", [({"stdout": b"hi\n", "rc": 0}, 0)])
+                await step_ref.callRemote("complete", None)
+            reactor.callLater(0, defer.ensureDeferred, run())
+
+    class Bot(pb.Referenceable):
+        def remote_print(self, message):
+            say("message from master:", message)
+
+        def remote_getSlaveInfo(self):
+            return {"admin": "someone", "host": "old box", "environ": {}, "system": "posix",
+                    "basedir": "/old/slave"}
+
+        def remote_getCommands(self):
+            return SLAVE08_COMMANDS
+
+        def remote_getVersion(self):
+            return "0.8.14"
+
+        def remote_setBuilderList(self, wanted):
+            say("setBuilderList", json.dumps([list(w) for w in wanted]))
+            return {w[0]: Builder(w[0]) for w in wanted}
+
+    async def main(_reactor):
+        persp, broker = await login(reactor, endpoint, name, password, mind=Bot())
+        say("logged in")
+        done = defer.Deferred()
+        broker.notifyOnDisconnect(lambda: done.callback(None))
+        await done
+
+    task.react(lambda r: defer.ensureDeferred(main(r)))
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["slave08"]:
+        sys.exit(_slave08_main(sys.argv[2:]))
     sys.exit(_client_main(sys.argv[1:]))
