@@ -104,10 +104,27 @@ def explain(failure: Failure, description: str = "") -> LoginFailed:
         return LoginFailed(f"cannot connect to{where}: {failure.getErrorMessage()}", unreachable=True)
     if failure.check(error.ConnectionDone, error.ConnectionLost, pb.PBConnectionLost):
         return LoginFailed(f"the connection to{where} closed during login", unreachable=True)
-    if failure.check("twisted.cred.error.UnauthorizedLogin", "twisted.cred.error.UnhandledCredentials"):
+    if remote_type(failure) in _UNAUTHORIZED or failure.check(*_UNAUTHORIZED):
         return LoginFailed("the master refused the login: wrong name or password", unauthorized=True)
     message = failure.getErrorMessage()
     return LoginFailed(f"login to{where} failed: {message}")
+
+
+_UNAUTHORIZED = ("twisted.cred.error.UnauthorizedLogin", "twisted.cred.error.UnhandledCredentials")
+
+
+def remote_type(failure: Failure) -> str:
+    """The peer's qualified error type for an error that came over PB, else ''.
+
+    Inside an inlineCallbacks `except`, a CopiedFailure has already been turned into a
+    pb.RemoteError whose `remoteType` (bytes) is all that is left of the original type.
+    """
+    value = failure.value
+    if isinstance(value, pb.RemoteError):
+        kind = value.remoteType
+        return kind.decode("utf-8", "replace") if isinstance(kind, bytes) else str(kind)
+    kind = getattr(failure, "type", "")
+    return kind if isinstance(kind, str) else ""
 
 
 class _Factory(pb.PBClientFactory):
