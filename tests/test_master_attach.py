@@ -96,7 +96,8 @@ def test_ping_of_a_builder_without_attached_slave_fails_clearly(farm):
 def test_a_slave_cannot_log_in_as_a_control_user(farm):
     master, _ = farm
     answer = control(master.endpoint, "w1", "pw1", "slaves")
-    assert "result" not in answer and "must log in with its Bot" in answer["message"]
+    assert "result" not in answer and answer["error"] == "LoginFailed"
+    master.wait_log("refused login as 'w1': a slave name used without a Bot")
 
 
 def test_wrong_password_is_refused_and_logged_with_name_and_peer_but_not_the_password(tmp_path):

@@ -67,6 +67,8 @@ class Dispatcher:
         slave = self.slaves.get(name)
         if slave is not None:
             if mind is None:
+                log.warn("refused login as {name!r}: a slave name used without a Bot (mind), "
+                         "e.g. by the CLI", name=name)
                 return defer.fail(error.UnauthorizedLogin("a slave must log in with its Bot"))
             d = slave.attach(mind, mind.broker)
 
