@@ -162,3 +162,17 @@ def test_a_slave_era_peer_gets_slave_era_shell_arguments(tmp_path):
             proc.terminate()
         slave.terminate()
         master.stop()
+
+
+def test_output_arriving_after_rc_still_reaches_the_observer(farm):
+    tmp, master, _ = farm
+    proc = start_run(tmp, master.endpoint, *admin(master.config), "w1", "printf no-newline")
+    try:
+        lines = finished(proc)
+        keys = [list(u[0][0])[0] for ln in lines if "update" in ln for u in [ln["update"]]]
+        # buildbot-worker flushes a partial last line only at the end, after rc (PROTOCOL.md §5.1).
+        assert keys.index("rc") < keys.index("stdout")
+        assert text_of(lines, "stdout") == "no-newline\n"
+        assert lines[-1]["complete"]["rc"] == 0
+    finally:
+        proc.terminate()

@@ -198,13 +198,17 @@ def run(basedir, config: MasterConfig, *, to_terminal: bool) -> None:
     basedir = Path(basedir)
     server_endpoint(reactor, config.listen)  # ValueError for a bad string, before anything else
     log_path = basedir / config.log
-    log_file = open(log_path, "a", encoding="utf-8", buffering=1)
+    try:
+        log_file = open(log_path, "a", encoding="utf-8", buffering=1)
+        (basedir / PID_FILE).write_text(f"{os.getpid()}\n")
+    except OSError as e:
+        raise StartFailed(f"cannot write {e.filename}: {e.strerror}; check the directory's "
+                          f"permissions") from None
     observers = [textFileLogObserver(log_file)]
     if to_terminal:
         observers.append(textFileLogObserver(sys.stdout))
     globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
     pid_path = basedir / PID_FILE
-    pid_path.write_text(f"{os.getpid()}\n")
     service = MasterService(config, basedir, reactor)
     problem: list[str] = []
 
