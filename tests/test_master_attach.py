@@ -237,3 +237,92 @@ def test_a_slave_era_peer_gets_the_legacy_attach_sequence_and_builder_pings(tmp_
     finally:
         slave.terminate()
         master.stop()
+
+
+# -- the same rules with the clock driven by the test (no network) --------------------------------
+
+class _FakeTransport:
+    def __init__(self):
+        self.aborted = False
+
+    def getPeer(self):
+        from twisted.internet.address import IPv4Address
+
+        return IPv4Address("TCP", "10.0.0.9", 4242)
+
+    def abortConnection(self):
+        self.aborted = True
+
+
+class _FakeBroker:
+    def __init__(self):
+        self.transport = _FakeTransport()
+        self.last_received = None
+        self.disconnected = False
+
+    def notifyOnDisconnect(self, callback):
+        pass
+
+
+class _SilentMind:
+    """A Bot whose calls never answer."""
+
+    def __init__(self):
+        self.calls = []
+
+    def callRemote(self, name, *args, **kwargs):
+        from twisted.internet import defer
+
+        self.calls.append((name, args, kwargs))
+        return defer.Deferred()
+
+
+def _clocked_slave(tmp_path):
+    from twisted.internet import task
+
+    from bbx.master.builder import Builder, SlaveBuilder
+    from bbx.master.config import load_config
+    from bbx.master.slave import SlaveLink, SlavePerspective
+    from bbx.pb.dialect import Dialect
+
+    make_master(tmp_path, keepalive=(10, 30))
+    config = load_config(tmp_path)
+    clock = task.Clock()
+    builders = {b.name: Builder(b) for b in config.builders}
+    slave = SlavePerspective(config.slaves[0], config, builders, clock)
+    link = SlaveLink(_FakeBroker(), _SilentMind(), clock)
+    link.dialect = Dialect.WORKER
+    link.slave_builders["w1"] = SlaveBuilder(builders["w1"], slave, _SilentMind(), clock)
+    slave._accept(link)
+    return clock, slave, link
+
+
+def test_silence_longer_than_keepalive_timeout_drops_the_slave_on_the_clock(tmp_path):
+    clock, slave, link = _clocked_slave(tmp_path)
+    clock.pump([5] * 6)  # 30 s: not yet more than the timeout
+    assert slave.link is link and not link.broker.transport.aborted
+    assert sum(1 for c in link.mind.calls if c[0] == "print") == 3  # keepalives every 10 s
+    clock.pump([5] * 2)
+    assert slave.link is None and link.broker.transport.aborted
+    assert not link.slave_builders["w1"].builder.attached()
+
+
+def test_a_slave_sending_anything_stays_attached_on_the_clock(tmp_path):
+    clock, slave, link = _clocked_slave(tmp_path)
+    for _ in range(40):
+        clock.advance(5)
+        link.broker.last_received = clock.seconds()
+    assert slave.link is link and not link.broker.transport.aborted
+
+
+def test_ping_without_answer_fails_after_10_seconds_on_the_clock(tmp_path):
+    from bbx.pb.control import SlaveTimeout
+
+    clock, slave, link = _clocked_slave(tmp_path)
+    d = link.slave_builders["w1"].ping()
+    failures = []
+    d.addErrback(failures.append)
+    clock.advance(9.9)
+    assert not failures
+    clock.advance(0.2)
+    assert failures and failures[0].check(SlaveTimeout)
