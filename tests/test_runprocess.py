@@ -273,3 +273,21 @@ def test_process_that_will_not_die_fails_the_command_after_the_backup_timeout(tm
     assert "using fake rc=-1\n" in run["header"]
     assert run["rc"] == [-1]
     assert run["failure"] and "failed to kill" in run["failure"]
+
+
+def test_after_sigterm_the_rest_of_the_tree_gets_sigterm_time_to_finish(tmp_path):
+    prog = tmp_path / "prog.py"
+    prog.write_text(
+        "import os, signal, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    def term(*a):\n"
+        "        time.sleep(0.5); print('grandchild cleaned up', flush=True); os._exit(0)\n"
+        "    signal.signal(signal.SIGTERM, term)\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60); os._exit(0)\n"
+        "signal.signal(signal.SIGTERM, lambda *a: os._exit(0))\n"
+        "time.sleep(60)\n")
+    run = drive(tmp_path, {"workdir": "wd", "command": [PY, str(prog)], "logEnviron": False, "sigtermTime": 10},
+                "--interrupt-on-output", "ready")
+    assert "grandchild cleaned up" in run["stdout"]
+    assert run["rc"] == [-1]

@@ -206,8 +206,13 @@ class ProcessTree:
         self.exempt = {os.getpid(), os.getppid(), 1}
         self.have_proc = os.path.isdir(os.path.join(_PROC, "self"))
 
-    def members(self) -> set[int]:
-        """Live (non-zombie) members, the root included while it lives."""
+    def members(self, *, include_root: bool = True) -> set[int]:
+        """Live (non-zombie) members.
+
+        Pass include_root=False once the root has been reaped: its pid may then be reused, so
+        neither it nor its children count. (Session and group ids stay safe: Linux does not
+        reuse a pid while some process still has it as its session or group id.)
+        """
         if not self.have_proc:
             return set()
         table = {}
@@ -222,15 +227,16 @@ class ProcessTree:
         for pid, (state, ppid, pgrp, sid) in table.items():
             if state in "ZX":
                 continue
-            if pid == self.root or sid == self.root or pgrp == self.root or self._marked(pid):
+            if (include_root and pid == self.root) or sid == self.root or pgrp == self.root \
+                    or self._marked(pid):
                 found.add(pid)
         children: dict[int, list[int]] = {}
         for pid, (state, ppid, _, _) in table.items():
             if state not in "ZX":
                 children.setdefault(ppid, []).append(pid)
         todo = list(found)
-        if self.root not in found:
-            todo.append(self.root)  # its orphaned children are re-parented, but not at once
+        if include_root and self.root not in found:
+            todo.append(self.root)
         while todo:
             for child in children.get(todo.pop(), ()):
                 if child not in found:
@@ -276,9 +282,7 @@ class ProcessTree:
         # already exiting (Python resets handlers at shutdown) and turn a clean exit into a kill.
         frozen: set[int] = set()
         for _ in range(FREEZE_ROUNDS):
-            new = self.members() - frozen
-            if not include_root:
-                new.discard(self.root)
+            new = self.members(include_root=include_root) - frozen
             if not new:
                 break
             for pid in new:
@@ -763,9 +767,11 @@ class RunProcess:
         self._timers.pop("sigterm", None)
         if self._ended:
             return
-        if not self._exited or self.tree is None or self.tree.members():
+        if not self._exited or self.tree is None or self.tree.members(include_root=False):
             self._signal_tree(self.interrupt_signal)
         self._timers["backup"] = self.reactor.callLater(BACKUP_TIMEOUT, self._backup_timeout)
+        if self._exited and "leftovers" not in self._timers:
+            self._timers["leftovers"] = self.reactor.callLater(LEFTOVER_GRACE, self._leftovers)
 
     def _signal_tree(self, sig: int) -> None:
         if self.tree is None:
@@ -796,7 +802,9 @@ class RunProcess:
         self._exited = True
         if self._ended:
             return
-        if self._killed and self.tree is not None:
+        if self._killed:
+            if "sigterm" in self._timers:
+                return  # the rest of the tree has until sigterm_time to finish, as the child had
             self._signal_tree(self.interrupt_signal)  # the rest of the tree goes with it
         self._timers["leftovers"] = self.reactor.callLater(LEFTOVER_GRACE, self._leftovers)
 
@@ -808,12 +816,13 @@ class RunProcess:
             # The pipes may just hold output the master has not taken yet.
             self._timers["leftovers"] = self.reactor.callLater(LEFTOVER_GRACE, self._leftovers)
             return
-        members = self.tree.members() if self.tree is not None else set()
+        members = self.tree.members(include_root=False) if self.tree is not None else set()
         if members:
-            pids = " ".join(str(p) for p in sorted(members))
-            self.updates.add("header", f"\nthe command exited but left processes holding its output "
-                                       f"open; killing them: {pids}\n")
-            self.tree.signal(signal.SIGKILL, include_root=False)
+            if not self._killed:
+                pids = " ".join(str(p) for p in sorted(members))
+                self.updates.add("header", f"\nthe command exited but left processes holding its output "
+                                           f"open; killing them: {pids}\n")
+            self._signal_tree(signal.SIGKILL)
             self._timers["leftovers"] = self.reactor.callLater(LEFTOVER_GRACE, self._leftovers)
         elif self._transport is not None:
             # Held by something we cannot see or signal: stop waiting for it.
