@@ -17,6 +17,7 @@ twistd.log, where Twisted logs "<Factory> starting on <port>". Builders:
   b-true   a single `true`                                       -> SUCCESS
   b-files  FileDownload, a check, FileUpload, DirectoryUpload    -> SUCCESS; the master dir then
            holds uploaded.json (== harness.json) and uploaded-dir/sub/b.txt ("dir-ok")
+  b-slow   writes its pid to <master dir>/slow.pid, then `exec sleep 60`
 
 Builds are triggered with `buildbot sendchange` (branch = builder name) through a
 PBChangeSource on the same port, then followed in state.sqlite until the request completes.
@@ -92,7 +93,13 @@ f_files.addStep(steps.ShellCommand(name='make-dir',
 f_files.addStep(steps.DirectoryUpload(workersrc='d',
                                       masterdest=os.path.join(_here, 'uploaded-dir')))
 
-BUILDERS = [('b1', f_b1), ('b-fail', f_fail), ('b-true', f_true), ('b-files', f_files)]
+# b-slow: records its shell's pid in the master dir, then sleeps; for interrupt/kill tests.
+f_slow = util.BuildFactory()
+f_slow.addStep(steps.ShellCommand(name='slow', command=sh(
+    'echo $$ > ' + os.path.join(_here, 'slow.pid') + '; exec sleep 60')))
+
+BUILDERS = [('b1', f_b1), ('b-fail', f_fail), ('b-true', f_true), ('b-files', f_files),
+            ('b-slow', f_slow)]
 c['builders'] = [util.BuilderConfig(name=n, workernames=[H['worker']], factory=fac)
                  for n, fac in BUILDERS]
 c['schedulers'] = [
@@ -102,7 +109,7 @@ c['schedulers'] = [
 ]
 '''
 
-BUILDERS = ("b1", "b-fail", "b-true", "b-files")
+BUILDERS = ("b1", "b-fail", "b-true", "b-files", "b-slow")
 
 # Twisted's Factory.doStart logs "<FactoryClass> starting on <port>" once a port is bound.
 _PORT_LINE = re.compile(r"PBServerFactory starting on (\d+)")
@@ -115,6 +122,16 @@ JOIN buildrequests br ON br.buildsetid = bss.buildsetid
 LEFT JOIN builds b ON b.buildrequestid = br.id
 WHERE c.revision = ?
 ORDER BY b.id DESC
+"""
+
+_BUILDS_QUERY = """
+SELECT b.results
+FROM changes c
+JOIN buildset_sourcestamps bss ON bss.sourcestampid = c.sourcestampid
+JOIN buildrequests br ON br.buildsetid = bss.buildsetid
+JOIN builds b ON b.buildrequestid = br.id
+WHERE c.revision = ? AND b.complete_at IS NOT NULL
+ORDER BY b.id
 """
 
 
@@ -182,8 +199,8 @@ class RealMaster:
         except FileNotFoundError:
             return ""
 
-    def trigger(self, builder: str, timeout: float = 90.0) -> str:
-        """Start one build of `builder` via sendchange; wait for it; return its result name."""
+    def send_change(self, builder: str) -> str:
+        """Ask for one build of `builder` (sendchange, branch = builder); return the revision."""
         rev = "bbx-" + uuid.uuid4().hex
         r = subprocess.run(
             [BUILDBOT, "sendchange", "--master", self.address,
@@ -192,23 +209,41 @@ class RealMaster:
             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         if r.returncode != 0:
             raise AssertionError(f"sendchange failed ({r.returncode}): {r.stdout}{r.stderr}")
+        return rev
+
+    def result(self, rev: str) -> str | None:
+        """The result name of the build request for change `rev` once complete, else None."""
         db = self.basedir / "state.sqlite"
-
-        def result():
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
             try:
-                con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-                try:
-                    rows = con.execute(_RESULT_QUERY, (rev,)).fetchall()
-                finally:
-                    con.close()
-            except sqlite3.OperationalError:
-                return None
-            if rows and rows[0][0]:
-                res = rows[0][2] if rows[0][2] is not None else rows[0][1]
-                return RESULT_NAMES[res] if 0 <= res < len(RESULT_NAMES) else str(res)
+                rows = con.execute(_RESULT_QUERY, (rev,)).fetchall()
+            finally:
+                con.close()
+        except sqlite3.OperationalError:
             return None
+        if rows and rows[0][0]:
+            res = rows[0][2] if rows[0][2] is not None else rows[0][1]
+            return RESULT_NAMES[res] if 0 <= res < len(RESULT_NAMES) else str(res)
+        return None
 
-        return _wait(result, timeout, f"the build on {builder}")
+    def build_results(self, rev: str) -> list[str]:
+        """Result names of every finished build (retries included) for change `rev`, oldest first."""
+        db = self.basedir / "state.sqlite"
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            try:
+                rows = con.execute(_BUILDS_QUERY, (rev,)).fetchall()
+            finally:
+                con.close()
+        except sqlite3.OperationalError:
+            return []
+        return [RESULT_NAMES[r] if 0 <= r < len(RESULT_NAMES) else str(r) for (r,) in rows]
+
+    def trigger(self, builder: str, timeout: float = 90.0) -> str:
+        """Start one build of `builder` via sendchange; wait for it; return its result name."""
+        rev = self.send_change(builder)
+        return _wait(lambda: self.result(rev), timeout, f"the build on {builder}")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the master (SIGTERM to its pid, then SIGKILL); safe to call twice."""

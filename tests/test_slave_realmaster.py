@@ -12,7 +12,7 @@ import pytest
 
 import bbx
 
-from tests.realmaster import RealMaster
+from tests.realmaster import RealMaster, real_master  # noqa: F401 (fixture)
 from tests.support import BBX, Proc, run_bbx, wait_until
 
 ATTACHED = "message from master: attached"
@@ -197,3 +197,56 @@ def test_touching_the_shutdown_stamp_asks_for_a_graceful_shutdown(tmp_path, mast
         _wait_detached(master, detaches)
     finally:
         proc.terminate()
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _slow_step_pid(master) -> int:
+    path = master.basedir / "slow.pid"
+    return int(wait_until(lambda: path.exists() and path.read_text().strip(), 30,
+                          what="the slow step to start"))
+
+
+def test_sigterm_kills_the_running_command_and_the_master_retries_the_build(tmp_path, real_master):
+    d = _slave(tmp_path, real_master)
+    proc = _start(tmp_path, d)
+    step_pid = None
+    try:
+        proc.wait_for_output(LOGGED_IN, 20)
+        rev = real_master.send_change("b-slow")
+        step_pid = _slow_step_pid(real_master)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.popen.wait(20) == 0
+        assert _pid_gone(step_pid), "a clean stop kills the running command"
+        wait_until(lambda: real_master.build_results(rev), 20, what="the interrupted build to end")
+        assert real_master.build_results(rev)[0] == "RETRY"
+    finally:
+        proc.terminate()
+        if step_pid and not _pid_gone(step_pid):
+            os.kill(step_pid, signal.SIGKILL)
+
+
+def test_a_vanished_master_kills_the_command_and_the_slave_keeps_retrying(tmp_path, real_master):
+    d = _slave(tmp_path, real_master, "--maxdelay", "2")
+    proc = _start(tmp_path, d)
+    step_pid = None
+    try:
+        proc.wait_for_output(LOGGED_IN, 20)
+        real_master.send_change("b-slow")
+        step_pid = _slow_step_pid(real_master)
+        os.kill(real_master.pid, signal.SIGKILL)
+        proc.wait_for_output("lost the connection to tcp:host=127.0.0.1", 20)
+        wait_until(lambda: _pid_gone(step_pid), 15, what="the command to be killed")
+        wait_until(lambda: proc.output().count("connection refused; retrying in") >= 2, 20,
+                   what="reconnect attempts")
+        assert proc.popen.poll() is None
+    finally:
+        proc.terminate()
+        if step_pid and not _pid_gone(step_pid):
+            os.kill(step_pid, signal.SIGKILL)
