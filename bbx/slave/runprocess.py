@@ -13,6 +13,7 @@ Where it goes further than the worker:
   processes are frozen with SIGSTOP first, so none can fork a survivor while we collect them.
 - A daemon that outlives the child while holding its output open does not hang the command:
   LEFTOVER_GRACE after the child exits, whatever is left of its tree is killed.
+- The child dies with the slave (PR_SET_PDEATHSIG on Linux), even when the slave is SIGKILLed.
 - Output flows back under flow control: the batcher pauses reading the child's pipes while the
   master is behind (bbx/pb/updates.py), and the silence timeout does not count paused time.
 """
@@ -26,6 +27,7 @@ import re
 import shlex
 import shutil
 import signal
+import sys
 import uuid
 from typing import Any, Callable, Mapping
 
@@ -317,14 +319,38 @@ def _send(pid: int, sig: int) -> None:
 # Spawning: the child leads a new session
 
 
-class _ExecFailureReport:
-    """In the forked child: when exec fails, say why on stderr and exit like a shell would.
+def _load_prctl():
+    try:
+        import ctypes
 
-    Twisted's own fallback prints a Python traceback and exits 1, which reads as a crash of
-    bbx rather than "command not found".
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError, ImportError):
+        return None  # not Linux: a killed slave leaves its child running, as the worker does
+
+
+_prctl = _load_prctl() if sys.platform.startswith("linux") else None
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class _ChildSetup:
+    """What every child does between fork and exec, beyond Twisted's own setup.
+
+    - It dies with the slave: PR_SET_PDEATHSIG sends it SIGKILL when the slave process goes,
+      even by SIGKILL (nothing else would stop a child that does not write to its pipes).
+      Its own descendants are only reached through it, or by a later kill of the tree.
+    - When exec fails it says why on stderr and exits like a shell would; Twisted's own
+      fallback prints a Python traceback and exits 1, which reads as a crash of bbx.
     """
 
+    def __init__(self, *args, **kwargs):
+        self._slave_pid = os.getpid()
+        super().__init__(*args, **kwargs)
+
     def _execChild(self, path, uid, gid, executable, args, environment):
+        if _prctl is not None:
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != self._slave_pid:  # the slave died before prctl took effect
+                os._exit(NOT_EXECUTABLE_RC)
         try:
             super()._execChild(path, uid, gid, executable, args, environment)
         except OSError as e:
@@ -351,7 +377,7 @@ class _PipeReader(process.ProcessReader):
         return None
 
 
-class _SessionProcess(_ExecFailureReport, process.Process):
+class _SessionProcess(_ChildSetup, process.Process):
     """A pipe-connected child that calls setsid() before exec.
 
     Why setsid and not just setpgid (as the worker does): a session survives its leader's
@@ -371,7 +397,7 @@ class _SessionProcess(_ExecFailureReport, process.Process):
         os.setsid()
 
 
-class _SessionPTYProcess(_ExecFailureReport, process.PTYProcess):
+class _SessionPTYProcess(_ChildSetup, process.PTYProcess):
     """A PTY child; Twisted's PTYProcess already makes it a session leader."""
 
 
