@@ -124,3 +124,79 @@ def test_keepalive_deadline_is_derived_from_the_keepalive_interval(tmp_path):
                                         ("18", 18)])
 def test_umask_accepts_octal_and_decimal(text, value):
     assert basedir.parse_umask(text) == value
+
+
+# -- what the Bot tells the master about this directory, and the builders it keeps ------------
+
+class _Reactor:
+    """Enough of a reactor for the Bot's synchronous methods."""
+
+    def __init__(self):
+        self.calls = []
+
+    def callLater(self, delay, fn, *a, **kw):
+        self.calls.append((delay, fn))
+
+
+def _bot(tmp_path, os_release=None):
+    from bbx.slave.bot import Bot
+
+    config = _create(tmp_path, info_admin="Ada <ada@x.org>", info_host="box")
+    (tmp_path / "slave" / "info" / "access_uri").write_text("ssh://box")
+    kw = {"os_release": str(os_release)} if os_release else {}
+    return Bot(config.basedir, _Reactor(), **kw), config
+
+
+def test_worker_info_holds_every_info_file_and_the_slave_facts(tmp_path):
+    import os
+
+    import bbx
+    from bbx.slave.commands import registry
+
+    rel = tmp_path / "os-release"
+    rel.write_text('# comment\nID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian GNU/Linux 12"\nEMPTY=\n')
+    bot, config = _bot(tmp_path, rel)
+    info = bot.remote_getWorkerInfo()
+    assert info["admin"] == "Ada <ada@x.org>\n" and info["host"] == "box\n"
+    assert info["access_uri"] == "ssh://box"
+    assert (info["os_id"], info["os_version_id"]) == ("debian", "12")
+    assert info["os_pretty_name"] == "Debian GNU/Linux 12" and "os_empty" not in info
+    assert info["environ"] == dict(os.environ) and info["system"] == os.name
+    assert info["basedir"] == config.basedir and info["numcpus"] >= 1
+    assert info["version"] == bbx.__version__ == bot.remote_getVersion()
+    assert info["worker_commands"] == registry.command_table() == bot.remote_getCommands()
+    assert info["delete_leftover_dirs"] is False
+
+
+def test_slave_info_is_the_same_under_the_old_name(tmp_path):
+    bot, _ = _bot(tmp_path)
+    old, new = bot.remote_getSlaveInfo(), bot.remote_getWorkerInfo()
+    assert old.pop("slave_commands") == new.pop("worker_commands")
+    assert old == new
+
+
+def test_set_builder_list_creates_reuses_and_removes_builders(tmp_path):
+    bot, config = _bot(tmp_path)
+    first = bot.remote_setBuilderList([("a", "a"), ["b", "b-dir"]])
+    assert sorted(first) == ["a", "b"]
+    assert (tmp_path / "slave" / "a").is_dir() and (tmp_path / "slave" / "b-dir").is_dir()
+    second = bot.remote_setBuilderList([("a", "a-moved")])
+    assert list(second) == ["a"] and second["a"] is first["a"], "a builder is reused, not recreated"
+    assert (tmp_path / "slave" / "a-moved").is_dir()
+    assert first["a"].builder_dir == str(tmp_path / "slave" / "a-moved")
+
+
+def test_shutdown_stops_the_slave_a_moment_later(tmp_path):
+    bot, _ = _bot(tmp_path)
+    assert bot.remote_shutdown() is None
+    assert [d for d, _ in bot.reactor.calls] == [0.2]
+
+
+def test_start_command_refuses_an_unknown_command_at_once(tmp_path):
+    from bbx.slave.commands.base import UnknownCommand
+
+    bot, _ = _bot(tmp_path)
+    builder = bot.remote_setBuilderList([("a", "a")])["a"]
+    with pytest.raises(UnknownCommand):
+        builder.remote_startCommand(object(), "0", "no-such-command", {})
+    assert builder.command is None

@@ -96,3 +96,60 @@ def test_silent_master_is_dropped_after_the_keepalive_deadline(tmp_path):
     finally:
         proc.terminate()
         silent.close()
+
+
+# -- the state machine on a fake reactor (time driven by hand) --------------------------------
+
+class _Bot:
+    def __init__(self):
+        self.lost = []
+
+    def connection_lost(self, why):
+        self.lost.append(why)
+
+
+def _refuse_latest(reactor):
+    from twisted.internet.error import ConnectionRefusedError
+    from twisted.python.failure import Failure
+
+    host, port, factory, timeout, bind = reactor.tcpClients[-1]
+    factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+
+
+def _connection(reactor, policy):
+    from bbx.slave.connection import SlaveConnection
+
+    return SlaveConnection(reactor, "tcp:host=127.0.0.1:port=9", "w1", "pw", _Bot(), policy=policy)
+
+
+def test_each_refused_connect_waits_what_the_policy_says_before_the_next():
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    asked = []
+    conn = _connection(reactor, lambda n: asked.append(n) or 10.0 * (n + 1))
+    conn.start()
+    assert len(reactor.tcpClients) == 1
+    _refuse_latest(reactor)
+    assert asked == [0]
+    reactor.advance(9.9)
+    assert len(reactor.tcpClients) == 1, "no retry before the policy's delay"
+    reactor.advance(0.1)
+    assert len(reactor.tcpClients) == 2
+    _refuse_latest(reactor)
+    assert asked == [0, 1]
+    reactor.advance(20)
+    assert len(reactor.tcpClients) == 3
+
+
+def test_stop_cancels_a_pending_retry():
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    conn = _connection(reactor, lambda n: 1.0)
+    conn.start()
+    _refuse_latest(reactor)
+    d = conn.stop()
+    assert d.called
+    reactor.advance(100)
+    assert len(reactor.tcpClients) == 1

@@ -35,7 +35,7 @@ Two forms:
 
   bbx slave create DIR --connection-string ENDPOINT NAME PASSWORD
 
-MASTER is host[:port] or [v6addr][:port] (port 9989 by default); ENDPOINT is any Twisted
+MASTER is host[:port] or \\[v6addr][:port] (port 9989 by default); ENDPOINT is any Twisted
 client endpoint string, e.g. tcp:host=ci.example.org:port=9989. Writes DIR/slave.toml
 (mode 0600), DIR/info/admin and DIR/info/host.
 """

@@ -54,7 +54,7 @@ class Bot(pb.Referenceable):
                  os_release: str = OS_RELEASE):
         self.basedir = os.path.abspath(basedir)
         self.reactor = reactor
-        self._shutdown = shutdown or reactor.stop
+        self._shutdown = shutdown  # None: stop the reactor
         self._os_release = os_release
         self.builders: dict[str, SlaveBuilder] = {}
 
@@ -139,7 +139,10 @@ class Bot(pb.Referenceable):
     def remote_shutdown(self) -> None:
         """Stop this slave. Gets nothing; returns None, and the slave stops 0.2 s later."""
         log.info("the master asked this slave to shut down")
-        self.reactor.callLater(SHUTDOWN_DELAY, self._shutdown)
+        self.reactor.callLater(SHUTDOWN_DELAY, self._stop)
+
+    def _stop(self) -> None:
+        (self._shutdown or self.reactor.stop)()
 
     # -- called by the connection and the service --------------------------------------------
 
