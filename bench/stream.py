@@ -17,7 +17,10 @@ with two slaves: a `bbx slave start` (builder s1) and a real `buildbot-worker st
 For 3 and 4 this process reads bbx's stdout in 1 MiB chunks, counts the bytes and checks the
 count is exactly base64's. "MB/s" is bytes / 1e6 / wall time from spawning `bbx run` to its exit
 (the CLI's start-up, login and the command's start included); "MB/s streaming" leaves out the
-time before the first byte arrived. The best of the repeats is shown, and the median.
+time before the first byte arrived. The best of the repeats is shown, and the median. The last
+column is the CPU time each process used during the best run (master and slave/worker from
+/proc/PID/stat, the CLI from its rusage): with all of them on one machine, their sum against
+the wall time says whether the path is CPU-bound or waiting on round trips.
 
 --profile DIR runs the master, the bbx slave and each bbx-slave CLI run under cProfile
 (`python -m cProfile -o DIR/ROLE.prof -m bbx ...`) and prints each role's top functions by
@@ -54,6 +57,7 @@ TARGET_MBPS = 100.0
 # Bounds for setting things up; nothing here should take longer on a sane machine.
 START_DEADLINE = 60.0
 ATTACHED = "message from master: attached"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def base64_size(raw: int) -> int:
@@ -160,40 +164,55 @@ def timed_local(cmd: str, expected: int, into_pipe: bool) -> tuple[float, float]
     return end - start, end - first
 
 
-def timed_run(argv: list[str], expected: int, errlog: Path, env) -> tuple[float, float]:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a running process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def timed_run(argv: list[str], expected: int, errlog: Path, env,
+              servers: dict[str, int]) -> tuple[float, float, dict[str, float]]:
+    """Run `bbx run`, drain its stdout; return (wall s, s since the first byte, CPU s per role)."""
+    before = {role: cpu_seconds(pid) for role, pid in servers.items()}
     start = time.monotonic()
     with open(errlog, "ab") as err:
         p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
                              env=env, start_new_session=True)
         try:
             got, first = drain(p)
-            rc = p.wait(60)
+            _, status, usage = os.wait4(p.pid, 0)
+            p.returncode = rc = os.waitstatus_to_exitcode(status)
         finally:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait(5)
     end = time.monotonic()
+    cpu = {role: cpu_seconds(pid) - before[role] for role, pid in servers.items()}
+    cpu["cli"] = usage.ru_utime + usage.ru_stime
     if rc != 0 or got != expected:
         tail = errlog.read_text(errors="replace")[-1500:]
         raise SystemExit(f"bench: {' '.join(argv[:6])}... exited {rc} after {got} bytes "
                          f"(expected {expected}):\n{tail}")
-    return end - start, end - (first or end)
+    return end - start, end - (first or end), cpu
 
 
-def summarise(name: str, size: int, times: list[tuple[float, float]]) -> tuple:
+def summarise(name: str, size: int, times: list[tuple]) -> tuple:
     walls = [t[0] for t in times]
     streams = [t[1] for t in times]
     mb = size / 1e6
-    return (name, mb, min(walls), mb / min(walls), mb / statistics.median(walls),
-            mb / min(streams) if min(streams) > 0 else float("inf"))
+    best = min(range(len(times)), key=lambda i: walls[i])
+    cpu = times[best][2] if len(times[best]) > 2 else {}
+    return (name, mb, walls[best], mb / walls[best], mb / statistics.median(walls),
+            mb / min(streams) if min(streams) > 0 else float("inf"),
+            " ".join(f"{role} {s:.2f}" for role, s in cpu.items()))
 
 
 def print_table(rows) -> None:
-    head = ("path", "MB", "best s", "MB/s best", "MB/s median", "MB/s streaming")
+    head = ("path", "MB", "best s", "MB/s best", "MB/s median", "MB/s streaming", "CPU s in best run")
     print()
-    print(f"{head[0]:<34} {head[1]:>7} {head[2]:>7} {head[3]:>10} {head[4]:>12} {head[5]:>15}")
-    for name, mb, best, rate, median, streaming in rows:
-        print(f"{name:<34} {mb:>7.1f} {best:>7.2f} {rate:>10.1f} {median:>12.1f} {streaming:>15.1f}")
+    print(f"{head[0]:<32} {head[1]:>6} {head[2]:>6} {head[3]:>9} {head[4]:>11} {head[5]:>14}  {head[6]}")
+    for name, mb, best, rate, median, streaming, cpu in rows:
+        print(f"{name:<32} {mb:>6.1f} {best:>6.2f} {rate:>9.1f} {median:>11.1f} {streaming:>14.1f}  {cpu}")
 
 
 def print_profiles(profile: Path, top: int = 14) -> None:
@@ -219,7 +238,11 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", type=Path, default=None,
                         help="write cProfile data of master, slave and CLI to this directory")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--bbx", default=BBX,
+                        help="the bbx executable for master, slave and CLI (default: %(default)s), "
+                             "e.g. a wrapper trying other tuning constants")
     args = parser.parse_args(argv)
+    globals()["BBX"] = args.bbx
     if args.profile is not None:
         args.profile = args.profile.resolve()
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -278,12 +301,14 @@ def main(argv=None) -> int:
         for i in range(args.repeat):
             argv = bbx_argv(args.profile, f"cli-{i + 1}", "run", "--master-dir", tmp / "m", "s1",
                             "--", "sh", "-c", cmd)
-            times.append(timed_run(argv, expected, tmp / "run.err", env))
+            times.append(timed_run(argv, expected, tmp / "run.err", env,
+                                   {"master": master.popen.pid, "slave": slave.popen.pid}))
         rows.append(summarise("bbx run via bbx slave", expected, times))
         if with_worker:
             wcmd, wexpected = command_for(args.worker_mb if args.worker_mb else args.mb)
             times = [timed_run([BBX, "run", "--master-dir", tmp / "m", "w1", "--", "sh", "-c", wcmd],
-                               wexpected, tmp / "run-worker.err", env)
+                               wexpected, tmp / "run-worker.err", env,
+                               {"master": master.popen.pid, "worker": worker.popen.pid})
                      for _ in range(args.repeat)]
             rows.append(summarise("bbx run via buildbot-worker 4.3", wexpected, times))
         print_table(rows)
