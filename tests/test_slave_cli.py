@@ -217,3 +217,16 @@ def _kill_from_pidfile(d):
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def test_sighup_without_allow_shutdown_stops_the_slave_cleanly(tmp_path):
+    d = _create(tmp_path)
+    proc = Proc([BBX, "slave", "start", d], log_path=tmp_path / "out.txt")
+    try:
+        proc.wait_for_output("cannot connect to", 20)
+        os.kill(proc.pid, signal.SIGHUP)
+        assert proc.popen.wait(15) == 0
+        assert not (d / "slave.pid").exists()
+        assert file_contains(d / "slave.log", "slave stopped")
+    finally:
+        proc.terminate()

@@ -171,6 +171,10 @@ def run(config, *, console: bool = True) -> int:
     if config.allow_shutdown == "signal":
         signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(
             slave.request_shutdown, "SIGHUP received"))
+    else:
+        # SIGHUP's default action kills the process on the spot, leaving commands running and a
+        # stale pid file behind (e.g. when the terminal of a foreground slave closes).
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(slave._stop_reactor))
     reactor.callWhenRunning(slave.start)
     try:
         reactor.run()
