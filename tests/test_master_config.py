@@ -96,9 +96,11 @@ def test_keepalive_timeout_must_exceed_the_interval(tmp_path):
     assert ":4:" in message and "keepalive_timeout" in message
 
 
-def test_unknown_builder_key_is_rejected_but_steps_and_max_builds_are_accepted(tmp_path):
-    accepted = GOOD.replace('slaves = ["s1", "s2"]', 'slaves = ["s1", "s2"]\nsteps = []\nmax_builds = 1')
+def test_unknown_builder_key_is_rejected_but_steps_are_accepted(tmp_path):
+    accepted = GOOD.replace('slaves = ["s1", "s2"]', 'slaves = ["s1", "s2"]\nsteps = []')
     assert load_config(write(tmp_path, accepted)).builder("linux build")
+    moved = error_of(tmp_path, GOOD.replace('slaves = ["s1", "s2"]', 'slaves = ["s1", "s2"]\nmax_builds = 1'))
+    assert "max_builds" in moved and "[[slaves]]" in moved
     message = error_of(tmp_path, GOOD.replace('slaves = ["s1", "s2"]', 'slaves = ["s1", "s2"]\ncolour = 1'))
     assert ":17:" in message and "colour" in message and "not a known key" in message
 

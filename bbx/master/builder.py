@@ -23,12 +23,38 @@ log = Logger()
 PING_TIMEOUT = 10.0
 
 
-class Builder:
-    """One configured builder and the SlaveBuilders of its currently attached slaves."""
+class SlaveLoad:
+    """How many builds each slave runs now, against its max_builds (across its builders).
 
-    def __init__(self, config: BuilderConfig):
+    A `bbx run` command counts as a one-step build, so it takes a slot too.
+    """
+
+    def __init__(self, limits: dict[str, int]):
+        self.limits = dict(limits)
+        self.running: dict[str, int] = {}
+
+    def has_room(self, slave: str) -> bool:
+        return self.running.get(slave, 0) < self.limits.get(slave, 1)
+
+    def take(self, slave: str) -> None:
+        self.running[slave] = self.running.get(slave, 0) + 1
+
+    def release(self, slave: str) -> None:
+        self.running[slave] = max(0, self.running.get(slave, 0) - 1)
+
+
+class Builder:
+    """One configured builder and the SlaveBuilders of its currently attached slaves.
+
+    `on_attach` (set by the build queue) is called with no arguments whenever a slave of this
+    builder attaches, so queued requests can start.
+    """
+
+    def __init__(self, config: BuilderConfig, load: SlaveLoad | None = None):
         self.config = config
         self.slave_builders: dict[str, SlaveBuilder] = {}
+        self.load = load if load is not None else SlaveLoad({})
+        self.on_attach = None
 
     @property
     def name(self) -> str:
@@ -40,6 +66,8 @@ class Builder:
 
     def attach(self, slave_builder: "SlaveBuilder") -> None:
         self.slave_builders[slave_builder.slave.name] = slave_builder
+        if self.on_attach is not None:
+            self.on_attach()
 
     def detach(self, slave_builder: "SlaveBuilder") -> None:
         if self.slave_builders.get(slave_builder.slave.name) is slave_builder:
@@ -52,15 +80,23 @@ class Builder:
         raise NoSlaveAttached(f"builder {self.name} has no attached slave "
                               f"(configured: {', '.join(self.config.slaves)})")
 
+    def free_slave_builder(self) -> "SlaveBuilder | None":
+        """An attached SlaveBuilder that is idle on a slave below its max_builds, or None."""
+        for name in self.attached():
+            sb = self.slave_builders[name]
+            if not sb.busy and self.load.has_room(name):
+                return sb
+        return None
+
     def idle_slave_builder(self) -> "SlaveBuilder":
-        """An attached SlaveBuilder not running a command; NoSlaveAttached or SlaveBusy otherwise."""
+        """An attached SlaveBuilder free to build now; NoSlaveAttached or SlaveBusy otherwise."""
         candidates = [self.slave_builders[n] for n in self.attached()]
         if not candidates:
             self.any_attached()
-        for sb in candidates:
-            if not sb.busy:
-                return sb
-        raise SlaveBusy(f"every slave of builder {self.name} is running a command "
+        sb = self.free_slave_builder()
+        if sb is not None:
+            return sb
+        raise SlaveBusy(f"every slave of builder {self.name} is busy "
                         f"({', '.join(sb.slave.name for sb in candidates)}); try again when it ends")
 
 
@@ -78,11 +114,12 @@ class SlaveBuilder(pb.Referenceable):
         self.remote = remote
         self.reactor = reactor
         self.command = None  # the RemoteCommand running here, if any
+        self.build = None    # the Build holding this slave builder, if any
         self.detached = False
 
     @property
     def busy(self) -> bool:
-        return self.command is not None
+        return self.command is not None or self.build is not None
 
     def ping(self) -> defer.Deferred:
         """Ping the slave once; fire with the round-trip time in seconds.
@@ -115,9 +152,13 @@ class SlaveBuilder(pb.Referenceable):
         return d
 
     def lost(self) -> None:
-        """The slave went away: fail the running command as lost."""
+        """The slave went away: fail the running command as lost, and tell the build."""
         self.detached = True
         self.builder.detach(self)
+        why = f"lost the connection to slave {self.slave.name}"
+        build = self.build
+        if build is not None:
+            build.slave_lost(why)
         command, self.command = self.command, None
         if command is not None:
-            command.lost(f"lost the connection to slave {self.slave.name}")
+            command.lost(why)

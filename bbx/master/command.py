@@ -2,8 +2,14 @@
 
 The slave calls `update` with envelopes `[[{key: value}, 0], ...]` and finally `complete`
 (PROTOCOL.md §3.4, §5.1, §5.2). The command keeps what the master needs (rc, elapsed,
-failure_reason) and hands the very same envelope to its observers — a watching CLI, later
-the store — so nothing is re-encoded on the way.
+failure_reason), appends the text to the store when it has a StoreLog, and hands the very
+same envelope to its observers — a watching CLI, a build's watchers — so nothing is
+re-encoded on the way.
+
+Order of an update, and why: the text is appended to the store, the store's `written()` is
+awaited, and only then do observers see the envelope and the slave get its answer. So a byte
+any operator saw is already committed (a SIGKILLed master loses nothing anyone saw), and a
+slow disk or a slow CLI slows the slave (flow control end to end).
 """
 
 from __future__ import annotations
@@ -41,6 +47,33 @@ class ICommandObserver(Interface):
 
     def complete(result):
         """The command ended; `result` is {"rc", "failure", "interrupted", "lost"}."""
+
+
+class StoreLog:
+    """Where one step's log goes in the store: text keys become appends to step `step_id`."""
+
+    def __init__(self, store, step_id: int):
+        self.store = store
+        self.step_id = step_id
+
+    def append(self, key: str, value) -> None:
+        if key in TEXT_STREAMS:
+            if isinstance(value, (str, bytes)):
+                self.store.append_log(self.step_id, key, value)
+        elif key == "log" and isinstance(value, (list, tuple)) and len(value) == 2:
+            name, text = value
+            if isinstance(name, bytes):
+                name = name.decode("utf-8", "replace")
+            if isinstance(text, (str, bytes)):
+                self.store.append_log(self.step_id, f"log:{name}", text)
+
+    def note(self, text: str) -> None:
+        """A line the master itself adds to the step's log, as a header."""
+        self.store.append_log(self.step_id, "header", text)
+
+
+# The update keys whose text is the step's log (PROTOCOL.md §5.3); `log` carries (name, text).
+TEXT_STREAMS = frozenset({"stdout", "stderr", "header"})
 
 
 @implementer(ICommandObserver)
@@ -93,8 +126,10 @@ class RemoteCommand(pb.Referenceable):
     `{"rc": int|None, "failure": str|None, "interrupted": bool, "lost": bool}`.
     """
 
-    def __init__(self, slave_builder, name: str, args: dict[str, Any], reactor):
+    def __init__(self, slave_builder, name: str, args: dict[str, Any], reactor,
+                 log: StoreLog | None = None):
         self.slave_builder = slave_builder
+        self.log = log
         self.name = name
         self.args = dict(args)
         self.reactor = reactor
@@ -115,18 +150,21 @@ class RemoteCommand(pb.Referenceable):
         self.observers.append(observer)
 
     @defer.inlineCallbacks
-    def start(self):
-        """startBuild() then startCommand(self, id, name, args); fires once the slave accepted.
+    def start(self, start_build: bool = True):
+        """startBuild() (unless the build already sent it) then startCommand(self, id, name,
+        args); fires once the slave accepted.
 
         Errbacks with the slave's error (unknown command, bad args) and releases the builder.
         """
         sb = self.slave_builder
         link = sb.slave.link
-        commands = link.commands if link is not None else {}
-        wire_args = dialect.args_for_peer(self.name, self.args, commands)
+        if sb.detached or link is None:
+            raise pb.PBConnectionLost(f"slave {sb.slave.name} is not attached")
+        wire_args = dialect.args_for_peer(self.name, self.args, link.commands)
         sb.command = self
         try:
-            yield sb.remote.callRemote("startBuild")
+            if start_build:
+                yield sb.remote.callRemote("startBuild")
             yield sb.remote.callRemote("startCommand", self, self.command_id, self.name, wire_args)
         except Exception:
             if sb.command is self:
@@ -144,6 +182,7 @@ class RemoteCommand(pb.Referenceable):
         """
         if self.finished:
             return 0
+        log = self.log
         for key, value in iter_updates(updates):
             if key == "rc":
                 self.rc = value
@@ -151,6 +190,17 @@ class RemoteCommand(pb.Referenceable):
                 self.elapsed = value
             elif key == "failure_reason":
                 self.failure_reason = value
+            elif log is not None:
+                log.append(key, value)
+        if log is None:
+            return self._forward(updates)
+        d = log.store.written()
+        d.addCallback(lambda _: self._forward(updates))
+        return d
+
+    def _forward(self, updates):
+        if self.finished:
+            return 0  # lost meanwhile: observers already heard `complete`
         waits = []
         for observer in list(self.observers):
             try:
@@ -168,13 +218,18 @@ class RemoteCommand(pb.Referenceable):
 
     def remote_complete(self, failure=None):
         """The slave says the command ended: `failure` is None or a CopyableFailure. Returns None."""
-        if failure is None and self.rc is None:
+        if failure is None and self.rc is None and self.name == "shell":
+            # Transfers may end without rc (Buildbot decodes None as SUCCESS for them, §5.2).
             reason = "the command ended without an exit code"
         elif failure is None:
             reason = None
         else:
             reason = f"command could not run: {_one_line(failure)}"
-        self._finish(reason, lost=False)
+        if self.log is None:
+            self._finish(reason, lost=False)
+        else:
+            # After the updates still waiting for their commit, so observers see them first.
+            self.log.store.written().addCallback(lambda _: self._finish(reason, lost=False))
 
     def interrupt(self, why: str):
         """Ask the slave to stop the command; it still ends with `complete` (PROTOCOL.md §6)."""

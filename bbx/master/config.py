@@ -28,8 +28,24 @@ DEFAULT_SLAVE = "local"
 # (PROTOCOL.md §4.1 step 2.4, buildbot util/__init__.py safeTranslate).
 _UNSAFE_BUILDDIR = re.compile(r"[\t !#$%&'()*+,./:;<=>?@\[\\\]^{|}~]")
 
-# Builder keys accepted now but used by later issues (build steps, concurrency).
-_FUTURE_BUILDER_KEYS = frozenset({"steps", "max_builds"})
+# The build history store, relative to the master's directory (bbx/master/store.py).
+DEFAULT_DB = "bbx.sqlite"
+# How often a request whose build lost its slave (result RETRY) is queued again.
+DEFAULT_RETRY_LOST = 1
+# Builds a slave runs at once, across its builders (Buildbot's Worker max_builds is unlimited
+# by default; a bbx slave runs one command per builder, and one build at a time is the safe
+# default for a machine that builds).
+DEFAULT_MAX_BUILDS = 1
+# Step defaults, from Buildbot 4.3: ShellCommand takes ResultComputingConfigMixin's
+# (flunkOnFailure=True, haltOnFailure=False; process/results.py), file transfers set
+# haltOnFailure=True (steps/transfer.py:51). workdir "build" and timeout 1200 are what a
+# Buildbot master sends with every shell command (PROTOCOL.md §5.4).
+DEFAULT_STEP_WORKDIR = "build"
+DEFAULT_STEP_TIMEOUT = 1200.0
+
+_STEP_KEYS = ("name", "command", "workdir", "env", "timeout", "maxTime", "haltOnFailure",
+              "flunkOnFailure", "warnOnFailure", "alwaysRun", "upload", "download")
+_STEP_FLAGS = ("haltOnFailure", "flunkOnFailure", "warnOnFailure", "alwaysRun")
 
 
 class ConfigError(Exception):
@@ -38,10 +54,37 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class SlaveConfig:
-    """One slave the master accepts: its login name and password."""
+    """One slave the master accepts: its login name, password and how many builds it runs at once."""
 
     name: str
     password: str
+    max_builds: int = DEFAULT_MAX_BUILDS
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """One step of a builder: a shell command, or a file transfer.
+
+    kind "shell": `command` (list = exec, str = /bin/sh -c) in `workdir` with `env`,
+    `timeout` (s without output, None = none) and `max_time`.
+    kind "upload" (slave -> master) / "download" (master -> slave): `src` and `dest`; a
+    master-side path is relative to the master's directory, a slave-side one to `workdir`
+    inside the builder's directory. The flags are Buildbot's, with Buildbot's defaults.
+    """
+
+    name: str
+    kind: str
+    command: tuple[str, ...] | str | None = None
+    workdir: str = DEFAULT_STEP_WORKDIR
+    env: tuple[tuple[str, str], ...] = ()
+    timeout: float | None = DEFAULT_STEP_TIMEOUT
+    max_time: float | None = None
+    halt_on_failure: bool = False
+    flunk_on_failure: bool = True
+    warn_on_failure: bool = False
+    always_run: bool = False
+    src: str | None = None
+    dest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +94,7 @@ class BuilderConfig:
     name: str
     slaves: tuple[str, ...]
     builddir: str
+    steps: tuple[StepConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,6 +117,13 @@ class MasterConfig:
     slaves: tuple[SlaveConfig, ...]
     builders: tuple[BuilderConfig, ...]
     control_users: tuple[ControlUser, ...] = field(default_factory=tuple)
+    db: str = DEFAULT_DB
+    retry_lost: int = DEFAULT_RETRY_LOST
+
+    @property
+    def db_path(self) -> Path:
+        """The store file: `db` relative to the master's directory (the config file's)."""
+        return self.path.parent / self.db
 
     def slave(self, name: str) -> SlaveConfig | None:
         return next((s for s in self.slaves if s.name == name), None)
@@ -161,6 +212,17 @@ class _Loader:
                             f"set e.g. {key} = {int(default)}")
         return float(value)
 
+    def count(self, table: dict, key: str, header: str, default: int, label: str,
+              index: int = 0, minimum: int = 1) -> int:
+        if key not in table:
+            return default
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(self.where.line(header, key, index), label,
+                            f"must be a whole number >= {minimum}, not {value!r}",
+                            f"set e.g. {key} = {max(default, minimum)}")
+        return value
+
     def unknown(self, table: dict, known: Iterable[str], header: str, index: int = 0) -> None:
         for key in table:
             if key not in known:
@@ -208,7 +270,8 @@ def parse_config(text: str, path: Path) -> MasterConfig:
     master = data.get("master", {})
     if not isinstance(master, dict):
         raise ld.fail(ld.where.line(None, "master"), "master", "must be a table", "write it as [master]")
-    ld.unknown(master, ("listen", "keepalive_interval", "keepalive_timeout", "log"), "[master]")
+    ld.unknown(master, ("listen", "keepalive_interval", "keepalive_timeout", "log", "db",
+                        "retry_lost"), "[master]")
     listen = ld.string(master, "listen", "[master]", required=False, default=DEFAULT_LISTEN,
                        label="master.listen")
     interval = ld.positive(master, "keepalive_interval", "[master]", DEFAULT_KEEPALIVE_INTERVAL)
@@ -218,6 +281,9 @@ def parse_config(text: str, path: Path) -> MasterConfig:
                       f"({timeout:g}) must be longer than keepalive_interval ({interval:g})",
                       "a slave answers each keepalive, so allow at least two intervals of silence")
     log = ld.string(master, "log", "[master]", required=False, default=DEFAULT_LOG, label="master.log")
+    db = ld.string(master, "db", "[master]", required=False, default=DEFAULT_DB, label="master.db")
+    retry_lost = ld.count(master, "retry_lost", "[master]", DEFAULT_RETRY_LOST, "master.retry_lost",
+                          minimum=0)
 
     slaves = _load_slaves(ld, data.get("slaves", []))
     control = _load_control(ld, data.get("control", {}))
@@ -231,7 +297,8 @@ def parse_config(text: str, path: Path) -> MasterConfig:
                           "rename one of them: a login name must say which role it is")
     return MasterConfig(path=path, listen=listen, keepalive_interval=interval,
                         keepalive_timeout=timeout, log=log, slaves=tuple(slaves),
-                        builders=tuple(builders), control_users=tuple(control))
+                        builders=tuple(builders), control_users=tuple(control), db=db,
+                        retry_lost=retry_lost)
 
 
 def _load_slaves(ld: _Loader, items: Any) -> list[SlaveConfig]:
@@ -241,13 +308,18 @@ def _load_slaves(ld: _Loader, items: Any) -> list[SlaveConfig]:
     slaves: list[SlaveConfig] = []
     for index, item in enumerate(items):
         header = "[[slaves]]"
-        ld.unknown(item, ("name", "password"), header, index)
+        if not isinstance(item, dict):
+            raise ld.fail(ld.where.line(None, "slaves"), f"slaves[{index}]", "must be a table",
+                          "write each slave as a [[slaves]] block")
+        ld.unknown(item, ("name", "password", "max_builds"), header, index)
         name = ld.string(item, "name", header, index, label=f"slaves[{index}].name")
         password = ld.string(item, "password", header, index, label=f"slaves[{index}].password")
+        max_builds = ld.count(item, "max_builds", header, DEFAULT_MAX_BUILDS,
+                              f"slaves[{index}].max_builds", index)
         if any(s.name == name for s in slaves):
             raise ld.fail(ld.where.line(header, "name", index), f"slaves[{index}].name",
                           f"slave {name!r} is configured twice", "give each slave a unique name")
-        slaves.append(SlaveConfig(name, password))
+        slaves.append(SlaveConfig(name, password, max_builds))
     return slaves
 
 
@@ -260,7 +332,14 @@ def _load_builders(ld: _Loader, items: Any, slaves: list[SlaveConfig]) -> list[B
     for index, item in enumerate(items):
         header = "[[builders]]"
         label = f"builders[{index}]"
-        ld.unknown(item, ("name", "slaves", "builddir", *_FUTURE_BUILDER_KEYS), header, index)
+        if not isinstance(item, dict):
+            raise ld.fail(ld.where.line(None, "builders"), label, "must be a table",
+                          "write each builder as a [[builders]] block")
+        if "max_builds" in item:
+            raise ld.fail(ld.where.line(header, "max_builds", index), f"{label}.max_builds",
+                          "is a setting of each slave (builds it runs at once, across builders)",
+                          "move it to the [[slaves]] block of the slave it limits")
+        ld.unknown(item, ("name", "slaves", "builddir", "steps"), header, index)
         name = ld.string(item, "name", header, index, label=f"{label}.name")
         if any(b.name == name for b in builders):
             raise ld.fail(ld.where.line(header, "name", index), f"{label}.name",
@@ -283,8 +362,128 @@ def _load_builders(ld: _Loader, items: Any, slaves: list[SlaveConfig]) -> list[B
             raise ld.fail(ld.where.line(header, "builddir", index), f"{label}.builddir",
                           f"{builddir!r} leaves the slave's basedir",
                           "use a relative directory name")
-        builders.append(BuilderConfig(name, tuple(names), builddir))
+        steps = _load_steps(ld, item.get("steps", []), index, label)
+        builders.append(BuilderConfig(name, tuple(names), builddir, steps))
     return builders
+
+
+def _load_steps(ld: _Loader, items: Any, builder_index: int, builder_label: str
+                ) -> tuple[StepConfig, ...]:
+    """The [[builders.steps]] of one builder, in order; names made unique as Buildbot does."""
+    where = ld.where.line("[[builders]]", "steps", builder_index)
+    if not isinstance(items, list):
+        raise ld.fail(where, f"{builder_label}.steps", "must be an array of tables",
+                      "write each step as a [[builders.steps]] block under its builder")
+    # [[builders.steps]] headers of every builder share one numbering in the text.
+    before = _steps_before(ld, builder_index)
+    steps: list[StepConfig] = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        label = f"{builder_label}.steps[{index}]"
+        header = "[[builders.steps]]"
+        at = before + index
+        if not isinstance(item, dict):
+            raise ld.fail(where, label, "must be a table", "write it as a [[builders.steps]] block")
+        ld.unknown(item, _STEP_KEYS, header, at)
+
+        def line(key=None):
+            return ld.where.line(header, key, at)
+
+        transfers = [k for k in ("upload", "download") if k in item]
+        if len(transfers) + ("command" in item) != 1:
+            raise ld.fail(line(), label, "needs exactly one of command, upload or download",
+                          'write e.g. command = ["make", "check"] or '
+                          'upload = { src = "out.tar", dest = "artifacts/out.tar" }')
+        kind = transfers[0] if transfers else "shell"
+        flags = {}
+        for key in _STEP_FLAGS:
+            if key in item and not isinstance(item[key], bool):
+                raise ld.fail(line(key), f"{label}.{key}", f"must be true or false, not {item[key]!r}",
+                              f"write {key} = true")
+        defaults = {"haltOnFailure": kind != "shell", "flunkOnFailure": True,
+                    "warnOnFailure": False, "alwaysRun": False}
+        for key, default in defaults.items():
+            flags[key] = item.get(key, default)
+        workdir = ld.string(item, "workdir", header, at, required=False,
+                            default=DEFAULT_STEP_WORKDIR, label=f"{label}.workdir")
+        if os.path.isabs(workdir) or ".." in Path(workdir).parts:
+            raise ld.fail(line("workdir"), f"{label}.workdir", f"{workdir!r} leaves the builder's "
+                          "directory", "use a path relative to the builder's directory")
+        env = item.get("env", {})
+        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+            raise ld.fail(line("env"), f"{label}.env", "must be a table of strings",
+                          'write env = { CC = "clang" }')
+        timeout = _seconds(ld, item, "timeout", DEFAULT_STEP_TIMEOUT, line, label)
+        max_time = _seconds(ld, item, "maxTime", None, line, label)
+        command = src = dest = None
+        if kind == "shell":
+            command = item["command"]
+            if isinstance(command, list):
+                if not command or not all(isinstance(c, str) for c in command):
+                    raise ld.fail(line("command"), f"{label}.command",
+                                  "must be a non-empty list of strings or a string",
+                                  'write command = ["make", "check"] or command = "make && make check"')
+                command = tuple(command)
+            elif not isinstance(command, str) or not command.strip():
+                raise ld.fail(line("command"), f"{label}.command",
+                              "must be a non-empty list of strings or a string",
+                              'write command = ["make", "check"] or command = "make && make check"')
+            default_name = (command[0] if isinstance(command, tuple)
+                            else command.split()[0]).rsplit("/", 1)[-1]
+        else:
+            spec = item[kind]
+            if not isinstance(spec, dict) or set(spec) != {"src", "dest"} or not all(
+                    isinstance(v, str) and v.strip() for v in spec.values()):
+                raise ld.fail(line(kind), f"{label}.{kind}", "must be a table with src and dest "
+                              "(non-empty strings) and nothing else",
+                              f'write {kind} = {{ src = "...", dest = "..." }}')
+            src, dest = spec["src"], spec["dest"]
+            master_side = dest if kind == "upload" else src
+            if os.path.isabs(master_side) or ".." in Path(master_side).parts:
+                raise ld.fail(line(kind), f"{label}.{kind}", f"{master_side!r} leaves the "
+                              "master's directory", "use a path relative to the master's directory")
+            default_name = kind
+        name = item.get("name", default_name)
+        if not isinstance(name, str) or not name.strip():
+            raise ld.fail(line("name"), f"{label}.name", "must be a non-empty string",
+                          'write name = "compile"')
+        unique, n = name, 1
+        while unique in seen:  # Buildbot appends _1, _2 ... to repeated step names
+            unique = f"{name}_{n}"
+            n += 1
+        seen.add(unique)
+        steps.append(StepConfig(
+            name=unique, kind=kind, command=command, workdir=workdir,
+            env=tuple(sorted(env.items())), timeout=timeout, max_time=max_time,
+            halt_on_failure=flags["haltOnFailure"], flunk_on_failure=flags["flunkOnFailure"],
+            warn_on_failure=flags["warnOnFailure"], always_run=flags["alwaysRun"], src=src,
+            dest=dest))
+    return tuple(steps)
+
+
+def _steps_before(ld: _Loader, builder_index: int) -> int:
+    """How many [[builders.steps]] headers precede builder number `builder_index` in the text."""
+    count = 0
+    seen_builders = -1
+    for line in ld.where.lines:
+        stripped = line.strip()
+        if re.match(r"^\[\[builders\]\]\s*(#.*)?$", stripped):
+            seen_builders += 1
+            if seen_builders > builder_index:
+                break
+        elif re.match(r"^\[\[builders\.steps\]\]\s*(#.*)?$", stripped) and seen_builders < builder_index:
+            count += 1
+    return count
+
+
+def _seconds(ld: _Loader, item: dict, key: str, default, line, label):
+    if key not in item:
+        return default
+    value = item[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ld.fail(line(key), f"{label}.{key}", f"must be a positive number of seconds, not "
+                      f"{value!r}", f"write e.g. {key} = 600")
+    return float(value)
 
 
 def _load_control(ld: _Loader, control: Any) -> list[ControlUser]:
@@ -343,6 +542,10 @@ def render_config(listen: str, slaves: Iterable[SlaveConfig], builders: Iterable
         f"keepalive_timeout = {int(DEFAULT_KEEPALIVE_TIMEOUT)}",
         "# Log file, relative to this directory.",
         f'# log = "{DEFAULT_LOG}"',
+        "# Build history (SQLite), relative to this directory.",
+        f'# db = "{DEFAULT_DB}"',
+        "# How often a build request whose slave was lost mid-build is queued again.",
+        f"# retry_lost = {DEFAULT_RETRY_LOST}",
         "",
         "# One [[slaves]] block per machine allowed to connect. A slave logs in with this",
         "# name and password (`bbx slave create` or `buildbot-worker create-worker`).",
@@ -351,7 +554,14 @@ def render_config(listen: str, slaves: Iterable[SlaveConfig], builders: Iterable
         out += ["[[slaves]]", f"name = {_quote(slave.name)}", f"password = {_quote(slave.password)}", ""]
     out += [
         "# One [[builders]] block per kind of job: the slaves that may run it and the",
-        "# directory it uses inside each slave's basedir.",
+        "# directory it uses inside each slave's basedir. Steps run by `bbx build` go in",
+        "# [[builders.steps]] blocks after their builder, e.g.:",
+        "#   [[builders.steps]]",
+        '#   name = "test"',
+        '#   command = ["make", "check"]     # or a string, run with /bin/sh -c',
+        "#   haltOnFailure = true",
+        "#   [[builders.steps]]",
+        '#   upload = { src = "build/out.tar", dest = "artifacts/out.tar" }',
     ]
     for builder in builders:
         names = ", ".join(_quote(n) for n in builder.slaves)

@@ -8,9 +8,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.spread import pb
 
-from bbx.pb.control import CommandFailed, ControlError, NoSlaveAttached, UnknownBuilder, UnknownSlave
+from bbx.pb.control import (CommandFailed, ControlError, NoSlaveAttached, UnknownBuild,
+                            UnknownBuilder, UnknownSlave)
 
+from .build import CommandStartFailed, shell_args  # noqa: F401  (shell_args: re-exported)
 from .command import RemoteCommand, RemoteObserver
+from .config import StepConfig
+from .store import NoSuchBuild, NoSuchStep, StoreError
 
 log = Logger()
 
@@ -18,27 +22,10 @@ log = Logger()
 # `timeout` (seconds without output) defaults to 1200 there.
 DEFAULT_SHELL_TIMEOUT = 1200
 DEFAULT_WORKDIR = "build"
-
-
-def shell_args(command, workdir: str | None, env: dict | None, timeout: Any,
-               max_time: float | None) -> dict:
-    """The full shell argument dict a Buildbot 4.3 master would send."""
-    return {
-        "workdir": workdir or DEFAULT_WORKDIR,
-        "command": command,
-        "env": dict(env or {}),
-        "want_stdout": True,
-        "want_stderr": True,
-        "logfiles": {},
-        "timeout": timeout,
-        "maxTime": max_time,
-        "max_lines": None,
-        "sigtermTime": None,
-        "usePTY": False,
-        "logEnviron": True,
-        "initial_stdin": None,
-        "interruptSignal": "KILL",
-    }
+# Largest log page one `log` call returns: a few store rows (<= 64 KiB each), far below
+# banana's 640 KiB limit on one PB string or list (PROTOCOL.md §6).
+MAX_LOG_PAGE = 256 * 1024
+MAX_BUILDS_LISTED = 1000
 
 
 class CommandHandle(pb.Referenceable):
@@ -57,7 +44,8 @@ class CommandHandle(pb.Referenceable):
 
 
 class ControlPerspective(pb.Avatar):
-    """The avatar of one control user: ping, info, slaves, builders, run."""
+    """The avatar of one control user: ping, info, slaves, builders, run, build, builds,
+    build_info, log, watch, cancel."""
 
     def __init__(self, user: str, master):
         self.user = user
@@ -126,34 +114,177 @@ class ControlPerspective(pb.Avatar):
     def perspective_run(self, builder: str, observer, command, workdir: str | None = None,
                         env: dict | None = None, timeout: Any = DEFAULT_SHELL_TIMEOUT,
                         max_time: float | None = None):
-        """Run one shell command on a free slave of `builder`.
+        """Run one shell command on a free slave of `builder`, recorded as a one-step build.
 
         Sends the builder name, an observer Referenceable (remote_update(updates) /
         remote_complete(result)), the command (list of str = exec, str = shell), workdir
         (None = "build"), env, timeout (s without output; None = none) and max_time.
-        Returns once the slave started it: {"slave", "command_id", "handle"} where
-        handle.callRemote("interrupt", why) interrupts. The observer gets every update
-        envelope unchanged, then {"rc", "failure", "interrupted", "lost"}.
-        Raises UnknownBuilder, NoSlaveAttached, SlaveBusy or CommandFailed.
+        Returns once the slave started it: {"slave", "command_id", "handle", "build_id"}
+        where handle.callRemote("interrupt", why) interrupts. The observer gets every update
+        envelope unchanged, then {"rc", "failure", "interrupted", "lost"}. Never queues: raises
+        UnknownBuilder, NoSlaveAttached, SlaveBusy (every slave busy) or CommandFailed.
         """
         b = self._builder(builder)
         sb = b.idle_slave_builder()
         if not isinstance(command, (str, list, tuple)) or not command:
             raise CommandFailed("the command is empty")
-        args = shell_args(list(command) if isinstance(command, tuple) else command, workdir, env,
-                          timeout, max_time)
-        cmd = RemoteCommand(sb, "shell", args, self.master.reactor)
+        argv = tuple(command) if isinstance(command, (list, tuple)) else command
+        first = argv[0] if isinstance(argv, tuple) else (argv.split() or ["sh"])[0]
+        step = StepConfig(name=str(first).rsplit("/", 1)[-1] or "run", kind="shell",
+                          command=argv, workdir=workdir or DEFAULT_WORKDIR,
+                          env=tuple((env or {}).items()), timeout=timeout, max_time=max_time)
+        holder: list = []
+        observers = []
         if observer is not None:
-            cmd.add_observer(RemoteObserver(
-                observer, on_gone=lambda: cmd.interrupt("the watching client went away")))
+            observers.append(RemoteObserver(
+                observer, on_gone=lambda: holder and holder[0].interrupt(
+                    "the watching client went away")))
+        build = self.master.queue.start_build(b, sb, [step], ping=False, observers=observers)
         try:
-            yield cmd.start()
+            cmd = yield build.first_command
+        except CommandStartFailed as e:
+            raise CommandFailed(f"slave {sb.slave.name} could not start the command: {e}") from None
         except Exception as e:
             raise CommandFailed(f"slave {sb.slave.name} could not start the command: "
                                 f"{_message(e)}") from None
-        log.info("{user} runs {command!r} on builder {builder} (slave {slave}, command {id})",
-                 user=self.user, command=command, builder=b.name, slave=sb.slave.name, id=cmd.command_id)
-        return {"slave": sb.slave.name, "command_id": cmd.command_id, "handle": CommandHandle(cmd)}
+        holder.append(cmd)
+        log.info("{user} runs {command!r} on builder {builder} (slave {slave}, build {build}, "
+                 "command {id})", user=self.user, command=command, builder=b.name,
+                 slave=sb.slave.name, build=build.build_id, id=cmd.command_id)
+        return {"slave": sb.slave.name, "command_id": cmd.command_id,
+                "handle": CommandHandle(cmd), "build_id": build.build_id}
+
+    # -- builds ------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def perspective_build(self, builder: str, observer=None, wait: bool = True,
+                          reason: str = ""):
+        """Queue a build of `builder` (its [[builders.steps]]).
+
+        Sends the builder name, an optional observer Referenceable and whether it will wait.
+        The observer (when wait) is called, one-way unless noted:
+        remote_buildStarted({"build_id", "number", "builder", "slave", "request_id", "steps":
+        [names], "started_at"}); remote_stepStarted({"build_id", "number", "name", "kind"});
+        remote_update(updates) — the slave's envelopes unchanged, answered before more come
+        (flow control); remote_stepFinished({... "result", "result_name", "rc", "duration"});
+        remote_buildFinished({... "result", "result_name", "steps": [stepFinished infos],
+        "requeued": bool, "duration", "cancelled", "lost"}). A RETRY with requeued=True is
+        followed by buildStarted of the next attempt.
+        Returns {"request_id": int, "build_id": None, "position": int|None, "attached":
+        [slaves]} at once. Raises UnknownBuilder; a builder without steps raises
+        CommandFailed (use `bbx run`).
+        """
+        b = self._builder(builder)
+        if not b.config.steps:
+            raise CommandFailed(f"builder {b.name} has no steps; add [[builders.steps]] to it "
+                                "in master.toml, or run a command with `bbx run`")
+        request_id = yield self._store(self.master.queue.submit(
+            b.name, reason or f"requested by {self.user}", observer if wait else None))
+        log.info("{user} queued build request {id} for builder {builder}", user=self.user,
+                 id=request_id, builder=b.name)
+        return {"request_id": request_id, "build_id": None,
+                "position": self.master.queue.position(request_id), "attached": b.attached()}
+
+    @defer.inlineCallbacks
+    def perspective_builds(self, builder: str | None = None, limit: int = 20):
+        """Recent builds, newest first. Sends a builder name (None = all) and how many.
+
+        Returns a list of {"id", "builder", "number", "slave", "state", "result",
+        "result_name", "started_at", "finished_at", "duration", "request_id", "reason",
+        "interrupted_reason"}. Queued requests are listed by `queue`. Raises UnknownBuilder.
+        """
+        if builder is not None:
+            self._builder(builder)
+        limit = max(1, min(int(limit), MAX_BUILDS_LISTED))
+        found = yield self._store(self.master.store.builds(builder, limit))
+        return found
+
+    def perspective_queue(self, builder: str | None = None):
+        """Queued build requests, oldest first: [{"id", "builder", "submitted_at", "reason",
+        "retries"}]. Sends a builder name or None for all."""
+        return [dict(r) for r in self.master.queue.requests
+                if builder is None or r["builder"] == builder]
+
+    @defer.inlineCallbacks
+    def perspective_build_info(self, build_id: int):
+        """One build: as in `builds` plus "steps": [{"id", "number", "name", "started_at",
+        "finished_at", "result", "result_name", "rc", "log_bytes"}]. Raises UnknownBuild."""
+        info = yield self._store(self.master.store.build(_build_id(build_id)))
+        return info
+
+    @defer.inlineCallbacks
+    def perspective_log(self, build_id: int, step=None, after_seq: int | None = None,
+                        max_bytes: int = MAX_LOG_PAGE):
+        """A page of a build's stored log, in the order received.
+
+        Sends the build id, a step (number or name; None = every step), the last seq already
+        seen (None = from the start) and a size wish (capped at MAX_LOG_PAGE). Returns
+        {"chunks": [[seq, step_number, stream, text], ...], "finished": bool} — stream is
+        stdout, stderr, header or log:<name>; an empty page with finished=False means "nothing
+        new yet". Raises UnknownBuild (also for an unknown step).
+        """
+        build_id = _build_id(build_id)
+        # Read the state first: a build seen finished has every chunk in the store already.
+        info = yield self._store(self.master.store.build(build_id))
+        size = max(1, min(int(max_bytes or MAX_LOG_PAGE), MAX_LOG_PAGE))
+        rows = yield self._store(self.master.store.log(build_id, step, after_seq, size,
+                                                       with_step=True))
+        return {"chunks": [list(r) for r in rows], "finished": info["finished_at"] is not None,
+                "result_name": info["result_name"]}
+
+    def perspective_watch(self, build_id: int, observer):
+        """Watch a running build live: `observer` gets the calls described under `build`
+        from now on (stepStarted, update, stepFinished, buildFinished; buildStarted first).
+        Returns the build's info dict, or None when the build is not running (read its
+        stored log instead)."""
+        build = self.master.queue.find_running(_build_id(build_id))
+        if build is None:
+            return None
+        build.watch(observer)
+        return build.info()
+
+    @defer.inlineCallbacks
+    def perspective_cancel(self, build_id: int | None = None, request_id: int | None = None):
+        """Cancel a running build (its step is interrupted; result CANCELLED) or remove a
+        queued request. Sends a build id, or None and a request id.
+        Returns {"build_id", "request_id", "state": "cancelling" | "removed"}.
+        Raises UnknownBuild when no such build is running or no such request is queued
+        (a finished build cannot be cancelled)."""
+        queue = self.master.queue
+        if build_id is None:
+            if request_id is None:
+                raise UnknownBuild("name a build id or a request id to cancel")
+            answer = yield self._store(queue.cancel_request(_build_id(request_id)))
+            return answer
+        build_id = _build_id(build_id)
+        build = queue.find_running(build_id)
+        if build is None:
+            info = yield self._store(self.master.store.build(build_id))
+            raise UnknownBuild(f"build {build_id} is not running (it ended "
+                               f"{info['result_name'].upper()}); nothing to cancel")
+        build.cancel(f"cancelled by {self.user}")
+        return {"build_id": build_id, "request_id": build.request_id, "state": "cancelling"}
+
+    @defer.inlineCallbacks
+    def _store(self, d):
+        """A store answer, with store errors turned into errors the CLI shows as one line."""
+        try:
+            value = yield d
+        except (NoSuchBuild, NoSuchStep) as e:
+            raise UnknownBuild(str(e)) from None
+        except StoreError as e:
+            raise ControlError(str(e)) from None
+        return value
+
+
+def _build_id(value) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UnknownBuild(f"{value!r} is not a build id; `bbx builds` lists them") from None
+    if number < 1:
+        raise UnknownBuild(f"{value!r} is not a build id; `bbx builds` lists them")
+    return number
 
 
 def _message(exc) -> str:

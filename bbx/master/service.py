@@ -14,11 +14,13 @@ from twisted.spread import pb
 
 from bbx.pb.endpoints import enable_tcp_keepalive, server_endpoint
 
-from .builder import Builder
+from .builder import Builder, SlaveLoad
+from .buildqueue import BuildQueue
 from .config import MasterConfig
 from .control import ControlPerspective
 from .realm import Dispatcher
 from .slave import SlavePerspective
+from .store import Store, StoreError
 
 log = Logger()
 
@@ -90,13 +92,20 @@ def client_endpoint_for(address, listen: str) -> str:
 
 
 class MasterService:
-    """The running master: configured slaves and builders behind one listening PB port."""
+    """The running master: configured slaves and builders behind one listening PB port, the
+    build queue, and the build-history store."""
 
     def __init__(self, config: MasterConfig, basedir, reactor):
         self.config = config
         self.basedir = Path(basedir)
         self.reactor = reactor
-        self.builders = {b.name: Builder(b) for b in config.builders}
+        self.load = SlaveLoad({s.name: s.max_builds for s in config.slaves})
+        self.builders = {b.name: Builder(b, self.load) for b in config.builders}
+        db = Path(config.db)
+        self.store = Store(db if db.is_absolute() else self.basedir / db, reactor,
+                           close_on_shutdown=False)
+        self.queue = BuildQueue(config, self.builders, self.load, self.store, reactor,
+                                self.basedir)
         self.slaves = {s.name: SlavePerspective(s, config, self.builders, reactor) for s in config.slaves}
         passwords = {s.name: s.password for s in config.slaves}
         passwords.update({u.name: u.password for u in config.control_users})
@@ -115,13 +124,18 @@ class MasterService:
 
     @defer.inlineCallbacks
     def start(self):
-        """Listen; write DIR/master.endpoint; fire with the client endpoint string.
+        """Open the store, pick up the queue, listen; write DIR/master.endpoint; fire with the
+        client endpoint string.
 
-        Errbacks with PortInUse when the address is taken, ValueError for a bad listen string.
+        Errbacks with StoreError (one line) when the store cannot be used, PortInUse when the
+        address is taken, ValueError for a bad listen string.
         """
         from twisted.internet.error import CannotListenError
 
         endpoint = server_endpoint(self.reactor, self.config.listen)
+        yield self.store.open()
+        self._store_open = True
+        yield self.queue.resume()
         try:
             self.port = yield endpoint.listen(self.factory)
         except CannotListenError as e:
@@ -136,13 +150,17 @@ class MasterService:
         log.info("listening on {endpoint}", endpoint=self.endpoint)
         return self.endpoint
 
+    _store_open = False
+
     @defer.inlineCallbacks
     def stop(self):
-        """Stop listening, drop every connection, remove DIR/master.endpoint."""
+        """Stop listening, drop every connection (no slave update is taken after this),
+        record running builds as interrupted, close the store, remove DIR/master.endpoint."""
         try:
             self.endpoint_file.unlink()
         except FileNotFoundError:
             pass
+        self.queue.stop()
         if self.port is not None:
             port, self.port = self.port, None
             yield port.stopListening()
@@ -151,6 +169,16 @@ class MasterService:
         for broker in list(self.factory.brokers):
             if broker.transport is not None:
                 broker.transport.loseConnection()
+        if self._store_open:
+            self._store_open = False
+            try:
+                cut = yield self.store.mark_interrupted("the master was stopped", requeue=True)
+                if cut:
+                    log.info("recorded {n} running build(s) as interrupted: {ids}", n=len(cut),
+                             ids=", ".join(map(str, cut)))
+            except StoreError as e:
+                log.error("{e}", e=str(e))
+            yield self.store.close()
         log.info("master stopped")
 
 
@@ -213,7 +241,9 @@ def run(basedir, config: MasterConfig, *, to_terminal: bool) -> None:
     problem: list[str] = []
 
     def started_failed(failure):
-        if failure.check(PortInUse):
+        if failure.check(StoreError):
+            problem.append(str(failure.value))
+        elif failure.check(PortInUse):
             where = failure.value.args[0]
             problem.append(f"port {where} is already in use; pick another with --listen "
                            f"(or listen in {config.path}) or stop what holds it")

@@ -136,12 +136,13 @@ class Store:
 
     Every method returns a Deferred except append_log, which queues and returns None. The
     caller must `yield open()` first and `yield close()` last (close also runs on reactor
-    shutdown); Store makes its own writer thread and stops it.
+    shutdown unless close_on_shutdown=False); Store makes its own writer thread and stops it.
     """
 
     def __init__(self, path, reactor, *, flush_interval: float = FLUSH_INTERVAL,
                  flush_bytes: int = FLUSH_BYTES, max_held_bytes: int = MAX_HELD_BYTES,
-                 retry_interval: float = RETRY_INTERVAL):
+                 retry_interval: float = RETRY_INTERVAL, close_on_shutdown: bool = True):
+        self._close_on_shutdown = close_on_shutdown
         self.path = os.path.abspath(os.fspath(path))
         self._reactor = reactor
         self._flush_interval = flush_interval
@@ -182,8 +183,10 @@ class Store:
             raise
         self._is_open = True
         # "before": only before-shutdown triggers may return a Deferred the reactor waits for.
-        self._shutdown_trigger = self._reactor.addSystemEventTrigger(
-            "before", "shutdown", self._reactor_stopping)
+        # An owner that must write last words first (the master) closes the store itself.
+        if self._close_on_shutdown:
+            self._shutdown_trigger = self._reactor.addSystemEventTrigger(
+                "before", "shutdown", self._reactor_stopping)
         if info["created"]:
             log.info("store: created {path} (schema version {version})",
                      path=self.path, version=info["version"])
