@@ -21,18 +21,20 @@ Where it goes further than the worker:
 from __future__ import annotations
 
 import codecs
-import errno
 import os
 import re
 import shlex
 import shutil
 import signal
-import sys
 import uuid
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-from twisted.internet import defer, main, process, protocol, task
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
+
+from bbx.slave.logfiles import LogfileWatcher
+from bbx.slave.proctree import ProcessTree
+from bbx.slave.spawn import NOT_FOUND_RC, SessionProcess, SessionPTYProcess
 
 log = Logger()
 
@@ -40,23 +42,11 @@ log = Logger()
 # reports "SIG<X> failed to kill process" with a fake rc -1 and fails the command.
 BACKUP_TIMEOUT = 5.0
 
-# Buildbot polls logfiles every 2 s (PROTOCOL.md §5.4); we poll faster so logfile text arrives
-# about as promptly as stdout. Reads are bounded so one huge file cannot stall the reactor.
-LOGFILE_POLL_INTERVAL = 0.5
-LOGFILE_READ_SIZE = 64 * 1024
-
-# Twisted reads pipes 8 KiB at a time; a Linux pipe holds 64 KiB, so reading that much per
-# wake-up means up to eight times fewer reactor turns and updates per MB at full speed.
-PIPE_READ_SIZE = 64 * 1024
-
 # After the child exits, how long its leftovers may keep its output open (a background job
 # printing its last line) before we decide they are daemons and kill them. Our choice: the
 # worker waits for ever (until the command's timeout), which hangs builds.
 LEFTOVER_GRACE = 1.0
 
-# What a shell answers for a command it cannot find / cannot execute (POSIX 2.8.2).
-NOT_FOUND_RC = 127
-NOT_EXECUTABLE_RC = 126
 # The rc the worker reports for a process it killed (PROTOCOL.md §5.4 update order, item 4).
 KILLED_RC = -1
 
@@ -183,224 +173,6 @@ def _seconds_text(value: float) -> str:
     return f"{value} {'sec' if value == 1 else 'secs'}"
 
 
-# ---------------------------------------------------------------------------------------------
-# The process tree of one run (Linux /proc; elsewhere only the process group is reachable)
-
-_PROC = "/proc"
-# Rounds of "find members, freeze them" before signalling; each round catches the children
-# forked since the last one, and a frozen process cannot fork, so this converges fast.
-FREEZE_ROUNDS = 20
-
-
-class ProcessTree:
-    """Everything one child started: found through /proc, signalled all at once.
-
-    A process belongs to the tree when any of these holds: it is the root; it is in the
-    root's session or process group; its parent belongs; it carries `cookie` (an exact
-    NAME=value entry) in its environment; it holds one of `pipe_inodes` (the child's pipes)
-    open. The slave itself and its parent are never members.
-    """
-
-    def __init__(self, root: int, *, cookie: str, pipe_inodes=()) -> None:
-        self.root = root
-        self.cookie = cookie.encode("utf-8", "surrogateescape")
-        self.pipe_links = {f"pipe:[{ino}]" for ino in pipe_inodes}
-        self.exempt = {os.getpid(), os.getppid(), 1}
-        self.have_proc = os.path.isdir(os.path.join(_PROC, "self"))
-
-    def members(self, *, include_root: bool = True) -> set[int]:
-        """Live (non-zombie) members.
-
-        Pass include_root=False once the root has been reaped: its pid may then be reused, so
-        neither it nor its children count. (Session and group ids stay safe: Linux does not
-        reuse a pid while some process still has it as its session or group id.)
-        """
-        if not self.have_proc:
-            return set()
-        table = {}
-        for name in os.listdir(_PROC):
-            if not name.isdigit():
-                continue
-            pid = int(name)
-            stat = _read_stat(pid)
-            if stat is not None and pid not in self.exempt:
-                table[pid] = stat
-        found = set()
-        for pid, (state, ppid, pgrp, sid) in table.items():
-            if state in "ZX":
-                continue
-            if (include_root and pid == self.root) or sid == self.root or pgrp == self.root \
-                    or self._marked(pid):
-                found.add(pid)
-        children: dict[int, list[int]] = {}
-        for pid, (state, ppid, _, _) in table.items():
-            if state not in "ZX":
-                children.setdefault(ppid, []).append(pid)
-        todo = list(found)
-        if include_root and self.root not in found:
-            todo.append(self.root)
-        while todo:
-            for child in children.get(todo.pop(), ()):
-                if child not in found:
-                    found.add(child)
-                    todo.append(child)
-        return found
-
-    def _marked(self, pid: int) -> bool:
-        try:
-            with open(f"{_PROC}/{pid}/environ", "rb") as f:
-                if self.cookie in f.read().split(b"\0"):
-                    return True
-        except OSError:
-            return False
-        if self.pipe_links:
-            fd_dir = f"{_PROC}/{pid}/fd"
-            try:
-                for fd in os.listdir(fd_dir):
-                    try:
-                        if os.readlink(f"{fd_dir}/{fd}") in self.pipe_links:
-                            return True
-                    except OSError:
-                        pass
-            except OSError:
-                pass
-        return False
-
-    def signal(self, sig: int, *, include_root: bool = True) -> int:
-        """Send `sig` to every member, frozen first so none escapes; how many were signalled.
-
-        `include_root` is False once the root has been reaped: its pid may be reused.
-        """
-        if not self.have_proc:
-            if include_root:
-                for send in (os.killpg, os.kill):
-                    try:
-                        send(self.root, sig)
-                        break
-                    except OSError:
-                        pass
-            return 0
-        # Each member gets `sig` exactly once: a second SIGTERM can land while a handler is
-        # already exiting (Python resets handlers at shutdown) and turn a clean exit into a kill.
-        frozen: set[int] = set()
-        for _ in range(FREEZE_ROUNDS):
-            new = self.members(include_root=include_root) - frozen
-            if not new:
-                break
-            for pid in new:
-                _send(pid, signal.SIGSTOP)
-            frozen |= new
-        for pid in frozen:
-            _send(pid, sig)
-        for pid in frozen:
-            _send(pid, signal.SIGCONT)
-        return len(frozen)
-
-
-def _read_stat(pid: int):
-    """(state, ppid, pgrp, session) of a process, or None if it is gone."""
-    try:
-        with open(f"{_PROC}/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2:].split()
-    return fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3])
-
-
-def _send(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except OSError:
-        pass
-
-
-# ---------------------------------------------------------------------------------------------
-# Spawning: the child leads a new session
-
-
-def _load_prctl():
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError, ImportError):
-        return None  # not Linux: a killed slave leaves its child running, as the worker does
-
-
-_prctl = _load_prctl() if sys.platform.startswith("linux") else None
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-class _ChildSetup:
-    """What every child does between fork and exec, beyond Twisted's own setup.
-
-    - It dies with the slave: PR_SET_PDEATHSIG sends it SIGKILL when the slave process goes,
-      even by SIGKILL (nothing else would stop a child that does not write to its pipes).
-      Its own descendants are only reached through it, or by a later kill of the tree.
-    - When exec fails it says why on stderr and exits like a shell would; Twisted's own
-      fallback prints a Python traceback and exits 1, which reads as a crash of bbx.
-    """
-
-    def __init__(self, *args, **kwargs):
-        self._slave_pid = os.getpid()
-        super().__init__(*args, **kwargs)
-
-    def _execChild(self, path, uid, gid, executable, args, environment):
-        if _prctl is not None:
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            if os.getppid() != self._slave_pid:  # the slave died before prctl took effect
-                os._exit(NOT_EXECUTABLE_RC)
-        try:
-            super()._execChild(path, uid, gid, executable, args, environment)
-        except OSError as e:
-            try:
-                where = f" in {path}" if path else ""
-                os.write(2, f"bbx: cannot run {executable}{where}: {e.strerror}\n".encode("utf-8", "replace"))
-            finally:
-                os._exit(NOT_FOUND_RC if e.errno == errno.ENOENT else NOT_EXECUTABLE_RC)
-
-
-class _PipeReader(process.ProcessReader):
-    """A ProcessReader that reads PIPE_READ_SIZE per wake-up instead of 8 KiB."""
-
-    def doRead(self):
-        try:
-            data = os.read(self.fd, PIPE_READ_SIZE)
-        except OSError as e:
-            if e.errno in (errno.EAGAIN, errno.EINTR):
-                return None
-            return main.CONNECTION_LOST
-        if not data:
-            return main.CONNECTION_DONE
-        self.proc.childDataReceived(self.name, data)
-        return None
-
-
-class _SessionProcess(_ChildSetup, process.Process):
-    """A pipe-connected child that calls setsid() before exec.
-
-    Why setsid and not just setpgid (as the worker does): a session survives its leader's
-    process groups changing (a shell running `cmd &` under job control puts jobs in new
-    groups), and every member keeps the session id, so /proc tells us who belongs to the run.
-    Twisted only offers that for PTYs, so we hook its fork path. posix_spawn could do setsid
-    too, but it cannot chdir, and we always run in a workdir — so this class always forks.
-    """
-
-    processReaderFactory = _PipeReader
-
-    def _trySpawnInsteadOfFork(self, *args, **kwargs):
-        return False
-
-    def _setupChild(self, fdmap):
-        super()._setupChild(fdmap)
-        os.setsid()
-
-
-class _SessionPTYProcess(_ChildSetup, process.PTYProcess):
-    """A PTY child; Twisted's PTYProcess already makes it a session leader."""
-
-
 class _ChildProtocol(protocol.ProcessProtocol):
     """Forwards the child's events to its RunProcess."""
 
@@ -418,79 +190,6 @@ class _ChildProtocol(protocol.ProcessProtocol):
 
     def processEnded(self, reason) -> None:
         self.run._on_end(reason)
-
-
-# ---------------------------------------------------------------------------------------------
-# Logfiles
-
-
-class LogfileWatcher:
-    """Sends what is written to one file during the command as `log` updates (PROTOCOL.md §5.4).
-
-    As in the worker: with `follow` only text appended after the command started is sent;
-    without it, the whole file is sent once it differs from how it was at start (a stale file
-    from an earlier build is ignored until rewritten).
-    """
-
-    def __init__(self, name: str, path: str, follow: bool, emit: Callable[[str, str], None]) -> None:
-        self.name = name
-        self.path = path
-        self.follow = follow
-        self.emit = emit
-        self.initial = self._stat()
-        self.file = None
-        self.decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
-        self.loop: task.LoopingCall | None = None
-
-    def _stat(self):
-        try:
-            s = os.stat(self.path)
-        except OSError:
-            return None
-        return (s.st_ino, s.st_ctime_ns, s.st_mtime_ns, s.st_size)
-
-    def start(self, clock) -> None:
-        self.loop = task.LoopingCall(self.poll)
-        self.loop.clock = clock
-        self.loop.start(LOGFILE_POLL_INTERVAL, now=True).addErrback(
-            lambda f: log.failure("logfile watcher for {path} failed", f, path=self.path))
-
-    def poll(self) -> None:
-        if self.file is None:
-            now = self._stat()
-            if now is None:
-                self.initial = None  # deleted: whatever appears next is new
-                return
-            if now == self.initial:
-                return
-            try:
-                self.file = open(self.path, "rb")
-            except OSError:
-                return
-            if self.follow and self.initial is not None and self.initial[0] == now[0]:
-                self.file.seek(self.initial[3])
-        for _ in range(64):  # bounded per poll; the rest comes next time
-            data = self.file.read(LOGFILE_READ_SIZE)
-            if not data:
-                break
-            text = self.decode(data)
-            if text:
-                self.emit(self.name, text)
-
-    def stop(self) -> None:
-        """Read what is left, then stop."""
-        if self.loop is not None and self.loop.running:
-            self.loop.stop()
-        try:
-            self.poll()
-        except OSError:
-            pass
-        if self.file is not None:
-            tail = self.decode(b"", True)
-            if tail:
-                self.emit(self.name, tail)
-            self.file.close()
-            self.file = None
 
 
 def _logfile_specs(logfiles: Any) -> list[tuple[str, str, bool]]:
@@ -634,10 +333,10 @@ class RunProcess:
         proto = _ChildProtocol(self)
         try:
             if self.use_pty:
-                _SessionPTYProcess(self.reactor, self.argv[0], self.argv, child_env, self.workdir,
+                SessionPTYProcess(self.reactor, self.argv[0], self.argv, child_env, self.workdir,
                                    proto, None, None, True)
             else:
-                _SessionProcess(self.reactor, self.argv[0], self.argv, child_env, self.workdir, proto)
+                SessionProcess(self.reactor, self.argv[0], self.argv, child_env, self.workdir, proto)
         except OSError as e:
             return self._could_not_run(f"cannot start {self.argv[0]}: {e.strerror or e}")
 
