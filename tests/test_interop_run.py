@@ -87,8 +87,9 @@ def test_run_puts_stdout_on_stdout_stderr_on_stderr_and_exits_with_the_commands_
 def test_sigint_to_run_interrupts_the_command_and_ends_within_10_seconds(farm, builder, tmp_path):
     _, master = farm
     pidfile = tmp_path / "sleep.pid"
+    # "rea''dy": the shell prints "ready", but the command header echoing the script does not.
     proc = Proc([BBX, "run", "--master-dir", master.dir, builder, "--", "sh", "-c",
-                 f"echo $$ > {pidfile}; echo ready; exec sleep 600"], log_path=tmp_path / "run.out")
+                 f"echo $$ > {pidfile}; echo rea''dy; exec sleep 600"], log_path=tmp_path / "run.out")
     pid = None
     try:
         proc.wait_for_output("ready", 20)  # the worker buffers output for up to 5 s
