@@ -200,3 +200,12 @@ def test_start_command_refuses_an_unknown_command_at_once(tmp_path):
     with pytest.raises(UnknownCommand):
         builder.remote_startCommand(object(), "0", "no-such-command", {})
     assert builder.command is None
+
+
+def test_start_command_accepts_python2_bytes_from_old_masters(tmp_path):
+    from bbx.slave.commands.base import UnknownCommand
+
+    bot, _ = _bot(tmp_path)
+    builder = bot.remote_setBuilderList([(b"a", b"a")])["a"]
+    with pytest.raises(UnknownCommand, match="'no-such'"):
+        builder.remote_startCommand(object(), b"0", b"no-such", {b"workdir": b"w"})

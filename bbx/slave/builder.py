@@ -22,6 +22,21 @@ from bbx.slave.commands import registry
 log = Logger(namespace="bbx.slave")
 
 
+def decode(value):
+    """Python 2 (Buildbot 0.8) masters send text as bytes (PROTOCOL.md §1.2): make it str.
+
+    Recurses into lists, tuples and dicts (keys too); references and numbers pass through.
+    surrogateescape keeps non-UTF-8 paths byte-exact on POSIX.
+    """
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    if isinstance(value, dict):
+        return {decode(k): decode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(decode(v) for v in value)
+    return value
+
+
 class SlaveBuilder(pb.Referenceable):
     """The slave's half of one builder: a build directory and at most one running command."""
 
@@ -79,17 +94,14 @@ class SlaveBuilder(pb.Referenceable):
         are raised here and reach the master as the error reply (PROTOCOL.md §3.2). The outcome
         arrives later as stepRef.update(...) calls and one stepRef.complete(None | failure).
         """
-        if isinstance(name, bytes):
-            name = name.decode("utf-8")
-        if isinstance(command_id, bytes):
-            command_id = command_id.decode("utf-8")
+        name, command_id, args = decode(name), decode(command_id), decode(args or {})
         if self.command is not None:
             # Only one command per builder; a new one replaces a leftover (PROTOCOL.md §4.2).
             log.warn("builder {builder}: leftover command still running; interrupting it",
                      builder=self.name)
             self._interrupt_current("replaced by a new command")
             self._forget_current()
-        args = dialect.args_from_master(name, args or {})
+        args = dialect.args_from_master(name, args)
         cls = registry.lookup(name)
         batcher = UpdateBatcher(lambda pairs: stepRef.callRemote("update", pairs), self.reactor)
         self.ensure_builddir()
@@ -121,8 +133,9 @@ class SlaveBuilder(pb.Referenceable):
             log.info("builder {builder}: asked to interrupt, but no command is running",
                      builder=self.name)
             return
+        why = decode(why)
         log.info("builder {builder}: interrupting command {id}: {why}", builder=self.name,
-                 id=command_id, why=why)
+                 id=decode(command_id), why=why)
         self._interrupt_current(str(why))
 
     def remote_shutdown(self) -> None:

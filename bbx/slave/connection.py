@@ -216,13 +216,6 @@ class SlaveConnection:
         self.reactor.callLater(5, self._abort_if_open, s)
         return d
 
-    def drop(self, why: str) -> None:
-        """Abort the current connection (if any); the usual backoff then reconnects."""
-        s = self._session
-        if s is not None and not s.ended and s.broker is not None:
-            s.end_reason = why
-            s.broker.transport.abortConnection()
-
     # -- the state machine -------------------------------------------------------------------
 
     def _connect(self) -> None:
