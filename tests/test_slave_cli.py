@@ -230,3 +230,15 @@ def test_sighup_without_allow_shutdown_stops_the_slave_cleanly(tmp_path):
         assert file_contains(d / "slave.log", "slave stopped")
     finally:
         proc.terminate()
+
+
+def test_graceful_shutdown_signal_while_not_attached_stops_at_once(tmp_path):
+    d = _create(tmp_path, "--allow-shutdown", "signal")
+    proc = Proc([BBX, "slave", "start", d], log_path=tmp_path / "out.txt")
+    try:
+        proc.wait_for_output("cannot connect to", 20)
+        os.kill(proc.pid, signal.SIGHUP)
+        assert proc.popen.wait(15) == 0
+        assert "graceful shutdown requested (SIGHUP received); not attached, stopping now" in proc.output()
+    finally:
+        proc.terminate()
