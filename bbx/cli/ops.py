@@ -1,4 +1,5 @@
-"""Operator commands: bbx ping | info | slaves | builders | run.
+"""Operator commands: bbx ping | info | slaves | builders | run (and, via builds.py, build |
+builds | log | cancel).
 
 Each command parses its options, then imports Twisted, rich and the client inside its body,
 so `bbx --help` stays fast. Talking to the master is bbx/cli/client.py's job; what the
@@ -75,6 +76,9 @@ def register(app: typer.Typer) -> None:
     app.command("slaves")(slaves)
     app.command("builders")(builders)
     app.command("run", help=RUN_HELP, context_settings={"allow_interspersed_args": True})(run)
+    from . import builds
+
+    builds.register(app)
 
 
 # ---------------------------------------------------------------------------- ping / info / lists

@@ -252,7 +252,11 @@ class PipeOutput:
     def status(self, text: Text) -> None:
         """No live status line in a pipe."""
 
-    def finish(self, summary: Text) -> None:
+    def section(self, renderable) -> None:
+        """A step boundary (a rule): on stderr, between the command's output lines."""
+        self.err.print(renderable, soft_wrap=True, highlight=False)
+
+    def finish(self, summary) -> None:
         self.err.print(summary, soft_wrap=True, highlight=False)
 
 
@@ -324,9 +328,94 @@ class TerminalOutput:
             self._file.write("\r\x1b[2K")
             self._status_shown = False
 
-    def finish(self, summary: Text) -> None:
+    def section(self, renderable) -> None:
+        """A step boundary (a rule), on a line of its own."""
+        self._erase_status()
+        if not self._at_line_start:
+            self._file.write("\n")
+            self._at_line_start = True
+        self._file.flush()
+        self.console.print(renderable, highlight=False)
+
+    def finish(self, summary) -> None:
         self._erase_status()
         if not self._at_line_start:
             self._file.write("\n")
         self._file.flush()
         self.console.print(summary, soft_wrap=True, highlight=False)
+
+
+# ---------------------------------------------------------------------------- builds
+
+_RESULT_STYLES = {"success": "green", "warnings": "yellow", "failure": "red", "skipped": "dim",
+                  "exception": "magenta", "retry": "cyan", "cancelled": "magenta",
+                  "running": "blue", "queued": "dim"}
+
+
+def result_text(name: str | None) -> Text:
+    """A result name in upper case, coloured as Buildbot's web UI colours it."""
+    name = str(name or "?")
+    return Text(name.upper(), style=_RESULT_STYLES.get(name, ""))
+
+
+def step_rule(info: dict):
+    """The rule that opens a step's output: '── step 2 · compile ──' (skipped steps say so)."""
+    from rich.rule import Rule
+
+    title = f"step {info.get('number')} · {info.get('name')}"
+    if info.get("result_name") == "skipped":
+        title += " · skipped"
+    return Rule(Text(title, style="bold"), align="left")
+
+
+def build_summary(info: dict, exit_code: int) -> RenderableType:
+    """The table of step results and the final line of a build."""
+    table = Table(title=f"build {info.get('build_id')} · #{info.get('number')} of "
+                        f"{info.get('builder')} on {info.get('slave')}",
+                  title_justify="left", title_style="bold")
+    for column in ("#", "step", "result", "rc", "time"):
+        table.add_column(column)
+    for step in info.get("steps") or []:
+        rc = step.get("rc")
+        table.add_row(str(step.get("number")), Text(str(step.get("name"))),
+                      result_text(step.get("result_name")), "" if rc is None else str(rc),
+                      duration(float(step.get("duration") or 0.0)))
+    name = str(info.get("result_name"))
+    line = Text.assemble("build ", (name.upper(), _RESULT_STYLES.get(name, "")),
+                         (f" · {duration(float(info.get('duration') or 0.0))} · exit {exit_code}",
+                          "dim"))
+    if info.get("cancelled"):
+        line.append(f" · {info['cancelled']}", style="dim")
+    if info.get("lost"):
+        line.append(f" · {info['lost']}", style="dim")
+    return Group(table, line)
+
+
+def _clock(when: float | None) -> str:
+    if when is None:
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
+def builds_table(builds: list[dict], queued: list[dict] | None = None) -> Table:
+    """Queued requests first, then builds newest first: id, builder, slave, result, started,
+    duration."""
+    table = Table(title="builds", title_justify="left", title_style="bold")
+    for column in ("id", "builder", "#", "slave", "result", "started", "duration"):
+        table.add_column(column)
+    for request in queued or []:
+        table.add_row(Text(f"r{request.get('id')}", style="dim"), Text(str(request.get("builder"))),
+                      "", "", result_text("queued"), _clock(request.get("submitted_at")), "")
+    for build in builds:
+        name = build.get("result_name")
+        if build.get("state") == "interrupted":
+            name = f"{name}"
+        result = result_text(name)
+        if build.get("state") == "interrupted":
+            result.append(" (interrupted)", style="dim")
+        took = build.get("duration")
+        table.add_row(str(build.get("id")), Text(str(build.get("builder"))),
+                      str(build.get("number")), Text(str(build.get("slave") or "—")), result,
+                      _clock(build.get("started_at")),
+                      "—" if took is None else duration(float(took)))
+    return table

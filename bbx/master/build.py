@@ -151,14 +151,16 @@ class FileWriter(pb.Referenceable):
         return self.remote_close()
 
     def cancel(self) -> None:
-        """The upload failed: never leave a truncated file behind."""
+        """The upload failed: never leave a truncated file behind (Buildbot's purge), even
+        when the slave closed the writer before reporting the failure."""
+        path = self.tmp if not self.closed else self.dest
         if not self.closed:
             self.closed = True
             self.fp.close()
-            try:
-                os.unlink(self.tmp)
-            except OSError:
-                pass
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 class FileReader(pb.Referenceable):
@@ -404,8 +406,6 @@ class Build:
             return results.EXCEPTION, None
         if not self.first_command.called:
             self.first_command.callback(cmd)
-        if self.cancelled:
-            cmd.interrupt(self.cancelled)
         outcome = yield cmd.done
         self.command = None
         if reader is not None:

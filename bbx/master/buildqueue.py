@@ -77,7 +77,8 @@ class BuildQueue:
                               "retries": 0})
         if watcher is not None:
             self.request_watchers.setdefault(request_id, []).append(watcher)
-        self.maybe_start()
+        if not self.stopping:
+            self._scan()  # now, so the answer can say whether the request had to wait
         return request_id
 
     def position(self, request_id: int) -> int | None:
