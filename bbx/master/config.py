@@ -384,7 +384,11 @@ def _load_steps(ld: _Loader, items: Any, builder_index: int, builder_label: str
         at = before + index
         if not isinstance(item, dict):
             raise ld.fail(where, label, "must be a table", "write it as a [[builders.steps]] block")
-        ld.unknown(item, _STEP_KEYS, header, at)
+        for key in item:
+            if key not in _STEP_KEYS:
+                raise ld.fail(ld.where.line(header, key, at), f"{label}.{key}",
+                              "is not a known step key",
+                              f"remove it (known keys: {', '.join(sorted(_STEP_KEYS))})")
 
         def line(key=None):
             return ld.where.line(header, key, at)
