@@ -1,0 +1,49 @@
+"""A build with shell and transfer steps on a real buildbot-worker 4.3 (worker-era names,
+workersrc / workerdest, its own blocksizes)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from tests.buildfarm import Farm, master_toml
+from tests.realworker import Worker
+
+STEPS = '''
+[[builders]]
+name = "w1"
+slaves = ["w1"]
+[[builders.steps]]
+download = { src = "payload.bin", dest = "got.bin" }
+[[builders.steps]]
+name = "size"
+command = ["wc", "-c", "got.bin"]
+[[builders.steps]]
+upload = { src = "got.bin", dest = "back.bin" }
+[[builders.steps]]
+name = "fails"
+command = "exit 4"
+'''
+
+
+def test_a_build_runs_its_steps_and_transfers_on_a_real_buildbot_worker(tmp_path):
+    farm = Farm(tmp_path, master_toml(STEPS, slaves=(("w1", 1),)))
+    worker = None
+    try:
+        farm.start_master()
+        worker = Worker(tmp_path / "worker", farm.port, "w1", "pw-w1")
+        assert worker.start().returncode == 0, worker.log()[-2000:]
+        payload = os.urandom(1024 * 1024 + 3)
+        (farm.dir / "payload.bin").write_bytes(payload)
+        result = farm.bbx("build", "w1", "--json")
+        lines = [json.loads(ln) for ln in result.stdout.splitlines() if ln.startswith("{")]
+        steps = [(e["name"], e["result_name"]) for e in lines if e.get("event") == "stepFinished"]
+        assert steps == [("download", "success"), ("size", "success"), ("upload", "success"),
+                         ("fails", "failure")], result.stdout[-3000:]
+        assert result.returncode == 1
+        assert f"{len(payload)} got.bin" in "".join(e.get("stdout", "") for e in lines)
+        assert (farm.dir / "back.bin").read_bytes() == payload
+    finally:
+        if worker is not None:
+            worker.stop()
+        farm.stop()
