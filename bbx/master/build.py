@@ -222,6 +222,7 @@ class Build:
         self.started_at: float | None = None
         self.requeued = False
         self.request: dict | None = None
+        self._released = False
 
     # -- control ------------------------------------------------------------------------
 
@@ -328,6 +329,10 @@ class Build:
             started = self.reactor.seconds()
             self._notify("stepStarted", info)
             result, rc = yield self._run_step(step, step_id)
+            if number == len(self.steps):
+                # The slave is done with us: free it before the bookkeeping writes, so the
+                # next `bbx run` (told `complete` already) finds it idle.
+                self._release()
             if self.queue.stopping:
                 return
             yield self.store.finish_step(step_id, result, rc)
@@ -420,12 +425,18 @@ class Build:
             self._note(storelog, f"bbx: {outcome['failure']}\n")
         return result, outcome.get("rc")
 
+    def _release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        if self.slave_builder.build is self:
+            self.slave_builder.build = None
+        self.queue.load.release(self.slave_name)
+        self.queue.maybe_start()
+
     @defer.inlineCallbacks
     def _end(self):
-        sb = self.slave_builder
-        if sb.build is self:
-            sb.build = None
-        self.queue.load.release(self.slave_name)
+        self._release()
         if self.lost and self.build_id is not None:
             self.result = results.RETRY  # Buildbot's lostRemote: the whole build is RETRY
         elif self.cancelled and self.result not in (results.RETRY,):

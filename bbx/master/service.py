@@ -35,6 +35,14 @@ class _Broker(pb.Broker):
 
     def connectionMade(self):
         enable_tcp_keepalive(self.transport)
+        # PB is request/answer with small messages: Nagle's algorithm plus the peer's delayed
+        # ACK would hold many answers ~40 ms (measured: a trivial build took 65 ms, not 15).
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
         super().connectionMade()
 
     def _sendFailureOrError(self, fail, requestID):
