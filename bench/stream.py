@@ -229,6 +229,7 @@ def print_profiles(profile: Path, top: int = 14) -> None:
 
 
 def main(argv=None) -> int:
+    global BBX
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=200, help="MB of stdout (default 200)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per path (default 3)")
@@ -242,7 +243,7 @@ def main(argv=None) -> int:
                         help="the bbx executable for master, slave and CLI (default: %(default)s), "
                              "e.g. a wrapper trying other tuning constants")
     args = parser.parse_args(argv)
-    globals()["BBX"] = args.bbx
+    BBX = args.bbx
     if args.profile is not None:
         args.profile = args.profile.resolve()
         args.profile.mkdir(parents=True, exist_ok=True)
