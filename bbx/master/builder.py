@@ -84,7 +84,7 @@ class Builder:
         """An attached SlaveBuilder that is idle on a slave below its max_builds, or None."""
         for name in self.attached():
             sb = self.slave_builders[name]
-            if not sb.busy and self.load.has_room(name):
+            if not sb.busy and not sb.slave.shutting_down and self.load.has_room(name):
                 return sb
         return None
 

@@ -52,6 +52,7 @@ class SlaveLink:
         self.builder_refs: dict[str, Any] = {}
         self.slave_builders: dict[str, SlaveBuilder] = {}
         self.gone = False
+        self.graceful = False  # the slave asked to shut down: it gets no new builds (§4.5)
         self.loops: list[task.LoopingCall] = []
         peer = broker.transport.getPeer() if broker.transport else None
         self.peer = _peer_text(peer)
@@ -105,6 +106,11 @@ class SlavePerspective(pb.Avatar):
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def shutting_down(self) -> bool:
+        """True while the connected slave waits for a graceful shutdown: no new work for it."""
+        return self.link is not None and self.link.graceful
+
     # -- what the slave calls -------------------------------------------------------------
 
     def perspective_keepalive(self):
@@ -114,21 +120,29 @@ class SlavePerspective(pb.Avatar):
     def perspective_shutdown(self):
         """The slave asks to shut down gracefully (no arguments); returns None.
 
-        bbx runs no queued builds yet, so the slave is told to stop at once unless a command
-        is running; then it is told when the command ends.
+        As a Buildbot master does (PROTOCOL.md §4.5): the slave gets no new builds or commands,
+        and once everything running on it — whole builds, not just the current step — has
+        ended, the master calls `Bot.shutdown()`.
         """
         link = self.link
         if link is None:
             return None
-        log.info("slave {name} asked to shut down", name=self.name)
-        running = [sb.command.done for sb in link.slave_builders.values() if sb.command]
+        log.info("slave {name} asked to shut down; it gets no new work", name=self.name)
+        link.graceful = True
+        running = []
+        for sb in link.slave_builders.values():
+            if sb.build is not None:
+                running.append(sb.build.finished)
+            elif sb.command is not None:
+                running.append(sb.command.done)
 
         def stop(_=None):
             if not link.gone:
+                log.info("slave {name} is idle; telling it to shut down", name=self.name)
                 d = link.mind.callRemote("shutdown")
                 d.addErrback(lambda f: None)  # the slave stopping mid-call is success (§4.5)
         if running:
-            defer.DeferredList(running).addCallback(stop)
+            defer.DeferredList(running, consumeErrors=True).addCallback(stop)
         else:
             stop()
         return None
