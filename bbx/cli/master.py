@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -140,10 +139,11 @@ def checkconfig(directory: Path = typer.Argument(..., help="The master's directo
 
 
 def _refuse_if_running(directory: Path) -> None:
-    from bbx.master.service import ENDPOINT_FILE, PID_FILE, pid_alive, read_pid
+    from bbx import pidfile
+    from bbx.master.service import ENDPOINT_FILE, PID_FILE
 
-    pid = read_pid(directory)
-    if pid is not None and pid != os.getpid() and pid_alive(pid):
+    pid = pidfile.running(directory / PID_FILE)
+    if pid is not None:
         raise BbxError(f"a master is already running in {directory} (pid {pid}); "
                        f"stop it with `bbx master stop {directory}`")
     for stale in (PID_FILE, ENDPOINT_FILE):
@@ -181,7 +181,8 @@ def start(
 def _start_daemon(directory: Path, config) -> None:
     import subprocess
 
-    from bbx.master.service import ENDPOINT_FILE, read_pid
+    from bbx import pidfile
+    from bbx.master.service import ENDPOINT_FILE, PID_FILE
 
     log_path = directory / config.log
     with open(log_path, "ab") as out:
@@ -195,7 +196,7 @@ def _start_daemon(directory: Path, config) -> None:
     while time.monotonic() < deadline:
         if child.poll() is not None:
             raise BbxError(f"the master did not start: {_last_line(log_path)}")
-        if endpoint_file.exists() and read_pid(directory) == child.pid:
+        if endpoint_file.exists() and pidfile.read(directory / PID_FILE) == child.pid:
             endpoint = endpoint_file.read_text().strip()
             print(f"master started in {directory} (pid {child.pid}), listening on {endpoint}")
             return
@@ -215,33 +216,20 @@ def _last_line(path: Path) -> str:
 @app.command()
 def stop(directory: Path = typer.Argument(..., help="The master's directory.")) -> None:
     """Stop the master running in DIR (SIGTERM, then wait up to 15 s). Not running: says so, exit 0."""
-    import signal
-
-    from bbx.master.service import PID_FILE, pid_alive, read_pid
+    from bbx import pidfile
+    from bbx.master.service import PID_FILE
 
     if not directory.is_dir():
         raise UsageError(f"{directory} is not a directory")
-    pid = read_pid(directory)
-    if pid is None or not pid_alive(pid):
-        if pid is not None:
-            try:
-                (directory / PID_FILE).unlink()
-            except FileNotFoundError:
-                pass
-        print(f"master in {directory} is not running")
-        return
     try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        print(f"master in {directory} is not running")
-        return
+        state, pid = pidfile.stop(directory / PID_FILE, STOP_TIMEOUT)
     except PermissionError:
-        raise BbxError(f"not allowed to signal the master (pid {pid}); run as its user") from None
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            print(f"master in {directory} stopped (pid {pid})")
-            return
-        time.sleep(0.05)
-    raise BbxError(f"the master (pid {pid}) did not stop within {STOP_TIMEOUT:g} s; "
-                   f"kill it with `kill -9 {pid}`")
+        raise BbxError(f"not allowed to signal the master in {directory}; run as its user") from None
+    except pidfile.StopTimeout as e:
+        raise BbxError(f"the master (pid {e.args[0]}) did not stop within {STOP_TIMEOUT:g} s; "
+                       f"kill it with `kill -9 {e.args[0]}`") from None
+    if state == "stopped":
+        print(f"master in {directory} stopped (pid {pid})")
+    else:
+        stale = " (removed a stale master.pid)" if state == "stale" else ""
+        print(f"master in {directory} is not running{stale}")

@@ -6,9 +6,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -41,36 +39,11 @@ client endpoint string, e.g. tcp:host=ci.example.org:port=9989. Writes DIR/slave
 """
 
 
-def _pid_alive(pid: int) -> bool:
-    """True while `pid` runs and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _read_pid(directory: Path) -> Optional[int]:
+def _running_pid(directory: Path) -> Optional[int]:
+    from bbx import pidfile
     from bbx.slave.basedir import PID_NAME
 
-    try:
-        text = (directory / PID_NAME).read_text().strip()
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise BbxError(f"cannot read {directory / PID_NAME}: {e.strerror}; check its permissions")
-    return int(text) if text.isdigit() else None
-
-
-def _running_pid(directory: Path) -> Optional[int]:
-    pid = _read_pid(directory)
-    return pid if pid is not None and _pid_alive(pid) else None
+    return pidfile.running(directory / PID_NAME)
 
 
 def _load(directory: Path):
@@ -249,29 +222,23 @@ def _check_slave_dir(directory: Path) -> Path:
 def stop(directory: Path = typer.Argument(..., metavar="DIR", help="The slave directory.")) -> None:
     from bbx.slave.basedir import PID_NAME
 
+    from bbx import pidfile
+
     directory = _check_slave_dir(directory)
-    pid = _read_pid(directory)
-    if pid is None:
-        typer.echo(f"slave in {directory} is not running")
-        return
-    if not _pid_alive(pid):
-        (directory / PID_NAME).unlink(missing_ok=True)
-        typer.echo(f"slave in {directory} is not running (removed a stale {PID_NAME})")
-        return
     try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        typer.echo(f"slave in {directory} is not running")
-        return
+        state, pid = pidfile.stop(directory / PID_NAME, STOP_WAIT)
     except PermissionError:
-        raise BbxError(f"not allowed to signal pid {pid}; run bbx slave stop as the slave's user")
-    deadline = time.monotonic() + STOP_WAIT
-    while _pid_alive(pid):
-        if time.monotonic() > deadline:
-            raise BbxError(f"slave (pid {pid}) did not stop within {STOP_WAIT:.0f} s; "
-                           f"force it with: kill -9 {pid}")
-        time.sleep(0.05)
-    typer.echo(f"slave stopped (pid {pid})")
+        raise BbxError(f"not allowed to signal the slave in {directory}; run bbx slave stop as "
+                       f"the slave's user") from None
+    except pidfile.StopTimeout as e:
+        raise BbxError(f"slave (pid {e.args[0]}) did not stop within {STOP_WAIT:.0f} s; "
+                       f"force it with: kill -9 {e.args[0]}") from None
+    if state == "stopped":
+        typer.echo(f"slave stopped (pid {pid})")
+    elif state == "stale":
+        typer.echo(f"slave in {directory} is not running (removed a stale {PID_NAME})")
+    else:
+        typer.echo(f"slave in {directory} is not running")
 
 
 # Log lines that tell the connection's state, newest wins; (marker, state shown).

@@ -12,6 +12,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.spread import pb
 
+from bbx import pidfile
 from bbx.pb.endpoints import enable_tcp_keepalive, server_endpoint
 
 from .builder import Builder, SlaveLoad
@@ -193,29 +194,6 @@ class MasterService:
 PID_FILE = "master.pid"
 
 
-def pid_alive(pid: int) -> bool:
-    """True if process `pid` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def read_pid(basedir) -> int | None:
-    """The pid in DIR/master.pid, or None when there is no readable pid file."""
-    try:
-        return int((Path(basedir) / PID_FILE).read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
 class StartFailed(Exception):
     """The master could not start; str(error) is the operator's one line."""
 
@@ -271,7 +249,7 @@ def run(basedir, config: MasterConfig, *, to_terminal: bool) -> None:
         reactor.run()
     finally:
         try:
-            if read_pid(basedir) == os.getpid():
+            if pidfile.read(pid_path) == os.getpid():
                 pid_path.unlink()
         except FileNotFoundError:
             pass
