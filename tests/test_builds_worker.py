@@ -47,3 +47,38 @@ def test_a_build_runs_its_steps_and_transfers_on_a_real_buildbot_worker(tmp_path
         if worker is not None:
             worker.stop()
         farm.stop()
+
+
+SECRET_STEPS = '''
+[[builders]]
+name = "w1"
+slaves = ["w1"]
+[[builders.steps]]
+name = "env"
+command = ["true"]
+env = { DEPLOY_API_TOKEN = "hunter2-not-for-eyes" }
+'''
+
+
+def test_bbx_log_masks_secrets_a_real_worker_put_in_its_environment_header(tmp_path):
+    # buildbot-worker logs the command's whole environment in clear; the store keeps it as
+    # received, and `bbx log` masks it unless asked.
+    farm = Farm(tmp_path, master_toml(SECRET_STEPS, slaves=(("w1", 1),)))
+    worker = None
+    try:
+        farm.start_master()
+        worker = Worker(tmp_path / "worker", farm.port, "w1", "pw-w1")
+        assert worker.start().returncode == 0, worker.log()[-2000:]
+        built = farm.bbx("build", "w1", "--json")
+        assert built.returncode == 0, built.stdout[-2000:]
+        build_id = json.loads(built.stdout.splitlines()[0])["build_id"]
+        masked = farm.bbx("log", str(build_id))
+        assert "DEPLOY_API_TOKEN=" in masked.stdout
+        assert "hunter2-not-for-eyes" not in masked.stdout
+        assert "hunter2-not-for-eyes" not in farm.bbx("log", str(build_id), "--json").stdout
+        shown = farm.bbx("log", str(build_id), "--show-secrets")
+        assert "DEPLOY_API_TOKEN=hunter2-not-for-eyes" in shown.stdout
+    finally:
+        if worker is not None:
+            worker.stop()
+        farm.stop()

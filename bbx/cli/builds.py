@@ -356,6 +356,8 @@ def log(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing while the build runs.")] = False,
     json: Annotated[bool, typer.Option(
         "--json", help="One JSON line per stored chunk: seq, step, stream, text.")] = False,
+    show_secrets: Annotated[bool, typer.Option(
+        "--show-secrets", help="Do not mask secret-looking NAME=value lines of headers.")] = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None,
 ) -> None:
@@ -363,7 +365,7 @@ def log(
     from .client import call
 
     out, _err = _consoles()
-    printer = LogPrinter(out, json=json)
+    printer = LogPrinter(out, json=json, show_secrets=show_secrets)
     step_arg: Any = int(step) if step is not None and step.isdigit() else step
 
     async def conversation(perspective, reactor):
@@ -394,14 +396,21 @@ class LogPrinter:
     """Paints stored log chunks [seq, step, stream, text]: a rule where the step changes,
     stderr red and headers dim on a terminal; plain text in a pipe."""
 
-    def __init__(self, console, *, json: bool = False):
+    def __init__(self, console, *, json: bool = False, show_secrets: bool = False):
         self.console = console
         self.json = json
+        self.show_secrets = show_secrets
         self.steps: dict[int, str] = {}
         self.current: int | None = None
         self.at_line_start = True
 
     def chunks(self, chunks) -> None:
+        from .render import mask_header
+
+        # The store keeps headers as the slave sent them (a buildbot-worker does not mask its
+        # environment header); what an operator sees is masked like `bbx run` output.
+        chunks = [(seq, step, stream, mask_header(text, self.show_secrets) if stream == "header" else text)
+                  for seq, step, stream, text in chunks]
         if self.json:
             for seq, step, stream, text in chunks:
                 _line({"seq": seq, "step": step, "name": self.steps.get(step), "stream": stream,
