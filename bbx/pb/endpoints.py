@@ -14,6 +14,8 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
+from bbx.pb.banana import FastBroker
+
 DEFAULT_PORT = 9989
 
 # TCP keepalive: probe after 10 s idle, every 5 s, give up after 3 misses — a dead peer is
@@ -128,7 +130,12 @@ def remote_type(failure: Failure) -> str:
 
 
 class _Factory(pb.PBClientFactory):
-    """A PBClientFactory that turns on TCP keepalive as soon as the connection is made."""
+    """A PBClientFactory that turns on TCP keepalive as soon as the connection is made.
+
+    Its brokers use the faster Banana codec of bbx/pb/banana.py (same wire format).
+    """
+
+    protocol = FastBroker
 
     def clientConnectionMade(self, broker):
         enable_tcp_keepalive(broker.transport)

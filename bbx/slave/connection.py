@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
+from bbx.pb.banana import FastBroker
 from bbx.pb.endpoints import client_endpoint, enable_tcp_keepalive
 
 log = Logger(namespace="bbx.slave")
@@ -65,8 +66,11 @@ def full_jitter_backoff(*, cap: float, base: float = BACKOFF_BASE, factor: float
     return policy
 
 
-class _Broker(pb.Broker):
-    """A Broker that remembers when the master last sent anything, and why it went away."""
+class _Broker(FastBroker):
+    """A Broker that remembers when the master last sent anything, and why it went away.
+
+    FastBroker: Twisted's PB with a faster Banana codec (bbx/pb/banana.py), same wire format.
+    """
 
     on_receive: Callable[[], None] | None = None
     lost_reason: Failure | None = None

@@ -1,0 +1,227 @@
+"""A faster Banana codec for our PB brokers, byte-for-byte the same as Twisted's.
+
+Twisted's `Banana.dataReceived` copies the rest of its buffer once per decoded item (a
+64 Ki-character update costs a dozen copies of everything behind it), and re-joins a
+partial string with each new TCP read, so a large message is copied again and again; its
+encoder makes one Python call per byte of every length prefix. `bench/stream.py` (200 MB of
+`bbx run` output, PROTOCOL.md §5.1) showed Banana decoding as the largest own-time item in
+the master and the CLI.
+
+`FastBananaMixin` replaces `dataReceived` with an offset-based decoder that keeps a partial
+message as a list of chunks until it can be complete, and `sendEncoded`/`_encode` with an
+encoder that writes each prefix as one piece. Both enforce what Twisted enforces, the same
+way: SIZE_LIMIT for strings and lists (PROTOCOL.md §1.1; the decoder reads
+`twisted.spread.banana.SIZE_LIMIT` as Twisted does), the per-connection `prefixLimit`
+(64 bytes), the pb-only vocabulary, and Twisted's exception types. The wire format is
+untouched: real Buildbot and buildbot-worker peers see no difference
+(tests/test_banana.py compares both codecs on random structures and on split streams).
+
+Set BBX_TWISTED_BANANA=1 in the environment to use Twisted's own codec instead (a fallback
+for diagnosis); `FastBroker` then behaves exactly like `pb.Broker`.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from twisted.spread import banana, pb
+from twisted.spread.banana import BananaError
+
+# The type bytes of the Banana wire format (twisted.spread.banana), as ints.
+_LIST, _INT, _STRING, _NEG, _FLOAT, _LONGINT, _LONGNEG, _VOCAB = range(0x80, 0x88)
+_HIGH_BIT = 0x80
+_FLOAT_SIZE = 8  # "!d"
+
+# Twisted's INT type covers exactly the 32-bit range; larger magnitudes go as LONGINT/LONGNEG.
+_LARGEST_INT = 2**31 - 1
+_SMALLEST_INT = -(2**31)
+
+_unpack_double = struct.Struct("!d").unpack_from
+_pack_double = struct.Struct("!d").pack
+
+ENABLED = os.environ.get("BBX_TWISTED_BANANA", "") in ("", "0")
+
+
+def _b128(integer: int) -> bytes:
+    """Twisted's int2b128 as one bytes object: 7 bits per byte, least significant first."""
+    if integer < 128:
+        return _SMALL[integer]
+    out = bytearray()
+    while integer:
+        out.append(integer & 0x7F)
+        integer >>= 7
+    return bytes(out)
+
+
+_SMALL = [bytes((i,)) for i in range(128)]
+# Prefix + type byte for the most common headers: lists and vocabulary symbols up to 127.
+_LIST_HEADER = [bytes((i, _LIST)) for i in range(128)]
+_VOCAB_HEADER = [bytes((i, _VOCAB)) for i in range(128)]
+
+
+class FastBananaMixin:
+    """Put before `pb.Broker` (or `banana.Banana`) in the bases to decode and encode faster.
+
+    Needs the Banana attributes Twisted sets: listStack, prefixLimit (from connectionMade),
+    currentDialect, incomingVocabulary, outgoingSymbols, gotItem.
+    """
+
+    if ENABLED:
+        # Chunks of an incomplete item not yet joined, their total length, and the length
+        # the joined buffer needs before decoding can go on (a string's end, or one more byte).
+        _parts: list[bytes] | None = None
+        _have = 0
+        _need = 0
+
+        def dataReceived(self, chunk):
+            parts = self._parts
+            if parts is not None:
+                parts.append(chunk)
+                self._have += len(chunk)
+                if self._have < self._need:
+                    return
+                buffer = b"".join(parts)
+                self._parts = None
+            elif self.buffer:
+                buffer = self.buffer + chunk
+            else:
+                buffer = chunk
+            self.buffer = b""
+            self._decode(buffer)
+
+        def _decode(self, buffer: bytes) -> None:
+            listStack = self.listStack
+            gotItem = self.gotItem
+            limit = self.prefixLimit
+            size_limit = banana.SIZE_LIMIT
+            end = len(buffer)
+            pos = 0
+            start = 0
+            try:
+                while pos < end:
+                    start = pos
+                    # The prefix: up to `limit` bytes below 0x80, then the type byte.
+                    stop = pos + limit + 1
+                    if stop > end:
+                        stop = end
+                    i = pos
+                    while i < stop and buffer[i] < _HIGH_BIT:
+                        i += 1
+                    if i == stop:
+                        if end - pos > limit:
+                            self._prefix_too_long(buffer, pos, end, limit)
+                        self._wait(buffer, pos, end, end + 1)  # any further byte may end it
+                        return
+                    if i == pos + 1:
+                        num = buffer[pos]
+                    else:
+                        num = 0
+                        shift = 0
+                        for k in range(pos, i):
+                            num |= buffer[k] << shift
+                            shift += 7
+                    typebyte = buffer[i]
+                    pos = i + 1
+                    if typebyte == _STRING:
+                        if num > size_limit:
+                            raise BananaError("Security precaution: String too long.")
+                        if end - pos < num:
+                            self._wait(buffer, start, end, pos + num)
+                            return
+                        item = buffer[pos : pos + num]
+                        pos += num
+                        gotItem(item)
+                    elif typebyte == _VOCAB:
+                        item = self.incomingVocabulary[num]
+                        if self.currentDialect == b"pb":
+                            # the sender issues VOCAB only for dialect pb
+                            gotItem(item)
+                        else:
+                            raise NotImplementedError(f"Invalid item for pb protocol {item!r}")
+                    elif typebyte == _LIST:
+                        if num > size_limit:
+                            raise BananaError("Security precaution: List too long.")
+                        listStack.append((num, []))
+                    elif typebyte == _INT or typebyte == _LONGINT:
+                        gotItem(num)
+                    elif typebyte == _NEG or typebyte == _LONGNEG:
+                        gotItem(-num)
+                    elif typebyte == _FLOAT:
+                        if end - pos < _FLOAT_SIZE:
+                            self._wait(buffer, start, end, pos + _FLOAT_SIZE)
+                            return
+                        value = _unpack_double(buffer, pos)[0]
+                        pos += _FLOAT_SIZE
+                        gotItem(value)
+                    else:
+                        raise NotImplementedError(f"Invalid Type Byte {bytes((typebyte,))!r}")
+                    while listStack and len(listStack[-1][1]) == listStack[-1][0]:
+                        gotItem(listStack.pop()[1])
+            except BaseException:
+                # As Twisted leaves it: the buffer from the item that failed onwards.
+                self.buffer = buffer[start:]
+                raise
+
+        def _wait(self, buffer: bytes, pos: int, end: int, need_end: int) -> None:
+            """Keep buffer[pos:] for later reads, unjoined until buffer[:need_end] is there."""
+            rest = buffer[pos:] if pos else buffer
+            self._parts = [rest]
+            self._have = len(rest)
+            self._need = need_end - pos
+
+        def _prefix_too_long(self, buffer: bytes, pos: int, end: int, limit: int):
+            # Twisted's two messages: no type byte at all yet, or one after too long a prefix.
+            for i in range(pos, end):
+                if buffer[i] >= _HIGH_BIT:
+                    raise BananaError(
+                        "Security precaution: longer than %d bytes worth of prefix" % (limit,))
+            raise BananaError("Security precaution: more than %d bytes of prefix" % (limit,))
+
+        def sendEncoded(self, obj):
+            parts: list[bytes] = []
+            self._encode(obj, parts.append)
+            self.transport.write(b"".join(parts))
+
+        def _encode(self, obj, write):
+            # Same checks and the same bytes as Banana._encode; tested against it.
+            kind = type(obj)
+            if kind is list or kind is tuple or isinstance(obj, (list, tuple)):
+                n = len(obj)
+                if n > banana.SIZE_LIMIT:
+                    raise BananaError("list/tuple is too long to send (%d)" % (n,))
+                write(_LIST_HEADER[n] if n < 128 else _b128(n) + b"\x80")
+                encode = self._encode
+                for elem in obj:
+                    encode(elem, write)
+            elif kind is bytes or isinstance(obj, bytes):
+                if self.currentDialect == b"pb":
+                    symbol = self.outgoingSymbols.get(obj)
+                    if symbol is not None:
+                        write(_VOCAB_HEADER[symbol] if symbol < 128 else _b128(symbol) + b"\x87")
+                        return
+                n = len(obj)
+                if n > banana.SIZE_LIMIT:
+                    raise BananaError("byte string is too long to send (%d)" % (n,))
+                write(_b128(n) + b"\x82")
+                write(obj)
+            elif kind is int or isinstance(obj, int):
+                if obj < self._smallestLongInt or obj > self._largestLongInt:
+                    raise BananaError("int is too large to send (%d)" % (obj,))
+                if obj < _SMALLEST_INT:
+                    write(_b128(-obj) + b"\x86")
+                elif obj < 0:
+                    write(_b128(-obj) + b"\x83")
+                elif obj <= _LARGEST_INT:
+                    write(_b128(obj) + b"\x81")
+                else:
+                    write(_b128(obj) + b"\x85")
+            elif isinstance(obj, float):
+                write(b"\x84" + _pack_double(obj))
+            else:
+                # Twisted's own error message for anything else.
+                banana.Banana._encode(self, obj, write)
+
+
+class FastBroker(FastBananaMixin, pb.Broker):
+    """A `pb.Broker` with the faster Banana codec; a drop-in base for our brokers."""
