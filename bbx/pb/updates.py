@@ -28,14 +28,15 @@ MAX_TEXT_CHARS = 64 * 1024
 #
 # FLUSH_BYTES and MAX_IN_FLIGHT set the window of unanswered output (bench/stream.py, 200 MB
 # through `bbx run` on 2 cores): 64 KiB x 4 in flight gave 62 MB/s, bound by the round trip
-# (every role idle half the time); 256 KiB x 8 gave 100 MB/s and 512 KiB x 8 106 MB/s, with
-# the master's CPU per 200 MB down from 2.0 s to 1.0 s (fewer, larger calls). Sizes count
-# UTF-8 bytes (characters for ASCII text).
+# (every role idle half the time); 512 KiB x 8 gave 98-106 MB/s and 1 MiB x 8 another 3-6 %
+# over that (1 MiB x 4: no better than 512 KiB x 8), with the master's CPU per 200 MB down
+# from 2.0 s to about 0.85 s (fewer, larger calls). Sizes count UTF-8 bytes (characters for
+# ASCII text).
 FLUSH_DELAY = 0.1
-FLUSH_BYTES = 512 * 1024
+FLUSH_BYTES = 1024 * 1024
 
 # No call carries more than this (a logfile can add megabytes at once): the rest waits for
-# the next call. Several MAX_TEXT_CHARS pieces per call, each far below the Banana limit.
+# the next call. Up to 16 MAX_TEXT_CHARS pieces per call, each far below the Banana limit.
 MAX_CALL_BYTES = 1024 * 1024
 
 # How many update calls may await their answer before the producer (the child process) is
