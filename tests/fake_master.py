@@ -92,7 +92,7 @@ class Control(pb.Avatar):
                 {"name": "idle", "slaves": ["lonely"], "builddir": "idle", "attached": []}]
 
     def perspective_run(self, builder, observer, command, workdir=None, env=None, timeout=None,
-                        max_time=None):
+                        max_time=None, log_environ=False):
         self._check(builder)
         if builder == "idle":
             raise control.NoSlaveAttached("no slave of builder 'idle' is attached")

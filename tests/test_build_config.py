@@ -36,7 +36,7 @@ def test_shell_steps_get_buildbot_shellcommand_defaults():
     assert (step.name, step.kind, step.command) == ("make", "shell", ("make", "check"))
     assert (step.workdir, step.timeout, step.max_time, step.env) == ("build", 1200.0, None, ())
     assert (step.halt_on_failure, step.flunk_on_failure, step.warn_on_failure,
-            step.always_run) == (False, True, False, False)
+            step.always_run, step.log_environ) == (False, True, False, False, True)
 
 
 def test_every_step_key_is_read():
@@ -51,11 +51,12 @@ haltOnFailure = true
 flunkOnFailure = false
 warnOnFailure = true
 alwaysRun = true
+logEnviron = false
 ''').builders[0].steps
     assert (step.command, step.workdir, step.env, step.timeout, step.max_time) == (
         "make test", "src", (("CC", "clang"),), 30.0, 600.0)
     assert (step.halt_on_failure, step.flunk_on_failure, step.warn_on_failure,
-            step.always_run) == (True, False, True, True)
+            step.always_run, step.log_environ) == (True, False, True, True, False)
 
 
 def test_transfer_steps_halt_on_failure_by_default_as_buildbot_transfers_do():

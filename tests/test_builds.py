@@ -194,6 +194,15 @@ def test_bbx_run_is_recorded_as_a_one_step_build(farm):
     assert "recorded-run\n" in stored_log(farm.db, build["id"], "stdout")
 
 
+def test_bbx_run_lists_the_environment_only_when_asked(farm):
+    quiet = farm.bbx("run", "ok", "--", "true")
+    assert quiet.returncode == 0, quiet.stderr
+    assert " argv: ['true']" in quiet.stderr and " environment:" not in quiet.stderr
+    loud = farm.bbx("run", "ok", "--log-environ", "--", "true")
+    assert loud.returncode == 0, loud.stderr
+    assert " environment:" in loud.stderr and "  PATH=" in loud.stderr
+
+
 def test_cancel_interrupts_a_running_build_and_always_run_steps_still_run(farm):
     queued = farm.bbx("build", "slow", "--no-wait", "--json")
     assert queued.returncode == 0, queued.stderr

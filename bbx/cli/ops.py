@@ -182,6 +182,9 @@ def run(
         "--json", help="Print each update as a JSON line, then a final result object.")] = False,
     show_secrets: Annotated[bool, typer.Option(
         "--show-secrets", help="Do not mask secret-looking NAME=value lines of the command's header.")] = False,
+    log_environ: Annotated[bool, typer.Option(
+        "--log-environ", help="Have the slave list the command's whole environment in its header "
+        "(as Buildbot steps do; off by default for bbx run).")] = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None,
 ) -> None:
@@ -206,7 +209,7 @@ def run(
 
     session = RunSession(out, err, json=json, show_secrets=show_secrets)
     request = dict(builder=builder, command=argv, workdir=workdir, env=environment,
-                   timeout=timeout, max_time=max_time)
+                   timeout=timeout, max_time=max_time, log_environ=log_environ)
     call(_conn(master_dir, master, user, password),
          lambda perspective, reactor: session.run(perspective, reactor, **request))
     exit_code = session.report()
@@ -282,7 +285,8 @@ class RunSession:
 
     # -- the conversation
 
-    async def run(self, perspective, reactor, *, builder, command, workdir, env, timeout, max_time):
+    async def run(self, perspective, reactor, *, builder, command, workdir, env, timeout, max_time,
+                  log_environ=False):
         import signal
 
         from twisted.internet import defer, task
@@ -303,7 +307,7 @@ class RunSession:
             ticker.start(STATUS_INTERVAL)
         try:
             started = await perspective.callRemote("run", builder, observer, command, workdir, env,
-                                                   timeout, max_time)
+                                                   timeout, max_time, log_environ)
             self.slave = str(started.get("slave", "?"))
             self.handle = started.get("handle")
             if self.sigints or self.pipe_closed:

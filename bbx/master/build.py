@@ -35,7 +35,7 @@ TRANSFER_DECODE_RC = {None: results.SUCCESS, 0: results.SUCCESS}
 
 
 def shell_args(command, workdir: str | None, env: dict | None, timeout: Any,
-               max_time: float | None) -> dict:
+               max_time: float | None, log_environ: bool = True) -> dict:
     """The full shell argument dict a Buildbot 4.3 master would send (PROTOCOL.md §5.4)."""
     return {
         "workdir": workdir or "build",
@@ -49,7 +49,7 @@ def shell_args(command, workdir: str | None, env: dict | None, timeout: Any,
         "max_lines": None,
         "sigtermTime": None,
         "usePTY": False,
-        "logEnviron": True,
+        "logEnviron": log_environ,
         "initial_stdin": None,
         "interruptSignal": "KILL",
     }
@@ -363,7 +363,7 @@ class Build:
         if step.kind == "shell":
             command = list(step.command) if isinstance(step.command, tuple) else step.command
             name, args = "shell", shell_args(command, step.workdir, dict(step.env),
-                                             step.timeout, step.max_time)
+                                             step.timeout, step.max_time, step.log_environ)
         else:
             decode_rc = TRANSFER_DECODE_RC
             master_path = self.queue.basedir / (step.dest if step.kind == "upload" else step.src)

@@ -44,8 +44,8 @@ DEFAULT_STEP_WORKDIR = "build"
 DEFAULT_STEP_TIMEOUT = 1200.0
 
 _STEP_KEYS = ("name", "command", "workdir", "env", "timeout", "maxTime", "haltOnFailure",
-              "flunkOnFailure", "warnOnFailure", "alwaysRun", "upload", "download")
-_STEP_FLAGS = ("haltOnFailure", "flunkOnFailure", "warnOnFailure", "alwaysRun")
+              "flunkOnFailure", "warnOnFailure", "alwaysRun", "logEnviron", "upload", "download")
+_STEP_FLAGS = ("haltOnFailure", "flunkOnFailure", "warnOnFailure", "alwaysRun", "logEnviron")
 
 
 class ConfigError(Exception):
@@ -83,6 +83,7 @@ class StepConfig:
     flunk_on_failure: bool = True
     warn_on_failure: bool = False
     always_run: bool = False
+    log_environ: bool = True  # the slave lists the command's environment in its header
     src: str | None = None
     dest: str | None = None
 
@@ -405,7 +406,7 @@ def _load_steps(ld: _Loader, items: Any, builder_index: int, builder_label: str
                 raise ld.fail(line(key), f"{label}.{key}", f"must be true or false, not {item[key]!r}",
                               f"write {key} = true")
         defaults = {"haltOnFailure": kind != "shell", "flunkOnFailure": True,
-                    "warnOnFailure": False, "alwaysRun": False}
+                    "warnOnFailure": False, "alwaysRun": False, "logEnviron": True}
         for key, default in defaults.items():
             flags[key] = item.get(key, default)
         workdir = ld.string(item, "workdir", header, at, required=False,
@@ -460,7 +461,8 @@ def _load_steps(ld: _Loader, items: Any, builder_index: int, builder_label: str
             name=unique, kind=kind, command=command, workdir=workdir,
             env=tuple(sorted(env.items())), timeout=timeout, max_time=max_time,
             halt_on_failure=flags["haltOnFailure"], flunk_on_failure=flags["flunkOnFailure"],
-            warn_on_failure=flags["warnOnFailure"], always_run=flags["alwaysRun"], src=src,
+            warn_on_failure=flags["warnOnFailure"], always_run=flags["alwaysRun"],
+            log_environ=flags["logEnviron"], src=src,
             dest=dest))
     return tuple(steps)
 

@@ -113,12 +113,13 @@ class ControlPerspective(pb.Avatar):
     @defer.inlineCallbacks
     def perspective_run(self, builder: str, observer, command, workdir: str | None = None,
                         env: dict | None = None, timeout: Any = DEFAULT_SHELL_TIMEOUT,
-                        max_time: float | None = None):
+                        max_time: float | None = None, log_environ: bool = True):
         """Run one shell command on a free slave of `builder`, recorded as a one-step build.
 
         Sends the builder name, an observer Referenceable (remote_update(updates) /
         remote_complete(result)), the command (list of str = exec, str = shell), workdir
-        (None = "build"), env, timeout (s without output; None = none) and max_time.
+        (None = "build"), env, timeout (s without output; None = none), max_time and
+        log_environ (whether the slave lists the environment in its header).
         Returns once the slave started it: {"slave", "command_id", "handle", "build_id"}
         where handle.callRemote("interrupt", why) interrupts. The observer gets every update
         envelope unchanged, then {"rc", "failure", "interrupted", "lost"}. Never queues: raises
@@ -132,7 +133,8 @@ class ControlPerspective(pb.Avatar):
         first = argv[0] if isinstance(argv, tuple) else (argv.split() or ["sh"])[0]
         step = StepConfig(name=str(first).rsplit("/", 1)[-1] or "run", kind="shell",
                           command=argv, workdir=workdir or DEFAULT_WORKDIR,
-                          env=tuple((env or {}).items()), timeout=timeout, max_time=max_time)
+                          env=tuple((env or {}).items()), timeout=timeout, max_time=max_time,
+                          log_environ=bool(log_environ))
         holder: list = []
         observers = []
         if observer is not None:
