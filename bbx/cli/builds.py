@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from .client import MasterDirOption, MasterOption, PasswordOption, UserOption
+from .output import conn, consoles, json_line, print_json
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print plain JSON instead of tables.")]
 
@@ -41,30 +42,12 @@ Exit status:
 """
 
 
-def _conn(master_dir, master, user, password):
-    from .client import ConnOptions
-
-    return ConnOptions(master_dir=master_dir, master=master, user=user, password=password)
 
 
-def _consoles():
-    from rich.console import Console
-
-    return Console(), Console(stderr=True)
 
 
-def _print_json(value: Any) -> None:
-    from .render import to_json
-
-    sys.stdout.write(to_json(value) + "\n")
-    sys.stdout.flush()
 
 
-def _line(value: Any) -> None:
-    import json
-
-    sys.stdout.write(json.dumps(value, default=str) + "\n")
-    sys.stdout.flush()
 
 
 def register(app: typer.Typer) -> None:
@@ -91,9 +74,9 @@ def build(
     """Queue a build (the operator-facing help is BUILD_HELP)."""
     from .client import call
 
-    out, err = _consoles()
+    out, err = consoles()
     session = BuildSession(out, err, json=json, show_secrets=show_secrets)
-    call(_conn(master_dir, master, user, password),
+    call(conn(master_dir, master, user, password),
          lambda perspective, reactor: session.run(perspective, reactor, builder, not no_wait))
     raise typer.Exit(session.report())
 
@@ -183,14 +166,14 @@ class BuildSession:
     def build_started(self, info: dict) -> None:
         self.started = info
         if self.json:
-            _line({"event": "buildStarted", **info})
+            json_line({"event": "buildStarted", **info})
             return
         self._note(f"build {info['build_id']} (#{info['number']} of {info['builder']}) "
                    f"started on slave {info['slave']}")
 
     def step_started(self, info: dict) -> None:
         if self.json:
-            _line({"event": "stepStarted", **info})
+            json_line({"event": "stepStarted", **info})
             return
         from .render import step_rule
 
@@ -198,7 +181,7 @@ class BuildSession:
 
     def step_finished(self, info: dict) -> None:
         if self.json:
-            _line({"event": "stepFinished", **info})
+            json_line({"event": "stepFinished", **info})
             return
         if info.get("result_name") == "skipped":
             from .render import step_rule
@@ -207,7 +190,7 @@ class BuildSession:
 
     def build_finished(self, info: dict) -> None:
         if self.json:
-            _line({"event": "buildFinished", **info})
+            json_line({"event": "buildFinished", **info})
         if info.get("requeued"):
             self._note(f"build {info.get('build_id')} lost its slave (RETRY); request "
                        f"{info.get('request_id')} is queued again")
@@ -225,7 +208,7 @@ class BuildSession:
             for key, value in iter_updates(updates):
                 if key == "header" and isinstance(value, str):
                     value = mask_header(value, self.show_secrets)
-                _line({key: value})
+                json_line({key: value})
             return
         sink = self.sink
         for key, value in iter_updates(updates):
@@ -245,7 +228,7 @@ class BuildSession:
         if not self.wait:
             answer = self.answer or {}
             if self.json:
-                _print_json(answer)
+                print_json(answer)
             else:
                 self.out.print(f"queued build request {answer.get('request_id')} "
                                f"(position {answer.get('position') or '—'})", highlight=False,
@@ -261,13 +244,13 @@ class BuildSession:
                            if build_id else "left; the build request stays queued")
                 code = EXIT_INTERRUPTED
             if self.json:
-                _line({"event": "end", "exit_code": code, "message": message})
+                json_line({"event": "end", "exit_code": code, "message": message})
             self.err.print(f"bbx: {message}", highlight=False, soft_wrap=True, markup=False)
             return code
         name = str(info.get("result_name"))
         code = 0 if name in GOOD_RESULTS else EXIT_BUILD_BAD
         if self.json:
-            _line({"event": "end", "exit_code": code, "result_name": name,
+            json_line({"event": "end", "exit_code": code, "result_name": name,
                    "build_id": info.get("build_id")})
             return code
         from .render import build_summary
@@ -338,13 +321,13 @@ def builds(
         queued = await perspective.callRemote("queue", builder)
         return {"builds": found, "queued": queued}
 
-    answer = call(_conn(master_dir, master, user, password), conversation)
+    answer = call(conn(master_dir, master, user, password), conversation)
     if json:
-        _print_json(answer)
+        print_json(answer)
         return
     from .render import builds_table
 
-    _consoles()[0].print(builds_table(answer["builds"], answer["queued"]), highlight=False)
+    consoles()[0].print(builds_table(answer["builds"], answer["queued"]), highlight=False)
 
 
 # ---------------------------------------------------------------------------- log
@@ -364,7 +347,7 @@ def log(
     """Print a build's stored log (every step, or one), live with --follow while it runs."""
     from .client import call
 
-    out, _err = _consoles()
+    out, _err = consoles()
     printer = LogPrinter(out, json=json, show_secrets=show_secrets)
     step_arg: Any = int(step) if step is not None and step.isdigit() else step
 
@@ -388,7 +371,7 @@ def log(
                 return page
             await task.deferLater(reactor, FOLLOW_INTERVAL, lambda: None)
 
-    final = call(_conn(master_dir, master, user, password), conversation)
+    final = call(conn(master_dir, master, user, password), conversation)
     printer.end(final)
 
 
@@ -413,7 +396,7 @@ class LogPrinter:
                   for seq, step, stream, text in chunks]
         if self.json:
             for seq, step, stream, text in chunks:
-                _line({"seq": seq, "step": step, "name": self.steps.get(step), "stream": stream,
+                json_line({"seq": seq, "step": step, "name": self.steps.get(step), "stream": stream,
                        "text": text})
             return
         from rich.text import Text
@@ -462,13 +445,13 @@ def cancel(
     from .client import call
 
     args = (None, build_id) if request else (build_id,)
-    answer = call(_conn(master_dir, master, user, password),
+    answer = call(conn(master_dir, master, user, password),
                   lambda perspective, reactor: perspective.callRemote("cancel", *args))
     if json:
-        _print_json(answer)
+        print_json(answer)
         return
     if answer.get("state") == "removed":
         text = f"removed build request {answer.get('request_id')} from the queue"
     else:
         text = f"cancelling build {answer.get('build_id')}"
-    _consoles()[0].print(text, highlight=False, markup=False)
+    consoles()[0].print(text, highlight=False, markup=False)

@@ -9,11 +9,12 @@ operator sees is bbx/cli/render.py's.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from .client import MasterDirOption, MasterOption, PasswordOption, UserOption
+from .output import conn, consoles, print_json
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print plain JSON instead of tables.")]
 
@@ -50,23 +51,10 @@ Exit status:
 """
 
 
-def _conn(master_dir, master, user, password):
-    from .client import ConnOptions
-
-    return ConnOptions(master_dir=master_dir, master=master, user=user, password=password)
 
 
-def _consoles():
-    from rich.console import Console
-
-    return Console(), Console(stderr=True)
 
 
-def _print_json(value: Any) -> None:
-    from .render import to_json
-
-    sys.stdout.write(to_json(value) + "\n")
-    sys.stdout.flush()
 
 
 def register(app: typer.Typer) -> None:
@@ -94,14 +82,14 @@ def ping(
     """Ping the slave attached to BUILDER and print round-trip times."""
     from .client import call
 
-    answer = call(_conn(master_dir, master, user, password),
+    answer = call(conn(master_dir, master, user, password),
                   lambda perspective, reactor: perspective.callRemote("ping", builder, count))
     if json:
-        _print_json(answer)
+        print_json(answer)
         return
     from .render import ping_report
 
-    _consoles()[0].print(ping_report(answer), highlight=False)
+    consoles()[0].print(ping_report(answer), highlight=False)
 
 
 def info(
@@ -115,14 +103,14 @@ def info(
     """Show what an attached slave reported about itself: system, admin, environment, commands."""
     from .client import call
 
-    answer = call(_conn(master_dir, master, user, password),
+    answer = call(conn(master_dir, master, user, password),
                   lambda perspective, reactor: perspective.callRemote("info", slave))
     from .render import info_report, masked_info
 
     if json:
-        _print_json(masked_info(answer, show_secrets))
+        print_json(masked_info(answer, show_secrets))
         return
-    _consoles()[0].print(info_report(answer, show_secrets=show_secrets), highlight=False)
+    consoles()[0].print(info_report(answer, show_secrets=show_secrets), highlight=False)
 
 
 def slaves(
@@ -133,14 +121,14 @@ def slaves(
     """List the configured slaves and whether they are connected."""
     from .client import call
 
-    answer = call(_conn(master_dir, master, user, password),
+    answer = call(conn(master_dir, master, user, password),
                   lambda perspective, reactor: perspective.callRemote("slaves"))
     if json:
-        _print_json(answer)
+        print_json(answer)
         return
     from .render import slaves_table
 
-    _consoles()[0].print(slaves_table(answer), highlight=False)
+    consoles()[0].print(slaves_table(answer), highlight=False)
 
 
 def builders(
@@ -151,14 +139,14 @@ def builders(
     """List the configured builders, their slaves and which of those are attached."""
     from .client import call
 
-    answer = call(_conn(master_dir, master, user, password),
+    answer = call(conn(master_dir, master, user, password),
                   lambda perspective, reactor: perspective.callRemote("builders"))
     if json:
-        _print_json(answer)
+        print_json(answer)
         return
     from .render import builders_table
 
-    _consoles()[0].print(builders_table(answer), highlight=False)
+    consoles()[0].print(builders_table(answer), highlight=False)
 
 
 # ---------------------------------------------------------------------------- run
@@ -200,7 +188,7 @@ def run(
     if not command:
         raise UsageError("no command given; write it after --, e.g. bbx run BUILDER -- make check")
     argv: list[str] | str = " ".join(command) if shell else list(command)
-    out, err = _consoles()
+    out, err = consoles()
     if not shell and len(command) == 1 and _SHELL_SYNTAX & set(command[0]):
         err.print(f"bbx: note: running {command[0]!r} as one program name; add --shell to run it "
                   "with /bin/sh -c", highlight=False, soft_wrap=True, markup=False)
@@ -210,7 +198,7 @@ def run(
     session = RunSession(out, err, json=json, show_secrets=show_secrets)
     request = dict(builder=builder, command=argv, workdir=workdir, env=environment,
                    timeout=timeout, max_time=max_time, log_environ=log_environ)
-    call(_conn(master_dir, master, user, password),
+    call(conn(master_dir, master, user, password),
          lambda perspective, reactor: session.run(perspective, reactor, **request))
     exit_code = session.report()
     raise typer.Exit(exit_code)
