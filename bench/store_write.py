@@ -21,12 +21,12 @@ import time
 from twisted.internet import defer, task
 
 from bbx.master.store import Store
+from bbx.pb.updates import FLUSH_BYTES, MAX_IN_FLIGHT, MAX_TEXT_CHARS
 
-# A bbx slave's update call carries about bbx.pb.updates.FLUSH_BYTES (64 KiB) of output: one
-# 64 KiB append per call by default.
-APPENDS_PER_CALL = 1
-# bbx.pb.updates.MAX_IN_FLIGHT: update calls a slave leaves unanswered before it pauses.
-MAX_IN_FLIGHT = 4
+# A bbx slave's update call carries up to FLUSH_BYTES of output in pieces of at most
+# MAX_TEXT_CHARS: that many 64 KiB appends per call by default. A slave leaves at most
+# MAX_IN_FLIGHT calls unanswered before it pauses.
+APPENDS_PER_CALL = max(1, FLUSH_BYTES // MAX_TEXT_CHARS)
 
 
 async def bench(reactor, args):
