@@ -17,17 +17,10 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
+from bbx.pb.secrets import is_secret_name
+
+# What the operator sees instead of a secret-looking value (bbx/pb/secrets.py decides which).
 MASK = "********"
-
-# Environment variable names whose values are secrets, matched anywhere in the name,
-# ignoring case (e.g. GITHUB_TOKEN, AWS_SECRET_ACCESS_KEY, DB_PASSWORD).
-SECRET_NAME_PARTS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
-_SECRET_NAME = re.compile("|".join(SECRET_NAME_PARTS), re.IGNORECASE)
-
-
-def is_secret_name(name: str) -> bool:
-    """True when an environment variable called `name` probably holds a secret."""
-    return bool(_SECRET_NAME.search(name))
 
 
 def mask_environ(environ: dict[str, Any] | None, show: bool) -> dict[str, Any]:

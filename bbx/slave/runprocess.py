@@ -32,6 +32,7 @@ from typing import Any, Mapping
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
+from bbx.pb.secrets import is_secret_name
 from bbx.slave.logfiles import LogfileWatcher
 from bbx.slave.proctree import ProcessTree
 from bbx.slave.spawn import NOT_FOUND_RC, SessionProcess, SessionPTYProcess
@@ -50,8 +51,7 @@ LEFTOVER_GRACE = 1.0
 # The rc the worker reports for a process it killed (PROTOCOL.md §5.4 update order, item 4).
 KILLED_RC = -1
 
-# Environment variable names shown as '***' in the environment header.
-SECRET_NAME_PARTS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
+# What the environment header shows instead of a secret-looking value (bbx/pb/secrets.py).
 MASK = "***"
 
 # Set in the child's environment (not shown in headers) so its descendants can be found
@@ -135,12 +135,6 @@ def build_environment(requested: Mapping[str, Any] | None, base: Mapping[str, st
         else:
             env[key] = _ENV_REFERENCE.sub(expand, value)
     return env
-
-
-def is_secret_name(name: str) -> bool:
-    """Whether an environment variable's value must not be shown (its name looks secret)."""
-    upper = name.upper()
-    return any(part in upper for part in SECRET_NAME_PARTS)
 
 
 def environment_header(env: Mapping[str, str]) -> str:
