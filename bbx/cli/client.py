@@ -320,13 +320,13 @@ def to_bbx_error(failure) -> BbxError:
     from twisted.spread.pb import RemoteError
 
     from bbx.pb.control import CONTROL_ERROR_TYPES
+    from bbx.pb.endpoints import remote_type
 
     from .errors import from_failure
 
     value = failure.value
     if isinstance(value, RemoteError):
-        kind = value.remoteType
-        kind = kind.decode("utf-8", "replace") if isinstance(kind, bytes) else str(kind)
+        kind = remote_type(failure)
         message = str(value)
         if kind in CONTROL_ERROR_TYPES:
             return BbxError(message)
@@ -355,7 +355,7 @@ def call(options: ConnOptions, fn: Callable[[Any, Any], Any], *, mind=None):
             perspective, broker = await endpoints.login(
                 reactor, target.endpoint, target.user, target.password, mind, timeout=LOGIN_TIMEOUT)
         except endpoints.LoginFailed as e:
-            if _refused_remotely(e):
+            if e.unauthorized:
                 raise Refused("the master refused the login: wrong control user name or password "
                               "(check --user/--password or [control] users in master.toml)") from None
             if e.unreachable:
@@ -379,28 +379,6 @@ def call(options: ConnOptions, fn: Callable[[Any, Any], Any], *, mind=None):
         raise UsageError(str(e)) from None
     except Interrupted:
         raise BbxError("interrupted", exit_code=EXIT_INTERRUPTED) from None
-
-
-_REFUSALS = ("twisted.cred.error.UnauthorizedLogin", "twisted.cred.error.UnhandledCredentials")
-
-
-def _refused_remotely(error) -> bool:
-    """True when a LoginFailed came from the master rejecting our credentials.
-
-    endpoints.login explains the failure from inside an inlineCallbacks `except`, where a
-    CopiedFailure has already become a pb.RemoteError that Failure.check cannot match by
-    type name; the RemoteError survives as the exception's __context__.
-    """
-    if error.unauthorized:
-        return True
-    from twisted.spread.pb import RemoteError
-
-    cause = error.__context__
-    if isinstance(cause, RemoteError):
-        kind = cause.remoteType
-        kind = kind.decode("utf-8", "replace") if isinstance(kind, bytes) else str(kind)
-        return kind in _REFUSALS
-    return False
 
 
 def _unreachable_message(endpoint: str, reason: str) -> str:

@@ -106,30 +106,39 @@ def explain(failure: Failure, description: str = "") -> LoginFailed:
         return LoginFailed(f"cannot connect to{where}: {failure.getErrorMessage()}", unreachable=True)
     if failure.check(error.ConnectionDone, error.ConnectionLost, pb.PBConnectionLost):
         return LoginFailed(f"the connection to{where} closed during login", unreachable=True)
-    if remote_type(failure) in _UNAUTHORIZED or failure.check(*_UNAUTHORIZED):
+    if is_unauthorized(failure):
         return LoginFailed("the master refused the login: wrong name or password", unauthorized=True)
     message = failure.getErrorMessage()
     return LoginFailed(f"login to{where} failed: {message}")
 
 
-_UNAUTHORIZED = ("twisted.cred.error.UnauthorizedLogin", "twisted.cred.error.UnhandledCredentials")
+# The errors a PB portal answers a wrong name or password with, as they arrive over PB.
+UNAUTHORIZED = ("twisted.cred.error.UnauthorizedLogin", "twisted.cred.error.UnhandledCredentials")
 
 
 def remote_type(failure: Failure) -> str:
     """The peer's qualified error type for an error that came over PB, else ''.
 
     Inside an inlineCallbacks `except`, a CopiedFailure has already been turned into a
-    pb.RemoteError whose `remoteType` (bytes) is all that is left of the original type.
+    pb.RemoteError whose `remoteType` is all that is left of the original type. Python 2
+    peers (Buildbot 0.8) send the type name as bytes.
     """
     value = failure.value
     if isinstance(value, pb.RemoteError):
         kind = value.remoteType
-        return kind.decode("utf-8", "replace") if isinstance(kind, bytes) else str(kind)
-    kind = getattr(failure, "type", "")
-    return kind if isinstance(kind, str) else ""
+    elif isinstance(failure, pb.CopiedFailure):
+        kind = failure.type
+    else:
+        return ""
+    return kind.decode("utf-8", "replace") if isinstance(kind, bytes) else str(kind)
 
 
-class _Factory(pb.PBClientFactory):
+def is_unauthorized(failure: Failure) -> bool:
+    """True when the master refused the login's name or password (remotely or locally)."""
+    return remote_type(failure) in UNAUTHORIZED or bool(failure.check(*UNAUTHORIZED))
+
+
+class KeepaliveClientFactory(pb.PBClientFactory):
     """A PBClientFactory that turns on TCP keepalive as soon as the connection is made.
 
     Its brokers use the faster Banana codec of bbx/pb/banana.py (same wire format).
@@ -151,7 +160,7 @@ def login(reactor, description: str, username: str, password: str, mind=None, *,
     Errbacks with LoginFailed for every expected failure.
     """
     endpoint = client_endpoint(reactor, description)
-    factory = _Factory()
+    factory = KeepaliveClientFactory()
     connecting = endpoint.connect(factory)
     timer = reactor.callLater(timeout, connecting.cancel)
     try:

@@ -31,7 +31,8 @@ from twisted.python.failure import Failure
 from twisted.spread import pb
 
 from bbx.pb.banana import FastBroker
-from bbx.pb.endpoints import client_endpoint, enable_tcp_keepalive
+from bbx.pb.endpoints import (KeepaliveClientFactory, client_endpoint, is_unauthorized,
+                               remote_type)
 
 log = Logger(namespace="bbx.slave")
 
@@ -45,6 +46,12 @@ CONNECT_TIMEOUT = 30.0
 # A login the master has not answered in this long is abandoned: the 0.8 slave's
 # HUNG_CONNECTION_TIMEOUT (PROTOCOL.md §2.3).
 LOGIN_TIMEOUT = 120.0
+# stop() closes the connection politely; a master that has not acknowledged the close after
+# this long is cut off, so a dead peer cannot hold up the slave's shutdown.
+CLOSE_TIMEOUT = 5.0
+# The reconnect ceiling when the caller gives no policy: create-worker's maxdelay default
+# (bbx/slave/basedir.py DEFAULT_MAXDELAY, PROTOCOL.md §7).
+DEFAULT_MAXDELAY = 300.0
 
 
 def backoff_ceiling(attempt: int, *, cap: float, base: float = BACKOFF_BASE,
@@ -85,13 +92,9 @@ class _Broker(FastBroker):
         super().connectionLost(reason)
 
 
-class _Factory(pb.PBClientFactory):
+class _Factory(KeepaliveClientFactory):
     protocol = _Broker
     noisy = False  # one "Starting factory" line per retry is noise
-
-    def clientConnectionMade(self, broker):
-        enable_tcp_keepalive(broker.transport)
-        super().clientConnectionMade(broker)
 
 
 class _Session:
@@ -105,30 +108,6 @@ class _Session:
         self.end_reason: str | None = None
         self.last_received = 0.0
         self.timers: list = []
-
-
-_UNAUTHORIZED = ("twisted.cred.error.UnauthorizedLogin", "twisted.cred.error.UnhandledCredentials")
-
-
-def remote_type(failure: Failure) -> str | None:
-    """The qualified class name of an error raised by the master, or None for local errors.
-
-    Inside inlineCallbacks a CopiedFailure surfaces as pb.RemoteError, which keeps the
-    remote class name only in `remoteType`.
-    """
-    value = failure.value
-    if isinstance(value, pb.RemoteError):
-        rt = value.remoteType
-        return rt.decode("utf-8", "replace") if isinstance(rt, bytes) else str(rt)
-    if isinstance(failure, pb.CopiedFailure):
-        t = failure.type
-        return t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t)
-    return None
-
-
-def is_unauthorized(failure: Failure) -> bool:
-    """True when the master refused the login's name or password."""
-    return remote_type(failure) in _UNAUTHORIZED or bool(failure.check(*_UNAUTHORIZED))
 
 
 def describe_failure(failure: Failure) -> str:
@@ -148,7 +127,7 @@ def describe_failure(failure: Failure) -> str:
     if failure.check(error.ConnectError):
         return failure.getErrorMessage()
     message = failure.getErrorMessage().strip().splitlines()
-    kind = (remote_type(failure) or "").rpartition(".")[2]
+    kind = remote_type(failure).rpartition(".")[2]
     text = message[-1] if message else ""
     if kind:
         return f"{kind}: {text}" if text else kind
@@ -173,17 +152,15 @@ class SlaveConnection:
         self.bot = bot
         self.keepalive = keepalive
         self.deadline = deadline
-        self.policy = policy or full_jitter_backoff(cap=300.0)
+        self.policy = policy or full_jitter_backoff(cap=DEFAULT_MAXDELAY)
         self.connect_timeout = connect_timeout
         self.login_timeout = login_timeout
         self.attempt = 0  # failures since the last successful login
-        self.attaches = 0  # successful logins so far
         self._session: _Session | None = None
         self._sessions = 0
         self._retry_timer = None
         self._stopping = False
         self._stopped: defer.Deferred | None = None
-        self._keepalive_running = False
 
     # -- public ------------------------------------------------------------------------------
 
@@ -217,7 +194,7 @@ class SlaveConnection:
         d = self._stopped
         s.broker.transport.loseConnection()
         # A peer that never acknowledges the close must not hold up the shutdown.
-        self.reactor.callLater(5, self._abort_if_open, s)
+        self.reactor.callLater(CLOSE_TIMEOUT, self._abort_if_open, s)
         return d
 
     # -- the state machine -------------------------------------------------------------------
@@ -270,12 +247,11 @@ class SlaveConnection:
                 login_timer.cancel()
             if not s.ended:
                 reason = describe_failure(f)
-                if is_unauthorized(f):
-                    why = f"login to {self.description} as {self.name} failed: {reason}"
-                elif f.check(error.ConnectionDone, error.ConnectionLost, pb.PBConnectionLost):
+                if f.check(error.ConnectionDone, error.ConnectionLost, pb.PBConnectionLost):
                     why = f"the connection to {self.description} closed during login ({reason})"
                 else:
-                    # buildbot-worker exits here (PROTOCOL.md §2.3); we keep trying.
+                    # A refusal or any other login error. buildbot-worker exits on the latter
+                    # (PROTOCOL.md §2.3); we keep trying.
                     why = f"login to {self.description} as {self.name} failed: {reason}"
                 self._end(s, why)
                 broker.transport.loseConnection()
@@ -286,7 +262,6 @@ class SlaveConnection:
             return
         s.perspective = perspective
         self.attempt = 0
-        self.attaches += 1
         log.info("attached to the master at {where} as {name}", where=self.description, name=self.name)
         if self.keepalive and self.keepalive > 0:
             s.timers.append(self.reactor.callLater(self.keepalive, self._send_keepalive, s))
