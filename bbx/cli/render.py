@@ -400,10 +400,7 @@ def builds_table(builds: list[dict], queued: list[dict] | None = None) -> Table:
         table.add_row(Text(f"r{request.get('id')}", style="dim"), Text(str(request.get("builder"))),
                       "", "", result_text("queued"), _clock(request.get("submitted_at")), "")
     for build in builds:
-        name = build.get("result_name")
-        if build.get("state") == "interrupted":
-            name = f"{name}"
-        result = result_text(name)
+        result = result_text(build.get("result_name"))
         if build.get("state") == "interrupted":
             result.append(" (interrupted)", style="dim")
         took = build.get("duration")

@@ -130,14 +130,6 @@ def args_from_master(name: str, args: Mapping[str, Any]) -> dict:
     return out
 
 
-def path_module(system: str):
-    """The path flavour a master uses for a peer: ntpath for system 'nt', else posixpath."""
-    import ntpath
-    import posixpath
-
-    return ntpath if system == "nt" else posixpath
-
-
 def system_name() -> str:
     """What a slave reports as `system` (os.name, as Buildbot does)."""
     return os.name

@@ -137,7 +137,6 @@ class UpdateBatcher:
         self._producer: IPushProducer | None = None
         self._paused = False
         self._waiters: list[defer.Deferred] = []
-        self.sent_calls = 0
         self.failed = None  # the first send failure, if any
 
     def register_producer(self, producer: IPushProducer) -> None:
@@ -211,7 +210,6 @@ class UpdateBatcher:
             return
         batch = self._take_batch()
         self._in_flight += 1
-        self.sent_calls += 1
         if self._in_flight >= self._max_in_flight and self._producer and not self._paused:
             self._paused = True
             self._producer.pauseProducing()

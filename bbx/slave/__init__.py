@@ -37,7 +37,6 @@ class Slave:
             policy=policy or full_jitter_backoff(cap=config.maxdelay))
         self._stamp_poll = None
         self._stamp_mtime = None
-        self._stopping = False
 
     def start(self) -> None:
         from twisted.logger import Logger
@@ -55,8 +54,10 @@ class Slave:
         self.connection.start()
 
     def _stamp(self):
+        from bbx.slave.basedir import SHUTDOWN_STAMP
+
         try:
-            return os.stat(self.config.path("shutdown.stamp")).st_mtime
+            return os.stat(self.config.path(SHUTDOWN_STAMP)).st_mtime
         except OSError:
             return None
 
@@ -93,7 +94,6 @@ class Slave:
         """Kill running commands and disconnect; fires when done (bounded by STOP_GRACE)."""
         from twisted.internet import defer
 
-        self._stopping = True
         if self._stamp_poll is not None and self._stamp_poll.running:
             self._stamp_poll.stop()
         killed = self.bot.stop_all("the slave is stopping")

@@ -49,8 +49,6 @@ class SlaveBuilder(pb.Referenceable):
         self._shutdown = shutdown
         self.remote = None  # the master-side builder, from setMaster (0.8 masters only)
         self.command = None  # the running Command, if any
-        self._step_ref = None
-        self._on_step_lost = None
         self._runs: set[defer.Deferred] = set()  # one per command not yet completed
         self.ensure_builddir()
 
@@ -100,7 +98,7 @@ class SlaveBuilder(pb.Referenceable):
             log.warn("builder {builder}: leftover command still running; interrupting it",
                      builder=self.name)
             self._interrupt_current("replaced by a new command")
-            self._forget_current()
+            self.command = None
         args = dialect.args_from_master(name, args)
         cls = registry.lookup(name)
         batcher = UpdateBatcher(lambda pairs: stepRef.callRemote("update", pairs), self.reactor)
@@ -108,14 +106,12 @@ class SlaveBuilder(pb.Referenceable):
         cmd = cls(reactor=self.reactor, builder_dir=self.builder_dir, command_id=command_id,
                   args=args, updates=batcher)
         self.command = cmd
-        self._step_ref = stepRef
 
         def step_lost(_ref=None):
             log.info("builder {builder}: lost the master's step; interrupting command {id}",
                      builder=self.name, id=command_id)
             cmd.interrupt("connection lost")
 
-        self._on_step_lost = step_lost
         stepRef.notifyOnDisconnect(step_lost)
         log.info("builder {builder}: starting command {id}: {name}", builder=self.name, id=command_id,
                  name=name)
@@ -161,7 +157,7 @@ class SlaveBuilder(pb.Referenceable):
                      id=cmd.command_id, why=result.getErrorMessage())
         yield batcher.flush()
         if self.command is cmd:
-            self._forget_current()
+            self.command = None
         try:
             stepRef.dontNotifyOnDisconnect(step_lost)
         except (ValueError, KeyError):
@@ -182,11 +178,6 @@ class SlaveBuilder(pb.Referenceable):
             cmd.interrupt(why)
         except Exception:
             log.failure("builder {builder}: interrupting a command failed", builder=self.name)
-
-    def _forget_current(self) -> None:
-        self.command = None
-        self._step_ref = None
-        self._on_step_lost = None
 
     def stop(self, why: str) -> None:
         """Kill the running command, if any: the builder was removed or the connection died."""

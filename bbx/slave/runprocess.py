@@ -373,13 +373,10 @@ class RunProcess:
         register = getattr(self.updates, "register_producer", None)
         if register is not None:
             register(self)
-        if self.use_pty:
-            if self.initial_stdin:
-                transport.write(self.initial_stdin)
-            return
         if self.initial_stdin:
             transport.write(self.initial_stdin)
-        transport.closeStdin()
+        if not self.use_pty:  # a PTY is one fd both ways: closing its stdin closes the whole PTY
+            transport.closeStdin()
 
     # -- flow control (IPushProducer for the batcher) ------------------------------------------
 
