@@ -15,7 +15,7 @@ import pytest
 
 from bbx.cli import client
 from bbx.cli.errors import UsageError
-from bbx.cli.ops import run_exit
+from bbx.cli.run import run_exit
 from tests import fake_master
 from tests.support import BBX, Proc, run_bbx, wait_until
 

@@ -1,4 +1,4 @@
-"""bbx/cli/render.py: pure functions rendered to a recording console, and the output sinks."""
+"""bbx/cli/render.py: pure functions rendered to a recording console; bbx/cli/sinks.py: the output sinks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 from rich.console import Console
 from rich.text import Text
 
-from bbx.cli import render
+from bbx.cli import render, sinks
 
 NOW = 1_700_000_000.0
 
@@ -101,7 +101,7 @@ def test_relative_time_and_human_bytes():
 def test_pipe_output_writes_stdout_byte_for_byte_and_the_rest_to_stderr():
     out, err = io.BytesIO(), io.BytesIO()
     err_console = Console(file=io.StringIO(), color_system=None)
-    sink = render.PipeOutput(err_console, stdout=out, stderr=err)
+    sink = sinks.PipeOutput(err_console, stdout=out, stderr=err)
     sink.stdout("a\rb ✓")
     sink.header("header line\n")
     sink.stderr("oops\n")
@@ -114,7 +114,7 @@ def test_pipe_output_writes_stdout_byte_for_byte_and_the_rest_to_stderr():
 
 def test_terminal_output_paints_stderr_red_and_keeps_stdout_text_intact():
     console = Console(file=io.StringIO(), force_terminal=True, color_system="standard", width=80)
-    sink = render.TerminalOutput(console)
+    sink = sinks.TerminalOutput(console)
     sink.status(Text("▶ status"))
     sink.stdout("half a line")
     sink.status(Text("▶ status"))  # not drawn: the output is mid-line

@@ -11,10 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .client import MasterDirOption, MasterOption, PasswordOption, UserOption
+from .client import JsonOption, MasterDirOption, MasterOption, PasswordOption, UserOption
 from .output import conn, consoles, json_line, print_json
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print plain JSON instead of tables.")]
 
 # Exit codes of `bbx build`.
 EXIT_BUILD_BAD = 1          # FAILURE, EXCEPTION, CANCELLED, RETRY (not requeued), SKIPPED
@@ -40,14 +38,6 @@ Exit status:
   255    lost the connection to the master
   2, 3, 4  bad usage, master unreachable, login refused
 """
-
-
-
-
-
-
-
-
 
 
 def register(app: typer.Typer) -> None:
@@ -90,7 +80,7 @@ class BuildSession:
     """
 
     def __init__(self, out, err, *, json: bool = False, show_secrets: bool = False):
-        from .render import PipeOutput, TerminalOutput
+        from .sinks import make_sink
 
         self.out, self.err, self.json, self.show_secrets = out, err, json, show_secrets
         self.answer: dict | None = None
@@ -100,12 +90,7 @@ class BuildSession:
         self.left = False
         self.sigints = 0
         self.wait = True
-        if json:
-            self.sink = None
-        elif out.is_terminal:
-            self.sink = TerminalOutput(out)
-        else:
-            self.sink = PipeOutput(err)
+        self.sink = make_sink(out, err, json)
 
     async def run(self, perspective, reactor, builder: str, wait: bool):
         import signal
@@ -156,10 +141,9 @@ class BuildSession:
         d.addErrback(lambda f: self._note(f"could not cancel: {f.getErrorMessage()}"))
 
     def _note(self, text: str) -> None:
-        if self.sink is not None:
-            self.sink.header(f"bbx: {text}\n")
-        else:
-            self.err.print(f"bbx: {text}", highlight=False, soft_wrap=True, markup=False)
+        from .sinks import note
+
+        note(self.sink, self.err, text)
 
     # -- what the observer receives
 
@@ -210,16 +194,9 @@ class BuildSession:
                     value = mask_header(value, self.show_secrets)
                 json_line({key: value})
             return
-        sink = self.sink
-        for key, value in iter_updates(updates):
-            if key == "stdout":
-                sink.stdout(value)
-            elif key == "stderr":
-                sink.stderr(value)
-            elif key == "header":
-                sink.header(mask_header(str(value), self.show_secrets))
-            elif key == "log" and isinstance(value, (list, tuple)) and len(value) == 2:
-                sink.header(f"[{value[0]}] {value[1]}")
+        from .sinks import paint_updates
+
+        paint_updates(self.sink, updates, self.show_secrets)
 
     # -- the end
 

@@ -63,6 +63,7 @@ PasswordOption = Annotated[
     typer.Option("--password", envvar="BBX_PASSWORD", rich_help_panel=_CONN_PANEL,
                  help="Control user password."),
 ]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print plain JSON instead of tables.")]
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,17 @@
-"""What the operator sees: pure functions from the master's answers to rich renderables,
-plus the two sinks that paint a running command's output (terminal and pipe).
+"""What the operator sees: pure functions from the master's answers to rich renderables.
 
-Everything here but the sinks is pure: render it to `Console(record=True, width=...)` to test.
+Render them to `Console(record=True, width=...)` to test. The sinks that paint a running
+command's output live in bbx/cli/sinks.py.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 from typing import Any, Iterable
 
-from rich.console import Console, Group, RenderableType
-from rich.style import Style
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -206,136 +204,6 @@ def run_summary(message: str, exit_code: int, elapsed: float, nbytes: int) -> Te
     style = "green" if exit_code == 0 else "red"
     return Text.assemble((message, style), (f" · {duration(elapsed)} · {human_bytes(nbytes)}"
                                             f" · exit {exit_code}", "dim"))
-
-
-class PipeOutput:
-    """Command output for a non-terminal stdout: the command's stdout byte for byte on our
-    stdout, everything else on stderr. No rich work per chunk: this path carries bulk output.
-    """
-
-    def __init__(self, err: Console, stdout=None, stderr=None):
-        self.err = err
-        self._out = stdout if stdout is not None else sys.stdout.buffer
-        self._err = stderr if stderr is not None else sys.stderr.buffer
-        self.nbytes = 0
-        self.broken_pipe = False
-
-    def stdout(self, text: str) -> None:
-        data = text.encode("utf-8", "surrogateescape")
-        self.nbytes += len(data)
-        if self.broken_pipe:
-            return
-        try:
-            # A blocking write is the flow control we want: while the reader is slow we do
-            # not answer the master's update call, so the master, then the slave, slow down.
-            self._out.write(data)
-            self._out.flush()
-        except BrokenPipeError:
-            self.broken_pipe = True
-
-    def stderr(self, text: str) -> None:
-        data = text.encode("utf-8", "surrogateescape")
-        self.nbytes += len(data)
-        self._err.write(data)
-        self._err.flush()
-
-    def header(self, text: str) -> None:
-        self.err.print(Text(text.rstrip("\n"), style="dim"), soft_wrap=True, highlight=False)
-
-    def status(self, text: Text) -> None:
-        """No live status line in a pipe."""
-
-    def section(self, renderable) -> None:
-        """A step boundary (a rule): on stderr, between the command's output lines."""
-        self.err.print(renderable, soft_wrap=True, highlight=False)
-
-    def finish(self, summary) -> None:
-        self.err.print(summary, soft_wrap=True, highlight=False)
-
-
-class TerminalOutput:
-    """Command output for a terminal: stdout as is, stderr red, headers dim, and a status line
-    redrawn at the bottom whenever the output sits at the start of a line.
-
-    The status line is erased before each piece of output and only drawn after a newline, so
-    partial lines and '\\r' progress bars of the command are never mixed with it.
-    """
-
-    def __init__(self, console: Console):
-        self.console = console
-        self._file = console.file
-        self.nbytes = 0
-        self.broken_pipe = False
-        self._at_line_start = True
-        self._status_shown = False
-        self._last_status: Text | None = None
-        color = console.color_system is not None and not console.no_color
-        self._red = self._codes(Style(color="red")) if color else ("", "")
-        self._dim = self._codes(Style(dim=True)) if color else ("", "")
-
-    @staticmethod
-    def _codes(style: Style) -> tuple[str, str]:
-        start, _, end = style.render("\0").partition("\0")
-        return start, end
-
-    def _write(self, text: str, codes: tuple[str, str] = ("", "")) -> None:
-        self._erase_status()
-        if codes[0]:
-            # Close the style before a final newline so a partial next line starts plain.
-            body, newline = (text[:-1], "\n") if text.endswith("\n") else (text, "")
-            text = f"{codes[0]}{body}{codes[1]}{newline}"
-        self._file.write(text)
-        self._at_line_start = text.endswith("\n")
-        if self._at_line_start and self._last_status is not None:
-            self._draw_status()
-        self._file.flush()
-
-    def stdout(self, text: str) -> None:
-        self.nbytes += len(text.encode("utf-8", "surrogateescape"))
-        self._write(text)
-
-    def stderr(self, text: str) -> None:
-        self.nbytes += len(text.encode("utf-8", "surrogateescape"))
-        self._write(text, self._red)
-
-    def header(self, text: str) -> None:
-        if not self._at_line_start:
-            text = "\n" + text
-        self._write(text if text.endswith("\n") else text + "\n", self._dim)
-
-    def status(self, text: Text) -> None:
-        self._last_status = text
-        if self._at_line_start:
-            self._erase_status()
-            self._draw_status()
-            self._file.flush()
-
-    def _draw_status(self) -> None:
-        width = max(10, self.console.width - 1)
-        plain = self._last_status.plain[:width]
-        self._file.write(f"{self._dim[0]}{plain}{self._dim[1]}" if self._dim[0] else plain)
-        self._status_shown = True
-
-    def _erase_status(self) -> None:
-        if self._status_shown:
-            self._file.write("\r\x1b[2K")
-            self._status_shown = False
-
-    def section(self, renderable) -> None:
-        """A step boundary (a rule), on a line of its own."""
-        self._erase_status()
-        if not self._at_line_start:
-            self._file.write("\n")
-            self._at_line_start = True
-        self._file.flush()
-        self.console.print(renderable, highlight=False)
-
-    def finish(self, summary) -> None:
-        self._erase_status()
-        if not self._at_line_start:
-            self._file.write("\n")
-        self._file.flush()
-        self.console.print(summary, soft_wrap=True, highlight=False)
 
 
 # ---------------------------------------------------------------------------- builds
