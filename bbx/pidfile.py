@@ -54,6 +54,17 @@ def running(path: Path) -> int | None:
     return pid
 
 
+def write(path: Path) -> None:
+    """Record this process's pid in `path`."""
+    Path(path).write_text(f"{os.getpid()}\n")
+
+
+def remove_if_mine(path: Path) -> None:
+    """Remove `path` if it still names this process (a newer instance may have replaced it)."""
+    if read(path) == os.getpid():
+        Path(path).unlink(missing_ok=True)
+
+
 class StopTimeout(Exception):
     """The process got SIGTERM but was still alive at the deadline."""
 

@@ -158,14 +158,14 @@ def run(config, *, console: bool = True) -> int:
 
     from twisted.internet import reactor
 
+    from bbx import pidfile
     from bbx.slave.basedir import LOG_NAME, PID_NAME
 
     if config.umask is not None:
         os.umask(config.umask)
     start_logging(config.path(LOG_NAME), console=console)
     pid_path = config.path(PID_NAME)
-    with open(pid_path, "w") as f:
-        f.write(f"{os.getpid()}\n")
+    pidfile.write(pid_path)
     slave = Slave(config, reactor)
     reactor.addSystemEventTrigger("before", "shutdown", slave.stop)
     if config.allow_shutdown == "signal":
@@ -180,10 +180,7 @@ def run(config, *, console: bool = True) -> int:
         reactor.run()
     finally:
         try:
-            with open(pid_path) as f:
-                mine = f.read().strip() == str(os.getpid())
-            if mine:
-                os.unlink(pid_path)
+            pidfile.remove_if_mine(pid_path)
         except OSError:
             pass
         from twisted.logger import Logger
