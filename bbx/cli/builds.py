@@ -257,23 +257,23 @@ def _observer_class():
                 self.session = session
 
             def remote_buildStarted(self, info):
-                """A build for our request started: {"build_id", "number", "slave", ...}."""
+                """A build for our request started: {"build_id", "number", "slave", ...}. Returns None."""
                 self.session.build_started(info)
 
             def remote_stepStarted(self, info):
-                """A step started: {"number", "name", "kind"}."""
+                """A step started: {"number", "name", "kind"}. Returns None."""
                 self.session.step_started(info)
 
             def remote_update(self, updates):
-                """Output of the running step, as the slave sent it."""
+                """Output of the running step, as the slave sent it; None once painted (flow control)."""
                 self.session.update(updates)
 
             def remote_stepFinished(self, info):
-                """A step ended: {"number", "name", "result_name", "rc", "duration"}."""
+                """A step ended: {"number", "name", "result_name", "rc", "duration"}. Returns None."""
                 self.session.step_finished(info)
 
             def remote_buildFinished(self, info):
-                """The build ended: {"result_name", "steps", "requeued", ...}."""
+                """The build ended: {"result_name", "steps", "requeued", ...}. Returns None."""
                 self.session.build_finished(info)
 
         _OBSERVER = BuildObserver
