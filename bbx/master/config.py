@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
+
+from .tomlcheck import ConfigError, Loader, parse_toml
 
 CONFIG_NAME = "master.toml"
 DEFAULT_LISTEN = "tcp:9989:interface=127.0.0.1"
@@ -46,10 +47,6 @@ DEFAULT_STEP_TIMEOUT = 1200.0
 _STEP_KEYS = ("name", "command", "workdir", "env", "timeout", "maxTime", "haltOnFailure",
               "flunkOnFailure", "warnOnFailure", "alwaysRun", "logEnviron", "upload", "download")
 _STEP_FLAGS = ("haltOnFailure", "flunkOnFailure", "warnOnFailure", "alwaysRun", "logEnviron")
-
-
-class ConfigError(Exception):
-    """master.toml is missing, malformed or inconsistent; str(error) says where and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -141,97 +138,6 @@ def safe_builddir(name: str) -> str:
     return _UNSAFE_BUILDDIR.sub("_", name)
 
 
-class _Locator:
-    """Finds the line of a key in the raw text, for error messages (tomllib gives none)."""
-
-    def __init__(self, text: str):
-        self.lines = text.splitlines()
-
-    def _section_start(self, header: str, index: int) -> int | None:
-        pattern = re.compile(r"^\s*" + re.escape(header) + r"\s*(#.*)?$")
-        seen = -1
-        for number, line in enumerate(self.lines):
-            if pattern.match(line):
-                seen += 1
-                if seen == index:
-                    return number
-        return None
-
-    def line(self, header: str | None, key: str | None = None, index: int = 0,
-             value: str | None = None) -> int | None:
-        start = 0
-        if header is not None:
-            found = self._section_start(header, index)
-            if found is None:
-                return None
-            start = found
-        if key is None:
-            return start + 1
-        key_re = re.compile(r"^\s*" + re.escape(key) + r"\s*=")
-        for number in range(start + (1 if header else 0), len(self.lines)):
-            line = self.lines[number]
-            if header is not None and number > start and re.match(r"^\s*\[", line):
-                break
-            if key_re.match(line) or (value is not None and value in line):
-                return number + 1
-        return start + 1 if header else None
-
-
-class _Loader:
-    def __init__(self, path: Path, text: str):
-        self.path = path
-        self.where = _Locator(text)
-
-    def fail(self, line: int | None, key: str, problem: str, fix: str) -> ConfigError:
-        at = f"{self.path}:{line}" if line else str(self.path)
-        return ConfigError(f"{at}: {key}: {problem}; {fix}")
-
-    def string(self, table: dict, key: str, header: str, index: int = 0, *, required=True,
-               default: str | None = None, label: str | None = None) -> str:
-        label = label or key
-        if key not in table:
-            if required:
-                raise self.fail(self.where.line(header, None, index), label, "missing",
-                                f"add {key} = \"...\" under {header}")
-            return default  # type: ignore[return-value]
-        value = table[key]
-        if not isinstance(value, str):
-            raise self.fail(self.where.line(header, key, index), label,
-                            f"must be a string, not {type(value).__name__}", "quote the value")
-        if not value.strip():
-            raise self.fail(self.where.line(header, key, index), label, "is empty",
-                            "give it a non-empty value")
-        return value
-
-    def positive(self, table: dict, key: str, header: str, default: float) -> float:
-        if key not in table:
-            return default
-        value = table[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise self.fail(self.where.line(header, key), f"master.{key}",
-                            f"must be a positive number of seconds, not {value!r}",
-                            f"set e.g. {key} = {int(default)}")
-        return float(value)
-
-    def count(self, table: dict, key: str, header: str, default: int, label: str,
-              index: int = 0, minimum: int = 1) -> int:
-        if key not in table:
-            return default
-        value = table[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(self.where.line(header, key, index), label,
-                            f"must be a whole number >= {minimum}, not {value!r}",
-                            f"set e.g. {key} = {max(default, minimum)}")
-        return value
-
-    def unknown(self, table: dict, known: Iterable[str], header: str, index: int = 0) -> None:
-        for key in table:
-            if key not in known:
-                raise self.fail(self.where.line(header, key, index), f"{header} {key}",
-                                "is not a known key",
-                                f"remove it (known keys: {', '.join(sorted(known))})")
-
-
 def load_config(basedir: str | os.PathLike) -> MasterConfig:
     """Read and validate DIR/master.toml; raise ConfigError naming file, line, key and fix."""
     path = Path(basedir) / CONFIG_NAME
@@ -250,17 +156,8 @@ def load_config(basedir: str | os.PathLike) -> MasterConfig:
 
 def parse_config(text: str, path: Path) -> MasterConfig:
     """Validate the TOML text of a master.toml; `path` is used in messages."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        # Python < 3.14 keeps line and column only in the message: "... (at line L, column C)".
-        found = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
-        line = getattr(e, "lineno", None) or (int(found.group(1)) if found else None)
-        col = getattr(e, "colno", None) or (int(found.group(2)) if found else None)
-        msg = getattr(e, "msg", None) or re.sub(r"\s*\(at line.*\)$", "", str(e))
-        at = f"{path}:{line}:{col}" if line else str(path)
-        raise ConfigError(f"{at}: TOML syntax error: {msg}; fix the syntax at that spot") from None
-    ld = _Loader(path, text)
+    data = parse_toml(text, path)
+    ld = Loader(path, text)
 
     for key in data:
         if key not in ("master", "slaves", "builders", "control"):
@@ -302,7 +199,7 @@ def parse_config(text: str, path: Path) -> MasterConfig:
                         retry_lost=retry_lost)
 
 
-def _load_slaves(ld: _Loader, items: Any) -> list[SlaveConfig]:
+def _load_slaves(ld: Loader, items: Any) -> list[SlaveConfig]:
     if not isinstance(items, list):
         raise ld.fail(ld.where.line(None, "slaves"), "slaves", "must be an array of tables",
                       "write each slave as a [[slaves]] block")
@@ -324,7 +221,7 @@ def _load_slaves(ld: _Loader, items: Any) -> list[SlaveConfig]:
     return slaves
 
 
-def _load_builders(ld: _Loader, items: Any, slaves: list[SlaveConfig]) -> list[BuilderConfig]:
+def _load_builders(ld: Loader, items: Any, slaves: list[SlaveConfig]) -> list[BuilderConfig]:
     if not isinstance(items, list):
         raise ld.fail(ld.where.line(None, "builders"), "builders", "must be an array of tables",
                       "write each builder as a [[builders]] block")
@@ -368,7 +265,7 @@ def _load_builders(ld: _Loader, items: Any, slaves: list[SlaveConfig]) -> list[B
     return builders
 
 
-def _load_steps(ld: _Loader, items: Any, builder_index: int, builder_label: str
+def _load_steps(ld: Loader, items: Any, builder_index: int, builder_label: str
                 ) -> tuple[StepConfig, ...]:
     """The [[builders.steps]] of one builder, in order; names made unique as Buildbot does."""
     where = ld.where.line("[[builders]]", "steps", builder_index)
@@ -467,7 +364,7 @@ def _load_steps(ld: _Loader, items: Any, builder_index: int, builder_label: str
     return tuple(steps)
 
 
-def _steps_before(ld: _Loader, builder_index: int) -> int:
+def _steps_before(ld: Loader, builder_index: int) -> int:
     """How many [[builders.steps]] headers precede builder number `builder_index` in the text."""
     count = 0
     seen_builders = -1
@@ -482,7 +379,7 @@ def _steps_before(ld: _Loader, builder_index: int) -> int:
     return count
 
 
-def _seconds(ld: _Loader, item: dict, key: str, default, line, label):
+def _seconds(ld: Loader, item: dict, key: str, default, line, label):
     if key not in item:
         return default
     value = item[key]
@@ -492,7 +389,7 @@ def _seconds(ld: _Loader, item: dict, key: str, default, line, label):
     return float(value)
 
 
-def _load_control(ld: _Loader, control: Any) -> list[ControlUser]:
+def _load_control(ld: Loader, control: Any) -> list[ControlUser]:
     if not isinstance(control, dict):
         raise ld.fail(ld.where.line(None, "control"), "control", "must be a table",
                       "write it as [control]")
