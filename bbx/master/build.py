@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from . import results
 from .command import ICommandObserver, RemoteCommand, StoreLog
-from .config import StepConfig
+from .config import DEFAULT_STEP_WORKDIR, StepConfig
 
 log = Logger()
 
@@ -38,7 +38,7 @@ def shell_args(command, workdir: str | None, env: dict | None, timeout: Any,
                max_time: float | None, log_environ: bool = True) -> dict:
     """The full shell argument dict a Buildbot 4.3 master would send (PROTOCOL.md §5.4)."""
     return {
-        "workdir": workdir or "build",
+        "workdir": workdir or DEFAULT_STEP_WORKDIR,
         "command": command,
         "env": dict(env or {}),
         "want_stdout": True,
@@ -188,15 +188,16 @@ class FileReader(pb.Referenceable):
 class Build:
     """One build of one builder on one slave builder, from `run()` to its result.
 
-    `steps` are StepConfigs (a `bbx run` is a build of one shell step). `request_id` is the
-    build request it serves (None for `bbx run`). `command_observers` are attached to every
-    RemoteCommand of the build (the `bbx run` CLI); `watchers` (BuildWatcher) get step events.
+    `steps` are StepConfigs (a `bbx run` is a build of one shell step). `request` is the
+    queued request it serves, as BuildQueue holds it (None for `bbx run`); `request_id` and
+    `retries` come from it. `command_observers` are attached to every RemoteCommand of the
+    build (the `bbx run` CLI); `watchers` (BuildWatcher) get step events.
     `first_command` fires with the first RemoteCommand once the slave accepted it, or fails
     with the reason it could not start.
     """
 
-    def __init__(self, queue, builder, slave_builder, steps, *, request_id: int | None = None,
-                 ping: bool = True, retries: int = 0):
+    def __init__(self, queue, builder, slave_builder, steps, *, request: dict | None = None,
+                 ping: bool = True):
         self.queue = queue
         self.store = queue.store
         self.reactor = queue.reactor
@@ -204,8 +205,9 @@ class Build:
         self.slave_builder = slave_builder
         self.slave_name = slave_builder.slave.name
         self.steps: list[StepConfig] = list(steps)
-        self.request_id = request_id
-        self.retries = retries
+        self.request = request
+        self.request_id: int | None = request["id"] if request else None
+        self.retries: int = request.get("retries", 0) if request else 0
         self.ping = ping
         self.build_id: int | None = None
         self.number: int | None = None
@@ -221,7 +223,6 @@ class Build:
         self.step_results: list[dict] = []
         self.started_at: float | None = None
         self.requeued = False
-        self.request: dict | None = None
         self._released = False
 
     # -- control ------------------------------------------------------------------------
@@ -404,7 +405,7 @@ class Build:
                 self.lost = self.lost or f"lost the connection to slave {self.slave_name}"
                 self._fail_first(e)
                 return results.RETRY, None
-            text = _message(e)
+            text = error_line(e)
             self._note(storelog, f"bbx: slave {self.slave_name} could not start the command: "
                                  f"{text}\n")
             self._fail_first(CommandStartFailed(text))
@@ -439,7 +440,7 @@ class Build:
         self._release()
         if self.lost and self.build_id is not None:
             self.result = results.RETRY  # Buildbot's lostRemote: the whole build is RETRY
-        elif self.cancelled and self.result not in (results.RETRY,):
+        elif self.cancelled and self.result != results.RETRY:
             self.result = results.worst_of(self.result, results.CANCELLED)
         if self.queue.stopping:
             # The master is stopping: leave the build open; the store marks it interrupted.
@@ -478,7 +479,8 @@ class CommandStartFailed(Exception):
     """The slave refused to start a step's command (unknown command, bad arguments)."""
 
 
-def _message(exc) -> str:
+def error_line(exc) -> str:
+    """The last line of an error's message; for a PB remote error, the remote message's."""
     remote = getattr(exc, "remoteType", None)
     text = str(exc.args[1] if remote is not None and len(exc.args) > 1 else exc)
     return text.strip().splitlines()[-1] if text.strip() else type(exc).__name__

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from bbx.pb.control import UnknownBuild
 
+from . import results
 from .build import Build
 from .builder import Builder, SlaveLoad
 from .config import MasterConfig
@@ -97,7 +98,8 @@ class BuildQueue:
                 yield self.store.finish_request(request_id)
                 for ref in self.request_watchers.pop(request_id, []):
                     _tell(ref, "buildFinished", {"request_id": request_id, "build_id": None,
-                                                 "result": 6, "result_name": "cancelled",
+                                                 "result": results.CANCELLED,
+                                                 "result_name": results.name(results.CANCELLED),
                                                  "steps": [], "requeued": False,
                                                  "cancelled": "cancelled while queued"})
                 log.info("build request {id} cancelled while queued", id=request_id)
@@ -133,10 +135,7 @@ class BuildQueue:
 
         `request` is the queued request it serves (None for `bbx run`); `observers` are
         command observers attached to every command of the build."""
-        build = Build(self, builder, sb, steps,
-                      request_id=request["id"] if request else None, ping=ping,
-                      retries=request.get("retries", 0) if request else 0)
-        build.request = request
+        build = Build(self, builder, sb, steps, request=request, ping=ping)
         build.command_observers.extend(observers)
         if request is not None:
             build.first_command.addErrback(lambda f: None)
@@ -155,7 +154,7 @@ class BuildQueue:
     def build_ended(self, build: Build) -> None:
         self.starting.discard(build)
         self.running.pop(build.build_id, None)
-        request = getattr(build, "request", None)
+        request = build.request
         if build.build_id is None and request is not None:
             self.requests.insert(0, request)  # never started (ping failed): first in line
         elif build.requeued and request is not None:

@@ -1,10 +1,9 @@
 """RemoteCommand: the stepRef a slave reports one command's progress to.
 
 The slave calls `update` with envelopes `[[{key: value}, 0], ...]` and finally `complete`
-(PROTOCOL.md §3.4, §5.1, §5.2). The command keeps what the master needs (rc, elapsed,
-failure_reason), appends the text to the store when it has a StoreLog, and hands the very
-same envelope to its observers — a watching CLI, a build's watchers — so nothing is
-re-encoded on the way.
+(PROTOCOL.md §3.4, §5.1, §5.2). The command keeps what the master needs (rc), appends the
+text to the store when it has a StoreLog, and hands the very same envelope to its observers
+— a watching CLI, a build's watchers — so nothing is re-encoded on the way.
 
 Order of an update, and why: the text is appended to the store, the store's `written()` is
 awaited, and only then do observers see the envelope and the slave get its answer. So a byte
@@ -136,8 +135,6 @@ class RemoteCommand(pb.Referenceable):
         self.command_id = next_command_id()
         self.observers: list[ICommandObserver] = []
         self.rc: int | None = None
-        self.elapsed: float | None = None
-        self.failure_reason: str | None = None
         self.interrupted = False
         self.result: dict | None = None
         self.done = defer.Deferred()
@@ -186,11 +183,7 @@ class RemoteCommand(pb.Referenceable):
         for key, value in iter_updates(updates):
             if key == "rc":
                 self.rc = value
-            elif key == "elapsed":
-                self.elapsed = value
-            elif key == "failure_reason":
-                self.failure_reason = value
-            elif log is not None:
+            elif log is not None:  # StoreLog keeps the text keys and ignores the rest
                 log.append(key, value)
         if log is None:
             return self._forward(updates)

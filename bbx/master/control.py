@@ -11,9 +11,9 @@ from twisted.spread import pb
 from bbx.pb.control import (CommandFailed, ControlError, NoSlaveAttached, UnknownBuild,
                             UnknownBuilder, UnknownSlave)
 
-from .build import CommandStartFailed, shell_args  # noqa: F401  (shell_args: re-exported)
+from .build import CommandStartFailed, error_line
 from .command import RemoteCommand, RemoteObserver
-from .config import StepConfig
+from .config import DEFAULT_STEP_WORKDIR, StepConfig
 from .store import NoSuchBuild, NoSuchStep, StoreError
 
 log = Logger()
@@ -21,10 +21,11 @@ log = Logger()
 # What a Buildbot 4.3 master sends with every shell command (PROTOCOL.md §5.4, §10.1 item 4);
 # `timeout` (seconds without output) defaults to 1200 there.
 DEFAULT_SHELL_TIMEOUT = 1200
-DEFAULT_WORKDIR = "build"
 # Largest log page one `log` call returns: a few store rows (<= 64 KiB each), far below
 # banana's 640 KiB limit on one PB string or list (PROTOCOL.md §6).
 MAX_LOG_PAGE = 256 * 1024
+# The most builds one `builds` answer lists, so a careless --limit cannot make the master read
+# and send its whole history at once.
 MAX_BUILDS_LISTED = 1000
 
 
@@ -132,7 +133,7 @@ class ControlPerspective(pb.Avatar):
         argv = tuple(command) if isinstance(command, (list, tuple)) else command
         first = argv[0] if isinstance(argv, tuple) else (argv.split() or ["sh"])[0]
         step = StepConfig(name=str(first).rsplit("/", 1)[-1] or "run", kind="shell",
-                          command=argv, workdir=workdir or DEFAULT_WORKDIR,
+                          command=argv, workdir=workdir or DEFAULT_STEP_WORKDIR,
                           env=tuple((env or {}).items()), timeout=timeout, max_time=max_time,
                           log_environ=bool(log_environ))
         holder: list = []
@@ -148,7 +149,7 @@ class ControlPerspective(pb.Avatar):
             raise CommandFailed(f"slave {sb.slave.name} could not start the command: {e}") from None
         except Exception as e:
             raise CommandFailed(f"slave {sb.slave.name} could not start the command: "
-                                f"{_message(e)}") from None
+                                f"{error_line(e)}") from None
         holder.append(cmd)
         log.info("{user} runs {command!r} on builder {builder} (slave {slave}, build {build}, "
                  "command {id})", user=self.user, command=command, builder=b.name,
@@ -287,9 +288,3 @@ def _build_id(value) -> int:
     if number < 1:
         raise UnknownBuild(f"{value!r} is not a build id; `bbx builds` lists them")
     return number
-
-
-def _message(exc) -> str:
-    remote = getattr(exc, "remoteType", None)
-    text = str(exc.args[1] if remote is not None and len(exc.args) > 1 else exc)
-    return text.strip().splitlines()[-1] if text.strip() else type(exc).__name__

@@ -15,17 +15,17 @@ from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
+from .slave import peer_text
+
 log = Logger()
 
 
 def _peer_of(creds) -> str:
     """The address of the client behind a PB challenge, for the log ("?" if unknown)."""
-    from .slave import _peer_text
-
     broker = getattr(creds, "broker", None)
     transport = getattr(broker, "transport", None)
     try:
-        return _peer_text(transport.getPeer()) if transport is not None else "?"
+        return peer_text(transport.getPeer()) if transport is not None else "?"
     except Exception:
         return "?"
 

@@ -17,7 +17,7 @@ from bbx.pb.banana import FastBroker
 from bbx.pb.endpoints import enable_tcp_keepalive, server_endpoint
 
 from .builder import Builder, SlaveLoad
-from .buildqueue import BuildQueue
+from .buildqueue import INTERRUPTED_REASON, BuildQueue
 from .config import MasterConfig
 from .control import ControlPerspective
 from .realm import Dispatcher
@@ -27,6 +27,7 @@ from .store import Store, StoreError
 log = Logger()
 
 ENDPOINT_FILE = "master.endpoint"
+PID_FILE = "master.pid"
 
 
 class _Broker(FastBroker):
@@ -114,9 +115,7 @@ class MasterService:
         self.reactor = reactor
         self.load = SlaveLoad({s.name: s.max_builds for s in config.slaves})
         self.builders = {b.name: Builder(b, self.load) for b in config.builders}
-        db = Path(config.db)
-        self.store = Store(db if db.is_absolute() else self.basedir / db, reactor,
-                           close_on_shutdown=False)
+        self.store = Store(config.db_path, reactor, close_on_shutdown=False)
         self.queue = BuildQueue(config, self.builders, self.load, self.store, reactor,
                                 self.basedir)
         self.slaves = {s.name: SlavePerspective(s, config, self.builders, reactor) for s in config.slaves}
@@ -130,6 +129,7 @@ class MasterService:
         self.factory = _ServerFactory(portal, reactor)
         self.port = None
         self.endpoint: str | None = None
+        self._store_open = False
 
     @property
     def endpoint_file(self) -> Path:
@@ -163,8 +163,6 @@ class MasterService:
         log.info("listening on {endpoint}", endpoint=self.endpoint)
         return self.endpoint
 
-    _store_open = False
-
     @defer.inlineCallbacks
     def stop(self):
         """Stop listening, drop every connection (no slave update is taken after this),
@@ -185,7 +183,7 @@ class MasterService:
         if self._store_open:
             self._store_open = False
             try:
-                cut = yield self.store.mark_interrupted("the master was stopped", requeue=True)
+                cut = yield self.store.mark_interrupted(INTERRUPTED_REASON, requeue=True)
                 if cut:
                     log.info("recorded {n} running build(s) as interrupted: {ids}", n=len(cut),
                              ids=", ".join(map(str, cut)))
@@ -194,8 +192,6 @@ class MasterService:
             yield self.store.close()
         log.info("master stopped")
 
-
-PID_FILE = "master.pid"
 
 
 class StartFailed(Exception):

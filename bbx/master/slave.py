@@ -55,7 +55,7 @@ class SlaveLink:
         self.graceful = False  # the slave asked to shut down: it gets no new builds (§4.5)
         self.loops: list[task.LoopingCall] = []
         peer = broker.transport.getPeer() if broker.transport else None
-        self.peer = _peer_text(peer)
+        self.peer = peer_text(peer)
 
     @property
     def commands(self) -> dict:
@@ -76,7 +76,8 @@ class SlaveLink:
             transport.loseConnection()
 
 
-def _peer_text(peer) -> str:
+def peer_text(peer) -> str:
+    """A peer address for the log: host:port, [v6]:port or unix:path."""
     if peer is None:
         return "?"
     host = getattr(peer, "host", None)
@@ -99,7 +100,6 @@ class SlavePerspective(pb.Avatar):
         self.builders = {n: b for n, b in builders.items() if config.name in b.config.slaves}
         self.reactor = reactor
         self.link: SlaveLink | None = None
-        self.last_link: SlaveLink | None = None
         self._lock = defer.DeferredLock()
 
     @property
@@ -226,7 +226,6 @@ class SlavePerspective(pb.Avatar):
 
     def _accept(self, link: SlaveLink) -> None:
         self.link = link
-        self.last_link = link
         link.broker.notifyOnDisconnect(lambda: self.detach(link, "connection closed"))
         for sb in link.slave_builders.values():
             sb.builder.attach(sb)

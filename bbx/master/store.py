@@ -43,9 +43,6 @@ __all__ = ["Store", "StoreError", "NoSuchBuild", "NoSuchStep", "NoSuchRequest", 
 
 log = Logger(namespace="bbx.master.store")
 
-# The file name inside the master's directory when master.toml does not name one.
-DEFAULT_FILE = "bbx.sqlite"
-
 # Batching. 50 ms bounds how stale `bbx log --follow` can be and how much a SIGKILL can take
 # with it; 2 MiB keeps a fast build's batches large enough that the per-commit cost (~0.1 ms in
 # WAL mode without fsync) is noise. Measured with bench/store_write.py.
@@ -198,11 +195,6 @@ class Store:
         if self._in_flight == 0 and self._failing is None:
             self._submit_pending()
         return d
-
-    @property
-    def queued_bytes(self) -> int:
-        """Characters of log text queued on the reactor side, not yet handed to the writer."""
-        return self._pending_bytes
 
     def _timer_fired(self):
         self._timer = None
