@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from twisted.internet import defer, task
 
 from bbx.master.builder import Builder, SlaveLoad
@@ -59,8 +58,6 @@ class AnsweringSlaveBuilder:
         return defer.succeed(0.001)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a request whose build cannot be recorded is "
-                   "put back first in line and retried on the very next reactor turn, forever")
 def test_a_store_that_cannot_record_builds_is_not_retried_on_every_reactor_turn():
     clock = task.Clock()
     step = StepConfig(name="true", kind="shell", command=("true",))
@@ -83,3 +80,27 @@ def test_a_store_that_cannot_record_builds_is_not_retried_on_every_reactor_turn(
     # every reactor turn is a busy loop logging a traceback each time (here: until the
     # store's give-up stops the queue).
     assert store.start_attempts <= 3
+
+
+def test_a_request_held_after_a_failed_start_is_tried_again_once_the_hold_ends():
+    from bbx.master.buildqueue import RETRY_HOLD_FIRST
+
+    clock = task.Clock()
+    step = StepConfig(name="true", kind="shell", command=("true",))
+    builder_config = BuilderConfig("b", ("s1",), "b", (step,))
+    config = MasterConfig(path=Path("/m/master.toml"), listen="tcp:0", keepalive_interval=60.0,
+                          keepalive_timeout=180.0, log="master.log",
+                          slaves=(SlaveConfig("s1", "pw"),), builders=(builder_config,))
+    load = SlaveLoad({"s1": 1})
+    builders = {"b": Builder(builder_config, load)}
+    store = FullStore(give_up_after=1000)
+    queue = BuildQueue(config, builders, load, store, clock, "/m")
+    store.queue = queue
+    queue.requests.append({"id": 1, "builder": "b", "submitted_at": 0.0, "reason": "",
+                           "retries": 0})
+    builders["b"].attach(AnsweringSlaveBuilder(builders["b"]))
+    clock.advance(0)
+    first = store.start_attempts
+    clock.advance(RETRY_HOLD_FIRST)
+    assert store.start_attempts == first + 1
+    assert [r["id"] for r in queue.requests] == [1]

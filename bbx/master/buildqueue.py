@@ -25,6 +25,12 @@ log = Logger()
 # What a build cut short by a master stop or crash is marked with (store.mark_interrupted).
 INTERRUPTED_REASON = "the master was stopped"
 
+# A request whose build never got going (the slave failed its ping, the store could not record
+# the build) waits this long before its next try, doubling on each consecutive failure up to
+# the cap — retrying on the very next reactor turn turns a full disk into a busy loop.
+RETRY_HOLD_FIRST = 1.0
+RETRY_HOLD_MAX = 60.0
+
 
 class BuildQueue:
     """Queued requests, running builds, and the rule that matches one to a free slave."""
@@ -44,6 +50,9 @@ class BuildQueue:
         self.starting: set[Build] = set()       # chosen a slave, not recorded yet
         self.stopping = False
         self._scan_pending = False
+        self._held_until: dict[int, float] = {}  # request id -> earliest time to try again
+        self._holds: dict[int, int] = {}         # request id -> consecutive failed starts
+        self._wake = None                         # the scan timer for the next held request
         for builder in builders.values():
             builder.on_attach = self.maybe_start
 
@@ -95,6 +104,8 @@ class BuildQueue:
         for request in self.requests:
             if request["id"] == request_id:
                 self.requests.remove(request)
+                self._held_until.pop(request_id, None)
+                self._holds.pop(request_id, None)
                 yield self.store.finish_request(request_id)
                 for ref in self.request_watchers.pop(request_id, []):
                     _tell(ref, "buildFinished", {"request_id": request_id, "build_id": None,
@@ -119,9 +130,13 @@ class BuildQueue:
         self._scan_pending = False
         if self.stopping:
             return
+        now = self.reactor.seconds()
         for request in list(self.requests):
             builder = self.builders.get(request["builder"])
             if builder is None:
+                continue
+            if self._held_until.get(request["id"], now) > now:
+                self._wake_at(self._held_until[request["id"]])
                 continue
             sb = builder.free_slave_builder()
             if sb is None:
@@ -156,13 +171,33 @@ class BuildQueue:
         self.running.pop(build.build_id, None)
         request = build.request
         if build.build_id is None and request is not None:
-            self.requests.insert(0, request)  # never started (ping failed): first in line
+            self.requests.insert(0, request)  # never started: first in line, after a hold
+            self._hold(request["id"])
         elif build.requeued and request is not None:
             request = dict(request, retries=request.get("retries", 0) + 1)
             self.requests.insert(0, request)
         elif request is not None:
             self.request_watchers.pop(request["id"], None)
+        if request is not None and build.build_id is not None:
+            self._held_until.pop(request["id"], None)
+            self._holds.pop(request["id"], None)
         self.maybe_start()
+
+    def _hold(self, request_id: int) -> None:
+        failures = self._holds.get(request_id, 0)
+        self._holds[request_id] = failures + 1
+        delay = min(RETRY_HOLD_MAX, RETRY_HOLD_FIRST * 2 ** failures)
+        self._held_until[request_id] = self.reactor.seconds() + delay
+        log.info("request {id} could not start a build; trying again in {delay:g} s",
+                 id=request_id, delay=delay)
+
+    def _wake_at(self, when: float) -> None:
+        if self._wake is not None and self._wake.active() and self._wake.getTime() <= when:
+            return
+        if self._wake is not None and self._wake.active():
+            self._wake.cancel()
+        self._wake = self.reactor.callLater(max(0.0, when - self.reactor.seconds()),
+                                            self.maybe_start)
 
     # -- operators ----------------------------------------------------------------------
 
