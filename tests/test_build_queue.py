@@ -58,8 +58,8 @@ class AnsweringSlaveBuilder:
         return defer.succeed(0.001)
 
 
-def test_a_store_that_cannot_record_builds_is_not_retried_on_every_reactor_turn():
-    clock = task.Clock()
+def one_queued_request(clock, store) -> BuildQueue:
+    """A queue with one builder "b", request 1 queued for it, and an idle slave attached."""
     step = StepConfig(name="true", kind="shell", command=("true",))
     builder_config = BuilderConfig("b", ("s1",), "b", (step,))
     config = MasterConfig(path=Path("/m/master.toml"), listen="tcp:0", keepalive_interval=60.0,
@@ -67,12 +67,18 @@ def test_a_store_that_cannot_record_builds_is_not_retried_on_every_reactor_turn(
                           slaves=(SlaveConfig("s1", "pw"),), builders=(builder_config,))
     load = SlaveLoad({"s1": 1})
     builders = {"b": Builder(builder_config, load)}
-    store = FullStore()
     queue = BuildQueue(config, builders, load, store, clock, "/m")
     store.queue = queue
     queue.requests.append({"id": 1, "builder": "b", "submitted_at": 0.0, "reason": "",
                            "retries": 0})
     builders["b"].attach(AnsweringSlaveBuilder(builders["b"]))
+    return queue
+
+
+def test_a_store_that_cannot_record_builds_is_not_retried_on_every_reactor_turn():
+    clock = task.Clock()
+    store = FullStore()
+    one_queued_request(clock, store)
 
     clock.advance(0)
 
@@ -86,19 +92,8 @@ def test_a_request_held_after_a_failed_start_is_tried_again_once_the_hold_ends()
     from bbx.master.buildqueue import RETRY_HOLD_FIRST
 
     clock = task.Clock()
-    step = StepConfig(name="true", kind="shell", command=("true",))
-    builder_config = BuilderConfig("b", ("s1",), "b", (step,))
-    config = MasterConfig(path=Path("/m/master.toml"), listen="tcp:0", keepalive_interval=60.0,
-                          keepalive_timeout=180.0, log="master.log",
-                          slaves=(SlaveConfig("s1", "pw"),), builders=(builder_config,))
-    load = SlaveLoad({"s1": 1})
-    builders = {"b": Builder(builder_config, load)}
     store = FullStore(give_up_after=1000)
-    queue = BuildQueue(config, builders, load, store, clock, "/m")
-    store.queue = queue
-    queue.requests.append({"id": 1, "builder": "b", "submitted_at": 0.0, "reason": "",
-                           "retries": 0})
-    builders["b"].attach(AnsweringSlaveBuilder(builders["b"]))
+    queue = one_queued_request(clock, store)
     clock.advance(0)
     first = store.start_attempts
     clock.advance(RETRY_HOLD_FIRST)
