@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import wait_until
+
 BIN = Path(sys.executable).parent
 BUILDBOT = str(BIN / "buildbot")
 
@@ -135,17 +137,6 @@ ORDER BY b.id
 """
 
 
-def _wait(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
 class RealMaster:
     """A running Buildbot 4.3 master: .port, .basedir, .log(), .trigger(builder), .stop()."""
 
@@ -176,7 +167,7 @@ class RealMaster:
             if r.returncode != 0:
                 raise AssertionError(f"buildbot start failed ({r.returncode}): {r.stdout}{r.stderr}\n"
                                      + self.log()[-3000:])
-            m = _wait(lambda: _PORT_LINE.search(self.log()), timeout, "the master's port in twistd.log")
+            m = wait_until(lambda: _PORT_LINE.search(self.log()), timeout, what="the master's port in twistd.log")
             self.port = int(m.group(1))
         except BaseException:
             self.stop()
@@ -243,7 +234,7 @@ class RealMaster:
     def trigger(self, builder: str, timeout: float = 90.0) -> str:
         """Start one build of `builder` via sendchange; wait for it; return its result name."""
         rev = self.send_change(builder)
-        return _wait(lambda: self.result(rev), timeout, f"the build on {builder}")
+        return wait_until(lambda: self.result(rev), timeout, interval=0.05, what=f"the build on {builder}")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the master (SIGTERM to its pid, then SIGKILL); safe to call twice."""
