@@ -69,7 +69,7 @@ def test_ping_prints_each_rtt_and_a_summary(env):
 
 def test_ping_of_an_unknown_builder_names_the_choices_and_fails(env):
     result = run_bbx("ping", "nope", env=env)
-    assert result.returncode == 1
+    assert result.returncode == 5  # not found
     assert one_line(result.stderr) == "bbx: no builder named 'nope' (builders: b, idle, slow)"
 
 
@@ -110,7 +110,7 @@ def test_info_json_is_masked_too(env):
 
 def test_info_of_an_unknown_slave_is_one_line(env):
     result = run_bbx("info", "ghost", env=env)
-    assert result.returncode == 1 and "no slave named 'ghost'" in one_line(result.stderr)
+    assert result.returncode == 5 and "no slave named 'ghost'" in one_line(result.stderr)
 
 
 def test_slaves_lists_connected_and_disconnected(env):

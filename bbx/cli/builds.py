@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .client import JsonOption, MasterDirOption, MasterOption, PasswordOption, UserOption
+from .client import (JsonOption, MasterDirOption, MasterOption, PasswordOption, TimeoutOption,
+                     UserOption)
 from .output import conn, consoles, json_line, print_json
 
 # Exit codes of `bbx build`.
@@ -36,7 +37,7 @@ Exit status:
   1      the build ended FAILURE, EXCEPTION, CANCELLED or RETRY
   130    left with a second Ctrl-C; the build may still be running
   255    lost the connection to the master
-  2, 3, 4  bad usage, master unreachable, login refused
+  2, 3, 4, 5  bad usage, master unreachable, login refused, no such builder
 """
 
 
@@ -59,14 +60,14 @@ def build(
     show_secrets: Annotated[bool, typer.Option(
         "--show-secrets", help="Do not mask secret-looking NAME=value lines of headers.")] = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
-    user: UserOption = None, password: PasswordOption = None,
+    user: UserOption = None, password: PasswordOption = None, timeout: TimeoutOption = 10.0,
 ) -> None:
     """Queue a build (the operator-facing help is BUILD_HELP)."""
     from .client import call
 
     out, err = consoles()
     session = BuildSession(out, err, json=json, show_secrets=show_secrets)
-    call(conn(master_dir, master, user, password),
+    call(conn(master_dir, master, user, password, timeout),
          lambda perspective, reactor: session.run(perspective, reactor, builder, not no_wait))
     raise typer.Exit(session.report())
 
@@ -288,7 +289,7 @@ def builds(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many builds.")] = 20,
     json: JsonOption = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
-    user: UserOption = None, password: PasswordOption = None,
+    user: UserOption = None, password: PasswordOption = None, timeout: TimeoutOption = 10.0,
 ) -> None:
     """List recent builds (newest first) and the requests waiting in the queue."""
     from .client import call
@@ -298,7 +299,7 @@ def builds(
         queued = await perspective.callRemote("queue", builder)
         return {"builds": found, "queued": queued}
 
-    answer = call(conn(master_dir, master, user, password), conversation)
+    answer = call(conn(master_dir, master, user, password, timeout), conversation)
     if json:
         print_json(answer)
         return
@@ -319,7 +320,7 @@ def log(
     show_secrets: Annotated[bool, typer.Option(
         "--show-secrets", help="Do not mask secret-looking NAME=value lines of headers.")] = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
-    user: UserOption = None, password: PasswordOption = None,
+    user: UserOption = None, password: PasswordOption = None, timeout: TimeoutOption = 10.0,
 ) -> None:
     """Print a build's stored log (every step, or one), live with --follow while it runs."""
     from .client import call
@@ -348,7 +349,7 @@ def log(
                 return page
             await task.deferLater(reactor, FOLLOW_INTERVAL, lambda: None)
 
-    final = call(conn(master_dir, master, user, password), conversation)
+    final = call(conn(master_dir, master, user, password, timeout), conversation)
     printer.end(final)
 
 
@@ -416,13 +417,13 @@ def cancel(
         "--request", help="BUILD is a queued build request id: remove it from the queue.")] = False,
     json: JsonOption = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
-    user: UserOption = None, password: PasswordOption = None,
+    user: UserOption = None, password: PasswordOption = None, timeout: TimeoutOption = 10.0,
 ) -> None:
     """Cancel a running build (its step is interrupted; result CANCELLED) or a queued request."""
     from .client import call
 
     args = (None, build_id) if request else (build_id,)
-    answer = call(conn(master_dir, master, user, password),
+    answer = call(conn(master_dir, master, user, password, timeout),
                   lambda perspective, reactor: perspective.callRemote("cancel", *args))
     if json:
         print_json(answer)

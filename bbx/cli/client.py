@@ -31,11 +31,9 @@ DEFAULT_LISTEN = "tcp:9989"
 ENDPOINT_FILE = "master.endpoint"
 CONFIG_FILE = "master.toml"
 
-# Seconds to wait for the TCP connect + PB login before calling the master unreachable.
+# Seconds to wait for the connect, and again for the PB login, before calling the master
+# unreachable (--timeout, BBX_TIMEOUT).
 LOGIN_TIMEOUT = 10.0
-
-# 128 + SIGINT, as a shell reports a command ended by Ctrl-C.
-EXIT_INTERRUPTED = 130
 
 _CONN_PANEL = "Connection"
 
@@ -64,6 +62,13 @@ PasswordOption = Annotated[
                  help="Control user password."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print plain JSON instead of tables.")]
+TimeoutOption = Annotated[float, typer.Option(
+    "--timeout", envvar="BBX_TIMEOUT", min=0.1, rich_help_panel=_CONN_PANEL,
+    help="Seconds to wait for the connection, then for the login and for each answer.")]
+# `bbx run` has its own --timeout (the command's silence limit): there it is --connect-timeout.
+ConnectTimeoutOption = Annotated[float, typer.Option(
+    "--connect-timeout", envvar="BBX_TIMEOUT", min=0.1, rich_help_panel=_CONN_PANEL,
+    help="Seconds to wait for the connection to the master, then for the login.")]
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ class ConnOptions:
     master: str | None = None
     user: str | None = None
     password: str | None = None
+    timeout: float = LOGIN_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -275,19 +281,47 @@ def _endpoint_of_dir(master_dir: Path) -> str:
 # ---------------------------------------------------------------------------- one conversation
 
 
-class Interrupted(Exception):
-    """The reactor was stopped (Ctrl-C) before the conversation finished."""
+def uses_tls(endpoint: str) -> bool:
+    """True for the client endpoint kinds that need Twisted's TLS support."""
+    return endpoint.split(":", 1)[0].strip().lower() in ("ssl", "tls")
+
+
+def load_twisted(*, tls: bool) -> None:
+    """Import the reactor, endpoints and PB; without TLS support unless `tls`.
+
+    Twisted imports pyOpenSSL and cryptography whenever they are installed, for TLS it may
+    never use: ~45 ms of a 0.25 s `bbx ping` (bench/cli.py --importtime). Twisted is written
+    to run without them (endpoints, tcp and posixbase check for ImportError), so for a tcp:
+    or unix: master the CLI makes OpenSSL look absent while Twisted is first imported. The
+    process talks to one master only, so nothing later needs TLS.
+    """
+    import sys
+
+    if "twisted.internet.reactor" in sys.modules:
+        return
+    hidden = not tls and "OpenSSL" not in sys.modules
+    if hidden:
+        sys.modules["OpenSSL"] = None  # type: ignore[assignment]  # `import OpenSSL` fails
+    try:
+        import twisted.internet.endpoints  # noqa: F401
+        import twisted.internet.reactor  # noqa: F401
+        import twisted.spread.pb  # noqa: F401
+    finally:
+        if hidden:
+            del sys.modules["OpenSSL"]
 
 
 def run_reactor(main: Callable[[Any], Any]):
     """Run the global reactor until `main(reactor)` (a Deferred or coroutine) fires.
 
-    Returns its result or raises its exception; raises Interrupted when something else
-    (Twisted's SIGINT handler, `reactor.stop()`) ended the reactor first. Unlike
+    Returns its result or raises its exception; raises errors.Interrupted when something
+    else (Twisted's SIGINT handler, `reactor.stop()`) ended the reactor first. Unlike
     twisted.internet.task.react this returns instead of calling sys.exit.
     """
     from twisted.internet import defer, reactor
     from twisted.python.failure import Failure
+
+    from .errors import Interrupted
 
     outcome: list = []
 
@@ -323,50 +357,70 @@ def to_bbx_error(failure) -> BbxError:
     from bbx.pb.control import CONTROL_ERROR_TYPES
     from bbx.pb.endpoints import remote_type
 
-    from .errors import from_failure
+    from .errors import control_exit_code, from_failure
 
     value = failure.value
     if isinstance(value, RemoteError):
         kind = remote_type(failure)
         message = str(value)
         if kind in CONTROL_ERROR_TYPES:
-            return BbxError(message)
+            return BbxError(message, control_exit_code(kind))
         return BbxError(f"the master reported an error: {kind.rpartition('.')[2]}: {message}")
     return from_failure(failure)
 
 
-def call(options: ConnOptions, fn: Callable[[Any, Any], Any], *, mind=None):
+def login_error(target: Target, e) -> BbxError:
+    """A LoginFailed from bbx.pb.endpoints.login as the operator's one line."""
+    from .errors import Refused, Unreachable
+
+    if e.unauthorized:
+        return Refused("the master refused the login: wrong control user name or password "
+                       "(check --user/--password or [control] users in master.toml)")
+    if e.timed_out:
+        return Unreachable(e.reason)
+    if e.unreachable:
+        return Unreachable(_unreachable_message(target.endpoint, e.reason))
+    return BbxError(e.reason)
+
+
+def call(options: ConnOptions, fn: Callable[[Any, Any], Any], *, mind=None,
+         answer_within: float | None = None, what: str = "the call"):
     """Log in to the master as a control user, run `fn(perspective, reactor)`, disconnect.
 
-    Returns what `fn` returned (it may return a Deferred or a coroutine). Every expected
-    failure becomes a BbxError with one line: unreachable master (exit 3), refused login
-    (exit 4), an error the master reported (exit 1).
+    Returns what `fn` returned (it may return a Deferred or a coroutine). The connect and the
+    login each have `options.timeout` seconds; with `answer_within`, so has `fn` (named
+    `what` in the message). Every expected failure becomes a BbxError with one line:
+    unreachable or silent master (exit 3), refused login (exit 4), an error the master
+    reported (exit 1, or 5 for "no such builder/slave/build").
     """
+    target = resolve(options)
+    load_twisted(tls=uses_tls(target.endpoint))
+
     from twisted.internet import defer
     from twisted.python.failure import Failure
 
     from bbx.pb import endpoints
 
-    from .errors import Refused, Unreachable
-
-    target = resolve(options)
+    from .errors import Unreachable
 
     async def conversation(reactor):
         try:
             perspective, broker = await endpoints.login(
-                reactor, target.endpoint, target.user, target.password, mind, timeout=LOGIN_TIMEOUT)
+                reactor, target.endpoint, target.user, target.password, mind,
+                timeout=options.timeout)
         except endpoints.LoginFailed as e:
-            if e.unauthorized:
-                raise Refused("the master refused the login: wrong control user name or password "
-                              "(check --user/--password or [control] users in master.toml)") from None
-            if e.unreachable:
-                raise Unreachable(_unreachable_message(target.endpoint, e.reason)) from None
-            raise to_bbx_error(Failure()) from None
+            raise login_error(target, e) from None
         try:
             result = fn(perspective, reactor)
             if _is_coroutine(result):
                 result = defer.ensureDeferred(result)
-            return await defer.maybeDeferred(lambda: result)
+            d = defer.maybeDeferred(lambda: result)
+            if answer_within is not None:
+                d.addTimeout(answer_within, reactor)
+            return await d
+        except defer.TimeoutError:
+            raise Unreachable(f"the master at {target.endpoint} did not answer {what} within "
+                              f"{answer_within:g} s") from None
         except BbxError:
             raise
         except Exception:
@@ -378,10 +432,6 @@ def call(options: ConnOptions, fn: Callable[[Any, Any], Any], *, mind=None):
         return run_reactor(conversation)
     except ValueError as e:  # a malformed endpoint string
         raise UsageError(str(e)) from None
-    except Interrupted:
-        raise BbxError("interrupted", exit_code=EXIT_INTERRUPTED) from None
-
-
 def _unreachable_message(endpoint: str, reason: str) -> str:
     """'cannot reach the master at E (connection refused); is it running? (bbx master start DIR)'."""
     why = reason

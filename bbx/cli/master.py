@@ -144,7 +144,7 @@ def _refuse_if_running(directory: Path) -> None:
 
     pid = pidfile.running(directory / PID_FILE)
     if pid is not None:
-        raise BbxError(f"a master is already running in {directory} (pid {pid}); "
+        raise UsageError(f"a master is already running in {directory} (pid {pid}); "
                        f"stop it with `bbx master stop {directory}`")
     for stale in (PID_FILE, ENDPOINT_FILE):
         try:
@@ -173,7 +173,7 @@ def start(
     try:
         run(directory, config, to_terminal=not detached)
     except StartFailed as e:
-        raise BbxError(str(e)) from None
+        raise UsageError(str(e)) from None
     except ValueError as e:
         raise UsageError(f"{e}; fix listen in {config.path}") from None
 
@@ -195,7 +195,7 @@ def _start_daemon(directory: Path, config) -> None:
     deadline = time.monotonic() + DAEMON_START_TIMEOUT
     while time.monotonic() < deadline:
         if child.poll() is not None:
-            raise BbxError(f"the master did not start: {_last_line(log_path)}")
+            raise UsageError(f"the master did not start: {_last_line(log_path)}")
         if endpoint_file.exists() and pidfile.read(directory / PID_FILE) == child.pid:
             endpoint = endpoint_file.read_text().strip()
             print(f"master started in {directory} (pid {child.pid}), listening on {endpoint}")

@@ -146,7 +146,7 @@ def start(
     config = _load(directory)
     pid = _running_pid(Path(config.basedir))
     if pid is not None:
-        raise BbxError(f"a slave is already running in {config.basedir} (pid {pid}); "
+        raise UsageError(f"a slave is already running in {config.basedir} (pid {pid}); "
                        f"stop it with: bbx slave stop {directory}")
     if daemon:
         _start_daemon(config, directory)
@@ -184,7 +184,7 @@ def _start_daemon(config, directory: Path) -> None:
             return
         rc = child.poll()
         if rc is not None:
-            raise BbxError(f"the slave exited at once (status {rc}): {_hint(fresh)}")
+            raise UsageError(f"the slave exited at once (status {rc}): {_hint(fresh)}")
         if time.monotonic() > deadline:
             raise BbxError(f"slave {config.name} started (pid {child.pid}) but has not attached to "
                            f"the master within {DAEMON_START_WAIT:.0f} s; it keeps retrying in the "

@@ -137,7 +137,8 @@ class SlaveBuilder(pb.Referenceable):
             d = self.remote.callRemote("print", dialect.PING_MESSAGE)
         d.addTimeout(PING_TIMEOUT, self.reactor)
 
-        def answered(_):
+        def answered(answer):
+            self.clock_sample = (start, answer, self.reactor.seconds())  # for clock offsets
             return self.reactor.seconds() - start
 
         def failed(failure):

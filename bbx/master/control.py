@@ -8,7 +8,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.spread import pb
 
-from bbx.pb.control import (CommandFailed, ControlError, NoSlaveAttached, UnknownBuild,
+from bbx.pb.clock import offset as clock_offset, peer_time
+from bbx.pb.control import (CommandFailed, NoSteps, ControlError, NoSlaveAttached, UnknownBuild,
                             UnknownBuilder, UnknownSlave)
 
 from .build import CommandStartFailed, error_line
@@ -63,16 +64,21 @@ class ControlPerspective(pb.Avatar):
     def perspective_ping(self, builder: str, count: int = 1):
         """Ping the slave of `builder` `count` times (each with a 10 s deadline).
 
-        Returns {"builder": str, "slave": str, "rtts": [seconds, ...]}. Raises UnknownBuilder,
-        NoSlaveAttached or SlaveTimeout.
+        Returns {"builder": str, "slave": str, "rtts": [seconds, ...], "slave_offsets":
+        [seconds the slave's clock is ahead of the master's, or None when the slave does not
+        report its clock], "received_at", "answered_at": the master's clock}. Raises
+        UnknownBuilder, NoSlaveAttached or SlaveTimeout.
         """
+        received_at = self.master.reactor.seconds()
         b = self._builder(builder)
         sb = b.any_attached()
-        rtts = []
+        rtts, offsets = [], []
         for _ in range(max(1, int(count))):
             rtt = yield sb.ping()
             rtts.append(rtt)
-        return {"builder": b.name, "slave": sb.slave.name, "rtts": rtts}
+            offsets.append(slave_offset(getattr(sb, "clock_sample", None)))
+        return {"builder": b.name, "slave": sb.slave.name, "rtts": rtts, "slave_offsets": offsets,
+                "received_at": received_at, "answered_at": self.master.reactor.seconds()}
 
     def perspective_info(self, slave: str | None = None):
         """What a slave reported about itself when it attached.
@@ -179,7 +185,7 @@ class ControlPerspective(pb.Avatar):
         """
         b = self._builder(builder)
         if not b.config.steps:
-            raise CommandFailed(f"builder {b.name} has no steps; add [[builders.steps]] to it "
+            raise NoSteps(f"builder {b.name} has no steps; add [[builders.steps]] to it "
                                 "in master.toml, or run a command with `bbx run`")
         request_id = yield self._store(self.master.queue.submit(
             b.name, reason or f"requested by {self.user}", observer if wait else None))
@@ -278,6 +284,15 @@ class ControlPerspective(pb.Avatar):
         except StoreError as e:
             raise ControlError(str(e)) from None
         return value
+
+
+def slave_offset(sample) -> float | None:
+    """(sent, answer, received) of a ping -> the slave's clock offset, None if unknown."""
+    if not sample:
+        return None
+    sent, answer, received = sample
+    when = peer_time(answer)
+    return None if when is None else clock_offset(sent, when, when, received)
 
 
 def _build_id(value) -> int:

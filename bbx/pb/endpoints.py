@@ -84,13 +84,20 @@ def enable_tcp_keepalive(transport) -> None:
 
 
 class LoginFailed(Exception):
-    """A login that did not succeed, with a reason an operator can act on."""
+    """A login that did not succeed, with a reason an operator can act on.
 
-    def __init__(self, reason: str, *, unauthorized: bool = False, unreachable: bool = False):
+    `stage` names the step that failed: "connect" (resolve + TCP/TLS connect), "login"
+    (the PB handshake and the login answer), or "" when unknown.
+    """
+
+    def __init__(self, reason: str, *, unauthorized: bool = False, unreachable: bool = False,
+                 stage: str = "", timed_out: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.unauthorized = unauthorized
         self.unreachable = unreachable
+        self.stage = stage
+        self.timed_out = timed_out
 
 
 def explain(failure: Failure, description: str = "") -> LoginFailed:
@@ -152,9 +159,13 @@ class KeepaliveClientFactory(pb.PBClientFactory):
 
 
 @defer.inlineCallbacks
-def login(reactor, description: str, username: str, password: str, mind=None, *, timeout: float = 10.0):
+def login(reactor, description: str, username: str, password: str, mind=None, *,
+          timeout: float = 10.0, login_timeout: float | None = None):
     """Connect to `description` and log in; fire with (perspective, broker).
 
+    `timeout` bounds the connect (name resolution, TCP, TLS); `login_timeout` (default: the
+    same) bounds the PB handshake and the login answer, so a port that accepts connections
+    but never speaks PB cannot hold the caller forever.
     The mind (a Referenceable or None) is serviced by the reactor while the login call is
     still pending — the master calls it inside `respond` (PROTOCOL.md §4.1).
     Errbacks with LoginFailed for every expected failure.
@@ -166,14 +177,38 @@ def login(reactor, description: str, username: str, password: str, mind=None, *,
     try:
         broker = yield connecting
     except Exception:
-        raise explain(Failure(), description) from None
+        failed = explain(Failure(), description)
+        failed.stage = "connect"
+        if not timer.active():
+            failed.timed_out = True
+            failed.reason = f"no connection to {description} within {timeout:g} s (connect)"
+        raise failed from None
     finally:
         if timer.active():
             timer.cancel()
     creds = UsernamePassword(username.encode("utf-8"), password.encode("utf-8"))
+    answering = factory.login(creds, client=mind)
+    deadline = timeout if login_timeout is None else login_timeout
+    expired = []
+
+    def expire():
+        expired.append(True)
+        answering.cancel()
+
+    login_timer = reactor.callLater(deadline, expire)
     try:
-        perspective = yield factory.login(creds, client=mind)
+        perspective = yield answering
     except Exception:
-        broker.transport.loseConnection()
-        raise explain(Failure(), description) from None
+        broker.transport.abortConnection()
+        if expired:
+            raise LoginFailed(
+                f"{description} accepted the connection but did not answer the PB login within "
+                f"{deadline:g} s (login); is it a bbx or Buildbot PB port? (a TLS port needs an "
+                "ssl: endpoint)", unreachable=True, stage="login", timed_out=True) from None
+        failed = explain(Failure(), description)
+        failed.stage = "login"
+        raise failed from None
+    finally:
+        if login_timer.active():
+            login_timer.cancel()
     return perspective, broker

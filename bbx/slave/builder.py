@@ -75,10 +75,12 @@ class SlaveBuilder(pb.Referenceable):
         """
         self.remote = remote
 
-    def remote_print(self, message: str = "") -> None:
-        """0.8 masters send "attached" and pings here. Gets: `message` (str). Returns None."""
+    def remote_print(self, message: str = "") -> float:
+        """0.8 masters send "attached" and pings here. Gets: `message` (str). Returns this
+        slave's clock, as Bot.print does (bbx/pb/clock.py)."""
         log.info("builder {builder}: message from master: {message}", builder=self.name,
                  message=message)
+        return self.reactor.seconds()
 
     def remote_startBuild(self) -> None:
         """A build is about to start on this builder. Gets nothing; returns None."""
