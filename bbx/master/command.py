@@ -25,6 +25,8 @@ from zope.interface import Interface, implementer
 from bbx.pb import dialect
 from bbx.pb.updates import iter_updates
 
+from . import metrics
+
 log = Logger()
 
 # Command ids are str of a process-global counter, as Buildbot's master does (PROTOCOL.md §4.2).
@@ -181,6 +183,7 @@ class RemoteCommand(pb.Referenceable):
             return 0
         log = self.log
         for key, value in iter_updates(updates):
+            metrics.log_bytes(key, value)
             if key == "rc":
                 self.rc = value
             elif log is not None:  # StoreLog keeps the text keys and ignores the rest

@@ -117,6 +117,7 @@ class MasterConfig:
     control_users: tuple[ControlUser, ...] = field(default_factory=tuple)
     db: str = DEFAULT_DB
     retry_lost: int = DEFAULT_RETRY_LOST
+    http: str = ""  # a server endpoint for /metrics and /healthz (bbx/master/http.py); "" = none
 
     @property
     def db_path(self) -> Path:
@@ -169,7 +170,7 @@ def parse_config(text: str, path: Path) -> MasterConfig:
     if not isinstance(master, dict):
         raise ld.fail(ld.where.line(None, "master"), "master", "must be a table", "write it as [master]")
     ld.unknown(master, ("listen", "keepalive_interval", "keepalive_timeout", "log", "db",
-                        "retry_lost"), "[master]")
+                        "retry_lost", "http"), "[master]")
     listen = ld.string(master, "listen", "[master]", required=False, default=DEFAULT_LISTEN,
                        label="master.listen")
     interval = ld.positive(master, "keepalive_interval", "[master]", DEFAULT_KEEPALIVE_INTERVAL)
@@ -180,6 +181,7 @@ def parse_config(text: str, path: Path) -> MasterConfig:
                       "a slave answers each keepalive, so allow at least two intervals of silence")
     log = ld.string(master, "log", "[master]", required=False, default=DEFAULT_LOG, label="master.log")
     db = ld.string(master, "db", "[master]", required=False, default=DEFAULT_DB, label="master.db")
+    http = ld.string(master, "http", "[master]", required=False, default="", label="master.http")
     retry_lost = ld.count(master, "retry_lost", "[master]", DEFAULT_RETRY_LOST, "master.retry_lost",
                           minimum=0)
 
@@ -196,7 +198,7 @@ def parse_config(text: str, path: Path) -> MasterConfig:
     return MasterConfig(path=path, listen=listen, keepalive_interval=interval,
                         keepalive_timeout=timeout, log=log, slaves=tuple(slaves),
                         builders=tuple(builders), control_users=tuple(control), db=db,
-                        retry_lost=retry_lost)
+                        retry_lost=retry_lost, http=http)
 
 
 def _load_slaves(ld: Loader, items: Any) -> list[SlaveConfig]:
@@ -445,6 +447,7 @@ def render_config(listen: str, slaves: Iterable[SlaveConfig], builders: Iterable
         f"keepalive_timeout = {int(DEFAULT_KEEPALIVE_TIMEOUT)}",
         "# Log file, relative to this directory.",
         f'# log = "{DEFAULT_LOG}"',
+        '# http = "tcp:9100:interface=127.0.0.1"   # /metrics and /healthz (or --http)',
         "# Build history (SQLite), relative to this directory.",
         f'# db = "{DEFAULT_DB}"',
         "# How often a build request whose slave was lost mid-build is queued again.",

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
+from . import metrics
 from .slave import peer_text
 
 log = Logger()
@@ -57,6 +58,7 @@ class Dispatcher:
             return defer.succeed(name)
         why = "unknown name" if password is None else "wrong password"
         log.warn("refused login as {name!r} from {peer}: {why}", name=name, peer=_peer_of(creds), why=why)
+        metrics.LOGINS_REFUSED.inc(reason=why)
         return defer.fail(error.UnauthorizedLogin(f"refused login as {name!r}"))
 
     def requestAvatar(self, avatarId, mind, *interfaces):

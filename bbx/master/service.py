@@ -28,6 +28,7 @@ log = Logger()
 
 ENDPOINT_FILE = "master.endpoint"
 PID_FILE = "master.pid"
+HTTP_FILE = "master.http"  # the URL of /metrics and /healthz while serving (port 0 included)
 
 
 class _Broker(FastBroker):
@@ -194,34 +195,44 @@ class MasterService:
 
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class StartFailed(Exception):
     """The master could not start; str(error) is the operator's one line."""
 
 
-def run(basedir, config: MasterConfig, *, to_terminal: bool) -> None:
+def run(basedir, config: MasterConfig, *, to_terminal: bool, log_options=None,
+        http: str | None = None) -> None:
     """Run a master in this process until SIGTERM/SIGINT; raise StartFailed if it cannot start.
 
-    Logs go to DIR/<log> (and to the terminal when `to_terminal`); DIR/master.pid exists while
-    it runs.
+    Logs go to DIR/<log> (and to the terminal when `to_terminal`; `log_options`: format and
+    rotation, bbx/logs.py); DIR/master.pid exists while it runs. `http` (or config.http)
+    serves /metrics and /healthz. Under systemd Type=notify it reports READY=1 once it
+    listens and STOPPING=1 when it stops. SIGHUP calls the service's `reconfig()` once one
+    exists (the seed-peers work); until then it is logged and ignored, never fatal.
     """
-    import sys
+    import signal
 
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from bbx import logs, systemd
 
     basedir = Path(basedir)
     server_endpoint(reactor, config.listen)  # ValueError for a bad string, before anything else
+    http = http if http is not None else config.http
+    if http:
+        server_endpoint(reactor, http)
     log_path = basedir / config.log
     try:
-        log_file = open(log_path, "a", encoding="utf-8", buffering=1)
-        (basedir / PID_FILE).write_text(f"{os.getpid()}\n")
+        log_file = logs.start(str(log_path), log_options or logs.LogOptions(), console=to_terminal)
+        pidfile.write(basedir / PID_FILE)
     except OSError as e:
         raise StartFailed(f"cannot write {e.filename}: {e.strerror}; check the directory's "
                           f"permissions") from None
-    observers = [textFileLogObserver(log_file)]
-    if to_terminal:
-        observers.append(textFileLogObserver(sys.stdout))
-    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
     pid_path = basedir / PID_FILE
     service = MasterService(config, basedir, reactor)
     problem: list[str] = []
@@ -238,20 +249,55 @@ def run(basedir, config: MasterConfig, *, to_terminal: bool) -> None:
         log.error("{problem}", problem=problem[-1])
         reactor.stop()
 
+    @defer.inlineCallbacks
     def begin():
-        d = service.start()
-        d.addErrback(started_failed)
+        endpoint = yield service.start()
+        if http:
+            from bbx.web import url_of
 
-    reactor.callWhenRunning(begin)
+            from . import http as web
+
+            from twisted.internet.error import CannotListenError
+
+            try:
+                port = yield web.listen(service, http)
+            except CannotListenError as e:
+                if getattr(getattr(e, "socketError", None), "errno", None) == errno.EADDRINUSE:
+                    raise PortInUse(f"{e.port} (http)") from None
+                raise
+            service.http_port = port
+            url = url_of(port.getHost())
+            _write_atomically(basedir / HTTP_FILE, url + "\n")
+            log.info("serving /metrics and /healthz at {url}", url=url)
+        systemd.notify("READY=1", f"STATUS=listening on {endpoint}")
+
+    def sighup():
+        reconfig = getattr(service, "reconfig", None)
+        if callable(reconfig):
+            log.info("SIGHUP: reloading the configuration")
+            defer.maybeDeferred(reconfig).addErrback(
+                lambda f: log.error("reconfiguration failed: {why}", why=f.getErrorMessage()))
+        else:
+            log.warn("SIGHUP: this master cannot reload master.toml while running; "
+                     "ignored (use `bbx master restart {dir}`)", dir=str(basedir))
+
+    def stopping():
+        systemd.notify("STOPPING=1")
+        (basedir / HTTP_FILE).unlink(missing_ok=True)
+        port = getattr(service, "http_port", None)
+        return port.stopListening() if port is not None else None
+
+    reactor.callWhenRunning(lambda: begin().addErrback(started_failed))
+    reactor.addSystemEventTrigger("before", "shutdown", stopping)
     reactor.addSystemEventTrigger("before", "shutdown", service.stop)
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(sighup))
     log.info("master starting in {dir} (pid {pid})", dir=str(basedir), pid=os.getpid())
     try:
         reactor.run()
     finally:
         try:
-            if pidfile.read(pid_path) == os.getpid():
-                pid_path.unlink()
-        except FileNotFoundError:
+            pidfile.remove_if_mine(pid_path)
+        except OSError:
             pass
         log_file.flush()
     if problem:

@@ -16,6 +16,7 @@ from twisted.spread import pb
 from bbx.pb import dialect
 from bbx.pb.dialect import Dialect
 
+from . import metrics
 from .builder import PING_TIMEOUT, Builder, SlaveBuilder
 from .config import MasterConfig, SlaveConfig
 
@@ -248,6 +249,7 @@ class SlavePerspective(pb.Avatar):
         if link.gone:
             return
         d = link.mind.callRemote("print", message=dialect.KEEPALIVE_MESSAGE[link.dialect])
+        metrics.KEEPALIVE_RTT.time(d, self.reactor)
         d.addErrback(lambda f: None)  # silence is judged by _check_silence, not by this call
 
     def _check_silence(self, link: SlaveLink) -> None:

@@ -17,6 +17,7 @@ from twisted.spread import pb
 
 from bbx.pb import dialect
 from bbx.pb.updates import UpdateBatcher
+from bbx.slave import metrics
 from bbx.slave.commands import registry
 
 log = Logger(namespace="bbx.slave")
@@ -103,7 +104,9 @@ class SlaveBuilder(pb.Referenceable):
             self.command = None
         args = dialect.args_from_master(name, args)
         cls = registry.lookup(name)
-        batcher = UpdateBatcher(lambda pairs: stepRef.callRemote("update", pairs), self.reactor)
+        metrics.COMMANDS.inc(command=name)
+        batcher = UpdateBatcher(lambda pairs: metrics.sent(pairs) or stepRef.callRemote("update", pairs),
+                                self.reactor)
         self.ensure_builddir()
         cmd = cls(reactor=self.reactor, builder_dir=self.builder_dir, command_id=command_id,
                   args=args, updates=batcher)

@@ -106,8 +106,26 @@ class _Session:
         self.perspective = None
         self.ended = False
         self.end_reason: str | None = None
+        self.end_kind = "lost"  # bbx/slave/state.py REASONS
         self.last_received = 0.0
         self.timers: list = []
+
+
+def failure_kind(failure: Failure) -> str:
+    """What kind of failure ended a connect or login (bbx/slave/state.py REASONS)."""
+    if is_unauthorized(failure):
+        return "unauthorized"
+    if failure.check(error.ConnectionRefusedError):
+        return "refused"
+    if failure.check(error.TimeoutError, defer.CancelledError, error.ConnectingCancelledError):
+        return "timeout"
+    if failure.check(error.ConnectionDone, error.ConnectionLost, pb.PBConnectionLost):
+        return "lost"
+    if failure.check(error.DNSLookupError, error.ConnectError):
+        return "unreachable"
+    if "duplicate" in remote_type(failure).lower() + failure.getErrorMessage().lower():
+        return "duplicate"
+    return "error"
 
 
 def describe_failure(failure: Failure) -> str:
@@ -161,6 +179,8 @@ class SlaveConnection:
         self._retry_timer = None
         self._stopping = False
         self._stopped: defer.Deferred | None = None
+        # on_state(state, reason, detail, attempt): each change, for DIR/slave.state.
+        self.on_state: Callable[[str, str, str, int], None] | None = None
 
     # -- public ------------------------------------------------------------------------------
 
@@ -199,11 +219,16 @@ class SlaveConnection:
 
     # -- the state machine -------------------------------------------------------------------
 
+    def _state(self, state: str, reason: str = "", detail: str = "") -> None:
+        if self.on_state is not None:
+            self.on_state(state, reason, detail, self.attempt)
+
     def _connect(self) -> None:
         self._retry_timer = None
         if self._stopping:
             return
         self._sessions += 1
+        self._state("connecting")
         s = _Session(self._sessions)
         self._session = s
         self._run(s)
@@ -221,6 +246,7 @@ class SlaveConnection:
         try:
             broker = yield connecting
         except Exception:
+            s.end_kind = failure_kind(Failure())
             self._end(s, f"cannot connect to {self.description}: {describe_failure(Failure())}")
             return
         finally:
@@ -234,6 +260,7 @@ class SlaveConnection:
         broker.notifyOnDisconnect(lambda: self._lost(s))
         self._received(s)
         log.info("connected to {where}; logging in as {name}", where=self.description, name=self.name)
+        self._state("logging in")
         if self.deadline:
             self._arm_watchdog(s)
         login_timer = self.reactor.callLater(self.login_timeout, self._login_timed_out, s)
@@ -246,6 +273,7 @@ class SlaveConnection:
             if login_timer.active():
                 login_timer.cancel()
             if not s.ended:
+                s.end_kind = failure_kind(f)
                 reason = describe_failure(f)
                 if f.check(error.ConnectionDone, error.ConnectionLost, pb.PBConnectionLost):
                     why = f"the connection to {self.description} closed during login ({reason})"
@@ -263,6 +291,7 @@ class SlaveConnection:
         s.perspective = perspective
         self.attempt = 0
         log.info("attached to the master at {where} as {name}", where=self.description, name=self.name)
+        self._state("attached")
         if self.keepalive and self.keepalive > 0:
             s.timers.append(self.reactor.callLater(self.keepalive, self._send_keepalive, s))
 
@@ -278,6 +307,7 @@ class SlaveConnection:
             return
         silent = self.reactor.seconds() - s.last_received
         if silent >= self.deadline:
+            s.end_kind = "timeout"
             s.end_reason = (f"the master at {self.description} sent nothing for {silent:.0f} s "
                             f"(deadline {self.deadline:.0f} s); dropping the connection")
             s.broker.transport.abortConnection()
@@ -286,6 +316,7 @@ class SlaveConnection:
 
     def _login_timed_out(self, s: _Session) -> None:
         if not s.ended and s.perspective is None and s.broker is not None:
+            s.end_kind = "timeout"
             s.end_reason = (f"the master at {self.description} did not answer the login within "
                             f"{self.login_timeout:.0f} s")
             s.broker.transport.abortConnection()
@@ -352,6 +383,7 @@ class SlaveConnection:
                 log.failure("while stopping commands after a lost connection")
         if self._stopping:
             log.info("disconnected from {where}", where=self.description)
+            self._state("stopped", "", reason)
             return
         delay = self.policy(self.attempt)
         ceiling = getattr(self.policy, "ceiling", None)
@@ -359,4 +391,5 @@ class SlaveConnection:
         self.attempt += 1
         log.info("{reason}; retrying in {delay:.1f} s (attempt {n}{bound})", reason=reason,
                  delay=delay, n=self.attempt, bound=bound)
+        self._state("disconnected", s.end_kind, reason)
         self._retry_timer = self.reactor.callLater(delay, self._connect)
