@@ -65,6 +65,7 @@ COMMAND_MODULES = {
     "master": "master", "slave": "slave", "completion": "completion",
     "ping": "ops", "info": "ops", "slaves": "ops", "builders": "ops",
     "run": "run", "build": "builds", "builds": "builds", "log": "builds", "cancel": "builds",
+    "doctor": "doctor",
 
 }
 _GROUPS = ("master", "slave", "completion")

@@ -80,6 +80,11 @@ class ControlPerspective(pb.Avatar):
         return {"builder": b.name, "slave": sb.slave.name, "rtts": rtts, "slave_offsets": offsets,
                 "received_at": received_at, "answered_at": self.master.reactor.seconds()}
 
+    def perspective_clock(self):
+        """No arguments. Returns the master's clock (seconds since the epoch), for the
+        operator's clock offset (`bbx doctor`, bbx/pb/clock.py)."""
+        return self.master.reactor.seconds()
+
     def perspective_info(self, slave: str | None = None):
         """What a slave reported about itself when it attached.
 

@@ -118,6 +118,11 @@ class SlavePerspective(pb.Avatar):
         """The slave's periodic keepalive (no arguments); returns None. Only proves liveness."""
         return None
 
+    def perspective_clock(self):
+        """A bbx extension (no arguments): the master's clock, seconds since the epoch, so that
+        `bbx doctor SLAVE_DIR` can tell the slave host's clock offset. Buildbot masters lack it."""
+        return self.reactor.seconds()
+
     def perspective_shutdown(self):
         """The slave asks to shut down gracefully (no arguments); returns None.
 
