@@ -59,6 +59,11 @@ class HealthPage(resource.Resource):
 class Root(resource.Resource):
     """The tree's root: lists its pages."""
 
+    def getChild(self, path, request):
+        if path == b"":  # "/" itself
+            return self
+        return super().getChild(path, request)
+
     def render_GET(self, request):
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         names = sorted(n.decode() for n in self.children)
