@@ -24,6 +24,8 @@ GOOD_RESULTS = ("success", "warnings")
 # How often `bbx log --follow` asks the master for new log text, in seconds. The store
 # commits every 50 ms (bbx/master/store.py FLUSH_INTERVAL), so polling faster gains nothing.
 FOLLOW_INTERVAL = 0.2
+# How often the "waiting in the queue" line is redrawn on a terminal, in seconds.
+WAITING_INTERVAL = 0.5
 # One page of stored log per call (bbx/master/control.py MAX_LOG_PAGE caps it too).
 LOG_PAGE = 256 * 1024
 
@@ -113,10 +115,36 @@ class BuildSession:
             why = ("its slaves are busy" if attached else "none of its slaves is attached")
             self._note(f"request {self.answer['request_id']} queued (position "
                        f"{self.answer['position']}; {why})")
+            self._show_waiting(reactor, why)
         if self.sigints:
             self._cancel()
         await self.done
         return self.finished
+
+    def _show_waiting(self, reactor, why: str) -> None:
+        """On a terminal, a live line while the request waits: how long, and why."""
+        from twisted.internet import task
+
+        from .sinks import TerminalOutput
+
+        if not isinstance(self.sink, TerminalOutput):
+            return
+        since = reactor.seconds()
+
+        def tick():
+            if self.started is not None or self.done.called:
+                self._waiting.stop()
+                return
+            from rich.text import Text
+
+            from .text import duration
+
+            self.sink.status(Text(f"⏳ waiting in the queue · {duration(reactor.seconds() - since)}"
+                                  f" · {why}", style="dim"))
+
+        self._waiting = task.LoopingCall(tick)
+        self._waiting.clock = reactor
+        self._waiting.start(WAITING_INTERVAL)
 
     def _end(self, *, master_lost: bool = False, left: bool = False) -> None:
         self.master_lost = self.master_lost or master_lost
@@ -150,6 +178,8 @@ class BuildSession:
 
     def build_started(self, info: dict) -> None:
         self.started = info
+        if hasattr(self.sink, "clear_status"):
+            self.sink.clear_status()
         if self.json:
             json_line({"event": "buildStarted", **info})
             return

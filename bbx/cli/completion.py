@@ -28,10 +28,16 @@ ShellArgument = Annotated[str | None, typer.Argument(
 
 def script(shell: str) -> str:
     """The completion script for `shell`, exactly as completions/bbx.SHELL holds it."""
-    from typer._completion_shared import get_completion_script
+    from typer.completion import completion_init
 
-    text = get_completion_script(prog_name=PROG, complete_var=COMPLETE_VAR, shell=shell)
-    return text if text.endswith("\n") else text + "\n"
+    try:
+        from typer._click.shell_completion import get_completion_class
+    except ImportError:  # older typer, on click itself
+        from click.shell_completion import get_completion_class
+    completion_init()
+    # What `_BBX_COMPLETE=source_SHELL bbx` prints: the class's source() and a newline.
+    comp = get_completion_class(shell)(None, {}, PROG, COMPLETE_VAR)
+    return comp.source() + "\n"
 
 
 def _shell(shell: str | None) -> str:

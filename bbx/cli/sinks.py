@@ -136,6 +136,12 @@ class TerminalOutput:
             self._draw_status()
             self._file.flush()
 
+    def clear_status(self) -> None:
+        """Take the status line away (the wait it described is over)."""
+        self._erase_status()
+        self._last_status = None
+        self._file.flush()
+
     def _draw_status(self) -> None:
         width = max(10, self.console.width - 1)
         plain = self._last_status.plain[:width]
