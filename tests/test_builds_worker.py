@@ -43,6 +43,10 @@ def test_a_build_runs_its_steps_and_transfers_on_a_real_buildbot_worker(tmp_path
         assert result.returncode == 1
         assert f"{len(payload)} got.bin" in "".join(e.get("stdout", "") for e in lines)
         assert (farm.dir / "back.bin").read_bytes() == payload
+        # buildbot-worker answers print with None: its clock offset is unknown, not zero.
+        ping = farm.bbx("ping", "w1")
+        assert ping.returncode == 0 and "offset unknown" in ping.stdout
+        assert json.loads(farm.bbx("ping", "w1", "--json").stdout)["slave_offset"] is None
     finally:
         if worker is not None:
             worker.stop()

@@ -94,6 +94,10 @@ class BuildSession:
         self.sigints = 0
         self.wait = True
         self.sink = make_sink(out, err, json)
+        self._ticker = None
+        self._queued_since: float | None = None
+        self._why = ""
+        self._step: tuple | None = None  # (number, name, started) of the running step
 
     async def run(self, perspective, reactor, builder: str, wait: bool):
         import signal
@@ -101,6 +105,7 @@ class BuildSession:
         from twisted.internet import defer
 
         self.wait = wait
+        self.reactor = reactor
         self.perspective = perspective
         self.done = defer.Deferred()
         observer = _observer_class()(self) if wait else None
@@ -116,35 +121,46 @@ class BuildSession:
             self._note(f"request {self.answer['request_id']} queued (position "
                        f"{self.answer['position']}; {why})")
             self._show_waiting(reactor, why)
+        self._show_waiting(reactor, "")
         if self.sigints:
             self._cancel()
         await self.done
         return self.finished
 
     def _show_waiting(self, reactor, why: str) -> None:
-        """On a terminal, a live line while the request waits: how long, and why."""
+        """On a terminal, a live line while the request waits (how long, and why) and then
+        while each step runs (its name, time and output so far: a long transfer or a quiet
+        compile shows that it is alive)."""
         from twisted.internet import task
 
         from .sinks import TerminalOutput
 
-        if not isinstance(self.sink, TerminalOutput):
+        if not isinstance(self.sink, TerminalOutput) or self._ticker is not None:
             return
-        since = reactor.seconds()
+        self._queued_since, self._why = reactor.seconds(), why
+        self._ticker = task.LoopingCall(self._tick, reactor)
+        self._ticker.clock = reactor
+        self._ticker.start(WAITING_INTERVAL)
 
-        def tick():
-            if self.started is not None or self.done.called:
-                self._waiting.stop()
-                return
-            from rich.text import Text
+    def _tick(self, reactor) -> None:
+        from rich.text import Text
 
-            from .text import duration
+        from .text import duration, human_bytes
 
-            self.sink.status(Text(f"⏳ waiting in the queue · {duration(reactor.seconds() - since)}"
-                                  f" · {why}", style="dim"))
-
-        self._waiting = task.LoopingCall(tick)
-        self._waiting.clock = reactor
-        self._waiting.start(WAITING_INTERVAL)
+        if self.done.called:
+            self._ticker.stop()
+            return
+        now = reactor.seconds()
+        if self.started is None and self._queued_since is not None:
+            text = (f"⏳ waiting in the queue · {duration(now - self._queued_since)}"
+                    f" · {self._why}")
+        elif self._step is not None:
+            number, name, since = self._step
+            text = (f"▶ step {number} · {name} · {duration(now - since)}"
+                    f" · {human_bytes(self.sink.nbytes)}")
+        else:
+            return
+        self.sink.status(Text(text, style="dim"))
 
     def _end(self, *, master_lost: bool = False, left: bool = False) -> None:
         self.master_lost = self.master_lost or master_lost
@@ -187,6 +203,7 @@ class BuildSession:
                    f"started on slave {info['slave']}")
 
     def step_started(self, info: dict) -> None:
+        self._step = (info.get("number"), info.get("name"), self.reactor.seconds())
         if self.json:
             json_line({"event": "stepStarted", **info})
             return
@@ -195,6 +212,9 @@ class BuildSession:
         self.sink.section(step_rule(info))
 
     def step_finished(self, info: dict) -> None:
+        self._step = None
+        if hasattr(self.sink, "clear_status"):
+            self.sink.clear_status()
         if self.json:
             json_line({"event": "stepFinished", **info})
             return
