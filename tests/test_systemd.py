@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.buildfarm import Farm, master_toml
-from tests.support import BBX, Proc, wait_until
+from tests.support import BBX, Proc
 
 UNITS = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
 

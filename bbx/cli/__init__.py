@@ -64,7 +64,7 @@ def _root(
 COMMAND_MODULES = {
     "master": "master", "slave": "slave", "completion": "completion",
     "ping": "ops", "info": "ops", "slaves": "ops", "builders": "ops",
-    "run": "run", "build": "builds", "builds": "builds", "log": "builds", "cancel": "builds",
+    "run": "run", "build": "builds", "builds": "history", "log": "history", "cancel": "history",
     "doctor": "doctor",
 
 }

@@ -25,7 +25,7 @@ from zope.interface import implementer
 from bbx.pb import clock
 from bbx.pb.endpoints import KeepaliveClientFactory, client_endpoint, is_unauthorized, remote_type
 
-from .client import _split_endpoint, _unescape
+from .target import _split_endpoint, _unescape
 
 # Round trips measured for the rtt stage (their median is reported).
 RTT_SAMPLES = 5

@@ -14,6 +14,7 @@ from .masks import mask_header
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.style import Style
     from rich.text import Text
 
 

@@ -13,7 +13,6 @@ Heavy imports stay inside functions so that `import bbx.slave.basedir` stays che
 from __future__ import annotations
 
 import os
-import sys
 
 # The URL of /metrics and /healthz while the slave serves them (--http; port 0 included).
 HTTP_NAME = "slave.http"
