@@ -149,3 +149,50 @@ def test_tls_to_a_plain_port_is_a_tls_mismatch(farm):
                      "admin", "--password", PASSWORD, "--timeout", "3", timeout=30)
     assert result.returncode == 3
     assert "✓ tcp" in result.stdout and "✗ tls       " in result.stdout
+
+
+def self_signed(tmp_path):
+    """A throwaway key and certificate for a TLS master (CN bbx-test)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bbx-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    key_path, cert_path = tmp_path / "key.pem", tmp_path / "cert.pem"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path, cert.fingerprint(hashes.SHA256()).hex()
+
+
+def test_a_tls_master_passes_every_stage_and_shows_its_certificate(tmp_path):
+    key, cert, sha256 = self_signed(tmp_path)
+    toml = master_toml(BUILDERS).replace(
+        'listen = "tcp:0:interface=127.0.0.1"',
+        f'listen = "ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1"')
+    farm = Farm(tmp_path / "tls", toml)
+    try:
+        farm.start_master()
+        assert (farm.dir / "master.endpoint").read_text().startswith("ssl:")
+        result = farm.bbx("doctor", "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        found = stages(result)
+        assert found["tls"]["ok"] and found["tls"]["subject"] == "bbx-test"
+        assert found["tls"]["sha256"].replace(":", "").lower() == sha256
+        assert found["login"]["ok"] and found["builders"]["builders"] == ["b"]
+        # The same port without TLS: connected, but the PB stage gets no answer.
+        plain = run_bbx("doctor", "--master", f"127.0.0.1:{farm.port}", "--user", "admin",
+                        "--password", PASSWORD, "--timeout", "2", timeout=30)
+        assert plain.returncode == 3 and "✗ pb" in plain.stdout
+    finally:
+        farm.stop()
