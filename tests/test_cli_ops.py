@@ -401,3 +401,16 @@ def test_run_on_a_terminal_shows_output_and_stderr_in_red(env):
     assert "héllo wörld ✓" in text and "tail without newline" in text
     assert "\x1b[31mwarning: something odd" in text
     assert "exit 3" in text
+
+
+def test_slaves_filters_and_counts(env):
+    up = json.loads(run_bbx("slaves", "--connected", "--json", env=env).stdout)
+    down = json.loads(run_bbx("slaves", "--disconnected", "--json", env=env).stdout)
+    assert [s["name"] for s in up] == ["local"] and [s["name"] for s in down] == ["lonely"]
+    assert json.loads(run_bbx("slaves", "--count", "--json", env=env).stdout) == {
+        "configured": 2, "connected": 1, "disconnected": 1}
+    text = run_bbx("slaves", "--disconnected", env=env).stdout
+    assert "lonely" in text and "local " not in text
+    assert text.strip().endswith("2 configured: 1 connected, 1 disconnected")
+    both = run_bbx("slaves", "--connected", "--disconnected", env=env)
+    assert both.returncode == 2 and "exclude each other" in both.stderr
