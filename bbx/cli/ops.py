@@ -19,6 +19,9 @@ from .output import conn, consoles, plain, print_json
 # How long the master may take per ping: its own deadline for the slave's answer
 # (bbx/master/builder.py PING_TIMEOUT, PROTOCOL.md §2.4) plus a margin for the round trip.
 PING_ANSWER_SLACK = 10.0 + 2.0
+# Past this many rows (or off a terminal) `bbx slaves` prints plain columns: rich needs ~0.6 ms
+# a row to lay out a table (6.5 s of CPU for 10,000 slaves, measured), plain text ~10 µs.
+PLAIN_ABOVE = 1000
 
 
 def register(app: typer.Typer) -> None:
@@ -114,25 +117,36 @@ def slaves(
 
     if connected and disconnected:
         raise UsageError("--connected and --disconnected exclude each other; give one")
-    answer = call(conn(master_dir, master, user, password, timeout),
-                  lambda perspective, reactor: perspective.callRemote("slaves"),
-                  answer_within=timeout, what="the slaves call")
-    total = len(answer)
-    up = sum(1 for s in answer if s.get("connected"))
-    if connected or disconnected:
-        answer = [s for s in answer if bool(s.get("connected")) == connected]
-    summary = {"configured": total, "connected": up, "disconnected": total - up}
+    wanted = True if connected else (False if disconnected else None)
+
+    async def conversation(perspective, reactor):
+        if count:
+            return [], await perspective.callRemote("slaves", None, True)
+        listed = await perspective.callRemote("slaves", wanted)
+        if wanted is None:
+            up = sum(1 for s in listed if s.get("connected"))
+            return listed, {"configured": len(listed), "connected": up,
+                            "disconnected": len(listed) - up}
+        return listed, await perspective.callRemote("slaves", None, True)
+
+    answer, summary = call(conn(master_dir, master, user, password, timeout), conversation,
+                           answer_within=timeout, what="the slaves call")
     if json:
         print_json(summary if count else answer)
         return
-    if count:
-        answer = []
-    from .render import slaves_table
-
-    out = consoles()[0]
     if answer:
-        out.print(slaves_table(answer), highlight=False)
-    plain(f"{total} configured: {up} connected, {total - up} disconnected")
+        out = consoles()[0]
+        if out.is_terminal and len(answer) <= PLAIN_ABOVE:
+            from .render import slaves_table
+
+            out.print(slaves_table(answer), highlight=False)
+        else:
+            from .text import slaves_lines
+
+            for line in slaves_lines(answer):
+                plain(line)
+    plain(f"{summary['configured']} configured: {summary['connected']} connected, "
+          f"{summary['disconnected']} disconnected")
 
 
 def builders(

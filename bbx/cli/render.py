@@ -15,21 +15,10 @@ from rich.text import Text
 
 from .masks import MASK, mask_environ, mask_header, masked_info  # noqa: F401
 from .output import to_json  # noqa: F401  (kept importable from here)
-from .text import duration, human_bytes  # noqa: F401
+from .text import duration, human_bytes, relative_time  # noqa: F401
 
 
 # ---------------------------------------------------------------------------- small formats
-
-
-def relative_time(then: float | None, now: float) -> str:
-    """'12s ago', '3m ago', '5h ago', '2d ago'; '—' for never."""
-    if then is None:
-        return "—"
-    seconds = max(0.0, now - then)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit} ago"
-    return f"{int(seconds)}s ago"
 
 
 # ---------------------------------------------------------------------------- ping

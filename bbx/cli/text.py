@@ -81,3 +81,34 @@ def duration(seconds: float) -> str:
 def run_summary_line(message: str, exit_code: int, elapsed: float, nbytes: int) -> str:
     """render.run_summary as plain text, for a pipe."""
     return f"{message} · {duration(elapsed)} · {human_bytes(nbytes)} · exit {exit_code}"
+
+
+def relative_time(then: float | None, now: float) -> str:
+    """'12s ago', '3m ago', '5h ago', '2d ago'; '—' for never."""
+    if then is None:
+        return "—"
+    seconds = max(0.0, now - then)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
+
+
+def slaves_lines(slaves: list[dict], now: float | None = None) -> list[str]:
+    """`bbx slaves` as plain aligned columns (for pipes and very long lists)."""
+    import time
+
+    now = time.time() if now is None else now
+
+    def ago(then):
+        return "-" if then is None else relative_time(then, now)
+
+    rows = [("name", "connected", "since", "builders", "dialect", "last message")]
+    for s in slaves:
+        up = bool(s.get("connected"))
+        rows.append((str(s.get("name")), "yes" if up else "no",
+                     ago(s.get("connected_since")) if up else "-",
+                     ",".join(s.get("builders") or []) or "-", str(s.get("dialect") or "-"),
+                     ago(s.get("last_message"))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
