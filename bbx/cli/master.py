@@ -74,6 +74,9 @@ def create(
     from bbx.master.config import (CONFIG_NAME, DEFAULT_SLAVE, BuilderConfig, ConfigError,
                                    new_password, safe_builddir, write_config)
 
+    if tls and listen.split(":", 1)[0].lower() == "ssl":
+        raise UsageError("--listen is already an ssl: string with its own certificate; drop --tls, "
+                         "or give a tcp: --listen for --tls to turn into ssl:")
     _check_listen(listen)
     if tls_name and not tls:
         raise UsageError("--tls-name names hosts for the --tls certificate; add --tls")
@@ -125,9 +128,6 @@ def _make_certificate(directory: Path, listen: str, extra_names: list[str], forc
     from bbx.master import tlscert
     from bbx.pb.tls import resolve_files
 
-    if listen.split(":", 1)[0].lower() == "ssl":
-        raise UsageError("--listen is already an ssl: string with its own certificate; drop --tls, "
-                         "or give a tcp: --listen for --tls to turn into ssl:")
     try:
         names = tlscert.names_for(listen, extra_names)
         tls_listen = tlscert.tls_listen(listen)
