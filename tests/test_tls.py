@@ -424,10 +424,12 @@ def test_a_slave_created_from_what_master_create_tls_printed_attaches(tmp_path, 
 
 # -- a real buildbot-worker 4.3 -----------------------------------------------------------------
 
-def _worker(tmp_path: Path, port: int, connection: str) -> Path:
+def _worker(tmp_path: Path, port: int, connection: str | None) -> Path:
+    """A buildbot-worker basedir: with a connection string, else `--use-tls` host:port."""
     basedir = tmp_path / "w1"
-    subprocess.run([WORKER, "create-worker", "-q", "--connection-string", connection, str(basedir),
-                    f"127.0.0.1:{port}", "s1", "pw-s1"], check=True, timeout=60, capture_output=True)
+    how = ["--connection-string", connection] if connection else ["--use-tls"]
+    subprocess.run([WORKER, "create-worker", "-q", *how, str(basedir), f"127.0.0.1:{port}", "s1",
+                    "pw-s1"], check=True, timeout=60, capture_output=True)
     return basedir
 
 
@@ -435,16 +437,23 @@ def _stop_worker(basedir: Path) -> None:
     subprocess.run([WORKER, "stop", str(basedir)], capture_output=True, timeout=30)
 
 
-def test_a_real_buildbot_worker_attaches_to_a_tls_master_through_trust_roots(tmp_path, cleanup):
+@pytest.mark.parametrize("how", ["trustRoots=", "--use-tls and SSL_CERT_FILE"])
+def test_a_real_buildbot_worker_attaches_to_a_bbx_tls_master(tmp_path, cleanup, how):
     master = TlsMaster(tmp_path / "m", create_args=["--tls"])
     cleanup.append(master)
     roots = tmp_path / "roots"
     roots.mkdir()
     shutil.copy(master.dir / "master.crt", roots / "master.pem")
-    basedir = _worker(tmp_path, master.port, f"tls:host=127.0.0.1:port={master.port}:trustRoots={roots}")
+    env = dict(os.environ)
+    if how == "trustRoots=":
+        connection = f"tls:host=127.0.0.1:port={master.port}:trustRoots={roots}"
+    else:  # --use-tls trusts the system's CAs; OpenSSL reads them from SSL_CERT_FILE if set
+        connection = None
+        env["SSL_CERT_FILE"] = str(roots / "master.pem")
+    basedir = _worker(tmp_path, master.port, connection)
     try:
         started = subprocess.run([WORKER, "start", str(basedir)], capture_output=True, text=True,
-                                 timeout=60)
+                                 timeout=60, env=env)
         assert started.returncode == 0, started.stdout + (basedir / "twistd.log").read_text()
         wait_until(lambda: "slave s1 attached" in master.log(), 20, what="the worker attached")
     finally:
@@ -495,3 +504,11 @@ def test_an_ssl_string_with_nothing_to_check_against_is_refused():
         tls.check("ssl:host=h:port=1", None)
     with pytest.raises(ValueError, match="has no valid port"):
         tls.check("tls:host=h", None)
+
+
+def test_slave_status_names_a_refused_certificate():
+    from bbx.cli.slave import last_connection_state
+
+    line = ("2026-12-01 10:00:00.000 refused the master at tls:host=h:port=1: the master's "
+            "certificate has expired; renew it; retrying in 0.5 s (attempt 1, at most 1 s)")
+    assert last_connection_state(line)[0] == "refused the master's TLS certificate"

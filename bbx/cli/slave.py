@@ -281,6 +281,7 @@ _STATE_MARKERS = (
     (ATTACHED_LINE, "attached"),
     ("attached to the master", "attached"),
     ("unauthorized", "refused: wrong name or password"),
+    ("refused the master at", "refused the master's TLS certificate"),
     ("cannot connect to", "cannot connect"),
     ("login to", "login failed"),
     ("lost the connection", "disconnected"),
