@@ -332,8 +332,8 @@ def name_problem(cert, name: str) -> str | None:
     except (VerificationError, CertificateError):
         if not names:
             return (f"has no subjectAltName ({subject}), so it is valid for no host name; reissue "
-                    f"it with {name} in its subjectAltName (bbx master create --tls --tls-name "
-                    f"{name} does), or pin it with --fingerprint")
+                    f"it with {name} in its subjectAltName (bbx master create --tls writes one, "
+                    f"--tls-name adds names), or pin it with --fingerprint")
         return (f"is for {', '.join(names)}, not {name}; connect to one of those names, or "
                 f"reissue the certificate with {name} in its subjectAltName")
     except Exception as e:  # a malformed certificate: refuse it, never let it through
