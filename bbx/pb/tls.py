@@ -40,8 +40,24 @@ FINGERPRINT_FIX = ("give the 64 hex digits printed by `bbx master create --tls` 
                    "`openssl x509 -noout -fingerprint -sha256 -in CERT` (colons optional)")
 
 
+@dataclass(frozen=True)
+class Problem:
+    """Why a certificate was refused: what is wrong with it, the likely cause, and the fix."""
+
+    what: str  # completes "the master's certificate ..."
+    cause: str
+    fix: str
+
+
 class TlsVerifyError(Exception):
-    """The master's certificate was refused; str() is one line: what did not match, and the fix."""
+    """The master's certificate was refused; str() is one line: what did not match, and the fix.
+
+    `problem` (a Problem) holds the parts, for `bbx doctor`.
+    """
+
+    def __init__(self, problem: Problem):
+        super().__init__(f"the master's certificate {problem.what}; {problem.fix}")
+        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -316,7 +332,7 @@ def is_ip(name: str) -> bool:
     return True
 
 
-def name_problem(cert, name: str) -> str | None:
+def name_problem(cert, name: str) -> Problem | None:
     """Why `cert` is not valid for host `name` (None when it is), checked by service_identity."""
     from service_identity import CertificateError, VerificationError
     from service_identity.cryptography import (verify_certificate_hostname,
@@ -331,11 +347,17 @@ def name_problem(cert, name: str) -> str | None:
             verify_certificate_hostname(cert, name)
     except (VerificationError, CertificateError):
         if not names:
-            return (f"has no subjectAltName ({subject}), so it is valid for no host name; reissue "
-                    f"it with {name} in its subjectAltName (bbx master create --tls writes one, "
-                    f"--tls-name adds names), or pin it with --fingerprint")
-        return (f"is for {', '.join(names)}, not {name}; connect to one of those names, or "
-                f"reissue the certificate with {name} in its subjectAltName")
+            return Problem(
+                f"has no subjectAltName ({subject}), so it is valid for no host name",
+                "a certificate made the old way, naming its host only in the common name, which "
+                "is not used for checks",
+                f"reissue it with {name} in its subjectAltName (bbx master create --tls writes "
+                "one, --tls-name adds names), or pin it with --fingerprint")
+        return Problem(f"is for {', '.join(names)}, not {name}",
+                       "the slave dials a name or address the certificate does not list",
+                       f"connect to one of those names, or reissue the certificate with {name} "
+                       "in its subjectAltName")
     except Exception as e:  # a malformed certificate: refuse it, never let it through
-        return f"could not be checked for {name} ({type(e).__name__}: {e}); reissue it"
+        return Problem(f"could not be checked for {name} ({type(e).__name__}: {e})",
+                       "a malformed certificate", "reissue it")
     return None

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import tls
-from .tls import TlsTrust, TlsVerifyError
+from .tls import Problem, TlsTrust, TlsVerifyError
 
 log = Logger(namespace="bbx.tls")
 
@@ -35,16 +35,18 @@ _VERIFY_ERRORS = {
 }
 
 
-def _chain_problem(code: int, depth: int, subject: str) -> str:
+def _chain_problem(code: int, depth: int, subject: str) -> Problem:
     what = _VERIFY_ERRORS.get(code, f"failed OpenSSL's check (X509 error {code})")
     where = "" if depth == 0 else f" (its CA {subject} at depth {depth})"
     if code in (9, 10):
-        fix = "renew it, or check this machine's clock"
-    elif code in (2, 18, 19, 20, 21):
-        fix = "give the CA that signed it with --ca FILE, or pin it with --fingerprint SHA256"
-    else:
-        fix = "reissue the certificate, or pin it with --fingerprint SHA256"
-    return f"{what}{where}; {fix}"
+        return Problem(what + where, "the certificate's dates, or a wrong clock on one of the hosts",
+                       "renew it, or check this machine's clock")
+    if code in (2, 18, 19, 20, 21):
+        return Problem(what + where, "a private or self-signed certificate, and this side was not "
+                       "given its CA (or a different CA signed it: possibly an interception)",
+                       "give the CA that signed it with --ca FILE, or pin it with --fingerprint SHA256")
+    return Problem(what + where, "a certificate not made for a TLS server",
+                   "reissue the certificate, or pin it with --fingerprint SHA256")
 
 
 class _Check:
@@ -60,20 +62,20 @@ class _Check:
         try:
             problem = self._judge(x509, code, depth, bool(ok))
         except Exception as e:  # checking must never fail open
-            problem = f"could not be checked ({type(e).__name__}: {e})"
+            problem = Problem(f"could not be checked ({type(e).__name__}: {e})",
+                              "a malformed certificate", "reissue it")
         if problem is None:
             return True
         if not self.failed:
             self.failed = True
-            self.protocol.failVerification(Failure(TlsVerifyError(
-                f"the master's certificate {problem}")))
+            self.protocol.failVerification(Failure(TlsVerifyError(problem)))
         self.protocol = None
         return False
 
-    def _judge(self, x509, code: int, depth: int, ok: bool) -> str | None:
+    def _judge(self, x509, code: int, depth: int, ok: bool) -> Problem | None:
         creator = self.creator
         if creator.mode == "insecure":
-            if depth == 0 and not self.warned:
+            if depth == 0 and not self.warned and not creator.quiet:
                 self.warned = True
                 log.warn("not checking the TLS certificate of {host} (insecure); its SHA-256 "
                          "fingerprint is {fp}: pin it with --fingerprint", host=creator.target.host,
@@ -85,9 +87,11 @@ class _Check:
             seen = tls.fingerprint(x509.to_cryptography())
             if seen == creator.pin:
                 return None
-            return (f"has SHA-256 fingerprint {seen}, not the pinned {creator.pin}; if the master's "
-                    "certificate was replaced on purpose, pin the new one, otherwise something is "
-                    "intercepting the connection")
+            return Problem(f"has SHA-256 fingerprint {seen}, not the pinned {creator.pin}",
+                           "the master's certificate was replaced, or something between here and "
+                           "the master is intercepting the connection",
+                           "if the master's certificate was replaced on purpose, pin the new one, "
+                           "otherwise something is intercepting the connection")
         if not ok:
             subject = x509.to_cryptography().subject.rfc4514_string()
             return _chain_problem(code, depth, subject)
@@ -100,9 +104,10 @@ class _Check:
 class _Checker:
     """Makes the OpenSSL connection for each handshake, with bbx's verify callback."""
 
-    def __init__(self, target: tls.TlsTarget, mode: str, trust: TlsTrust):
+    def __init__(self, target: tls.TlsTarget, mode: str, trust: TlsTrust, quiet: bool = False):
         self.target = target
         self.mode = mode
+        self.quiet = quiet
         self.pin = tls.normalize_fingerprint(trust.fingerprint) if mode == "pin" else None
         context = SSL.Context(SSL.TLS_CLIENT_METHOD)
         # TLS 1.2 is the oldest version without known protocol breaks (RFC 8996 retired 1.0/1.1).
@@ -129,11 +134,11 @@ class _Checker:
         return connection
 
 
-def tls_endpoint(reactor, description: str, trust: TlsTrust | None):
+def tls_endpoint(reactor, description: str, trust: TlsTrust | None, *, quiet: bool = False):
     """A client endpoint for a `tls:` / `ssl:` string that checks the master as `trust` says.
 
     ValueError (one line, with the fix) for a string or trust that would not check anything,
-    or that cannot be read.
+    or that cannot be read. `quiet`: no warning for an insecure connection (a probe's).
     """
     trust = trust or TlsTrust()
     mode = tls.check(description, trust)
@@ -141,4 +146,4 @@ def tls_endpoint(reactor, description: str, trust: TlsTrust | None):
     bind = (target.bind_address, 0) if target.bind_address else None
     inner = HostnameEndpoint(reactor, target.host, target.port, timeout=target.timeout,
                              bindAddress=bind)
-    return wrapClientTLS(_Checker(target, mode, trust), inner)
+    return wrapClientTLS(_Checker(target, mode, trust, quiet), inner)
