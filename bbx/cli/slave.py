@@ -36,6 +36,10 @@ Two forms:
 MASTER is host[:port] or \\[v6addr][:port] (port 9989 by default); ENDPOINT is any Twisted
 client endpoint string, e.g. tcp:host=ci.example.org:port=9989. Writes DIR/slave.toml
 (mode 0600), DIR/info/admin and DIR/info/host.
+
+TLS: --use-tls checks the master's certificate against the system's CAs; --ca FILE against
+your CA; --fingerprint SHA256 pins the master's own certificate (as printed by
+`bbx master create --tls`). A failed check means no connection, and a retry.
 """
 
 
