@@ -396,12 +396,12 @@ def test_the_cli_checks_the_master_pinning_its_own_certificate_in_the_masters_di
     assert ok.returncode == 0, ok.stderr
 
     untrusted = run_bbx(*remote, "--master", f"tls:host=127.0.0.1:port={master.port}")
-    assert untrusted.returncode == 5 and untrusted.stderr.count("\n") == 1
+    assert untrusted.returncode == 6 and untrusted.stderr.count("\n") == 1
     assert "self-signed and not among the trusted CAs" in untrusted.stderr
     wrong = run_bbx(*remote, "--master", f"127.0.0.1:{master.port}", "--fingerprint", "AB" * 32)
-    assert wrong.returncode == 5 and f"has SHA-256 fingerprint {pin}" in wrong.stderr
+    assert wrong.returncode == 6 and f"has SHA-256 fingerprint {pin}" in wrong.stderr
     other_ca = run_bbx(*remote, "--master", f"127.0.0.1:{master.port}", "--ca", ca.cert_path)
-    assert other_ca.returncode == 5 and "not among the trusted CAs" in other_ca.stderr
+    assert other_ca.returncode == 6 and "not among the trusted CAs" in other_ca.stderr
 
     plain_ssl = run_bbx(*remote, "--master", f"ssl:host=127.0.0.1:port={master.port}")
     assert plain_ssl.returncode == 2 and "--insecure" in plain_ssl.stderr

@@ -42,7 +42,7 @@ class Refused(BbxError):
 class Untrusted(BbxError):
     """The master's TLS certificate did not pass the check (wrong CA, name or fingerprint)."""
 
-    exit_code = 5
+    exit_code = 6
 
 
 def from_failure(failure) -> BbxError:
