@@ -512,3 +512,41 @@ def test_slave_status_names_a_refused_certificate():
     line = ("2026-12-01 10:00:00.000 refused the master at tls:host=h:port=1: the master's "
             "certificate has expired; renew it; retrying in 0.5 s (attempt 1, at most 1 s)")
     assert last_connection_state(line)[0] == "refused the master's TLS certificate"
+
+
+PROBE = """
+import json, sys
+from twisted.internet import defer, task
+from bbx.pb import tls, tlsprobe
+
+async def main(reactor, endpoint, ca, pin):
+    trust = tls.TlsTrust(ca=ca or None, fingerprint=pin or None)
+    found = await tlsprobe.inspect(reactor, endpoint, trust, 10)
+    print(json.dumps({"mode": found.mode, "certificate": found.certificate,
+                      "problem": found.problem and found.problem.__dict__}))
+
+task.react(lambda reactor, *a: defer.ensureDeferred(main(reactor, *a)), sys.argv[1:])
+"""
+
+
+def _probe(endpoint: str, ca: str = "", pin: str = "") -> dict:
+    out = subprocess.run([str(Path(BBX).parent / "python"), "-c", PROBE, endpoint, ca, pin],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_the_probe_shows_the_certificate_and_the_verdict_a_slave_would_give(tmp_path, ca, cleanup):
+    issued = ca.issue("other", names=("other.example",))
+    master = TlsMaster(tmp_path / "m", issued.key_path, issued.cert_path)
+    cleanup.append(master)
+    endpoint = f"tls:host=127.0.0.1:port={master.port}"
+    mismatch = _probe(endpoint, ca=str(ca.cert_path))
+    assert mismatch["mode"] == "ca"
+    assert mismatch["certificate"]["san"] == ["DNS:other.example"]
+    assert mismatch["certificate"]["fingerprint"] == issued.fingerprint
+    assert mismatch["certificate"]["not_after"].endswith("UTC")
+    assert mismatch["problem"]["what"] == "is for DNS:other.example, not 127.0.0.1"
+    assert "does not list" in mismatch["problem"]["cause"]
+    pinned = _probe(endpoint, pin=issued.fingerprint)
+    assert pinned["mode"] == "pin" and pinned["problem"] is None
