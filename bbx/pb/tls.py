@@ -197,12 +197,14 @@ def check(description: str, trust: TlsTrust | None) -> str:
     if kind_of(description) not in TLS_KINDS:
         if trust.given:
             raise ValueError(f"--ca, --fingerprint and --insecure are for TLS connections, and "
-                             f"{description!r} is not one; use a tls: endpoint (or bbx slave create --use-tls)")
+                             f"{description!r} is not one; use a tls: endpoint (or bbx slave "
+                             "create --use-tls)")
         return "plain"
     target = parse_target(description)
-    if target.ca_dir and (trust.ca or trust.fingerprint or trust.insecure):
-        raise ValueError(f"{description!r} names its CAs ({'trustRoots' if target.kind == 'tls' else 'caCertsDir'}=); "
-                         "drop that option or --ca/--fingerprint/--insecure")
+    if target.ca_dir and trust.given:
+        option = "trustRoots" if target.kind == "tls" else "caCertsDir"
+        raise ValueError(f"{description!r} names its CAs ({option}=); drop that option or "
+                         "--ca/--fingerprint/--insecure")
     if trust.insecure:
         return "insecure"
     if trust.fingerprint:
