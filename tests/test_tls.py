@@ -191,6 +191,20 @@ def test_a_ca_signed_certificate_without_subjectaltname_is_refused_and_the_slave
     assert "reissue it with 127.0.0.1 in its subjectAltName" in line
 
 
+def test_checkconfig_warns_of_a_certificate_slaves_will_refuse(tmp_path, ca):
+    made = run_bbx("master", "create", tmp_path / "m")
+    assert made.returncode == 0, made.stderr
+    issued = ca.issue("nosan", names=(), cn="other", expired=True)
+    path = tmp_path / "m" / "master.toml"
+    listen = f"ssl:9989:interface=127.0.0.1:privateKey={issued.key_path}:certKey={issued.cert_path}"
+    path.write_text(re.sub(r'^listen = ".*"$', f'listen = "{listen}"', path.read_text(), flags=re.M))
+    checked = run_bbx("master", "checkconfig", tmp_path / "m")
+    assert checked.returncode == 0, checked.stderr
+    assert "for no host (no subjectAltName)" in checked.stdout
+    assert "warning: without a subjectAltName" in checked.stdout
+    assert "warning: the certificate has expired" in checked.stdout
+
+
 def test_a_certificate_for_another_host_name_is_refused(tmp_path, ca, cleanup):
     issued = ca.issue("other", names=("other.example", "10.9.9.9"))
     master = TlsMaster(tmp_path / "m", issued.key_path, issued.cert_path)

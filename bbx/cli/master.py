@@ -194,8 +194,16 @@ def _print_certificate(listen: str) -> None:
     except ValueError as e:
         print(f"  tls: {e}")
         return
-    print(f"  tls: certificate {path}: {about['subject']}, for {', '.join(about['san']) or 'no host (no subjectAltName)'}")
+    names = ", ".join(about["san"]) or "no host (no subjectAltName)"
+    print(f"  tls: certificate {path}: {about['subject']}, for {names}")
     print(f"       expires {about['not_after']}; SHA-256 fingerprint {about['fingerprint']}")
+    if not about["san"]:
+        print("  warning: without a subjectAltName, slaves that check the host name (--ca, "
+              "--use-tls) refuse this certificate; reissue it (bbx master create --tls) or have "
+              "them pin it (--fingerprint)")
+    if about["expired"]:
+        print("  warning: the certificate has expired; slaves that check it (--ca, --use-tls) "
+              "refuse it until it is renewed")
 
 
 def _refuse_if_running(directory: Path) -> None:

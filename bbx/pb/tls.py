@@ -314,7 +314,10 @@ def subject_alt_names(cert) -> list[str]:
 
 
 def describe(cert) -> dict:
-    """What an operator wants to know about a certificate, as plain strings."""
+    """What an operator wants to know about a certificate, as plain strings and flags."""
+    import datetime
+
+    now = datetime.datetime.now(datetime.timezone.utc)
     return {
         "subject": cert.subject.rfc4514_string() or "(empty)",
         "issuer": cert.issuer.rfc4514_string() or "(empty)",
@@ -323,6 +326,7 @@ def describe(cert) -> dict:
         "not_after": cert.not_valid_after_utc.strftime("%Y-%m-%d %H:%M:%S UTC"),
         "fingerprint": fingerprint(cert),
         "self_signed": cert.issuer == cert.subject,
+        "expired": cert.not_valid_after_utc < now,
     }
 
 
