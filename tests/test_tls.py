@@ -537,7 +537,8 @@ async def main(reactor, endpoint, ca, pin):
     trust = tls.TlsTrust(ca=ca or None, fingerprint=pin or None)
     found = await tlsprobe.inspect(reactor, endpoint, trust, 10)
     print(json.dumps({"mode": found.mode, "certificate": found.certificate,
-                      "problem": found.problem and found.problem.__dict__}))
+                      "problem": found.problem and found.problem.__dict__,
+                      "summary": tlsprobe.summary(found)}))
 
 task.react(lambda reactor, *a: defer.ensureDeferred(main(reactor, *a)), sys.argv[1:])
 """
@@ -562,5 +563,9 @@ def test_the_probe_shows_the_certificate_and_the_verdict_a_slave_would_give(tmp_
     assert mismatch["certificate"]["not_after"].endswith("UTC")
     assert mismatch["problem"]["what"] == "is for DNS:other.example, not 127.0.0.1"
     assert "does not list" in mismatch["problem"]["cause"]
+    ok, detail, cause, fix = mismatch["summary"]
+    assert not ok and detail.startswith("the master's certificate is for DNS:other.example")
+    assert f"SHA-256 {issued.fingerprint}" in detail and cause and "reissue" in fix
     pinned = _probe(endpoint, pin=issued.fingerprint)
     assert pinned["mode"] == "pin" and pinned["problem"] is None
+    assert pinned["summary"][0] and pinned["summary"][1].endswith("checked by the pinned fingerprint")

@@ -79,3 +79,22 @@ async def inspect(reactor, description: str, trust: TlsTrust | None, timeout: fl
         return Inspection(mode, about, e.problem)
     transport.loseConnection()
     return Inspection(mode, about, None)
+
+
+_CHECKED_BY = {"pin": "the pinned fingerprint", "ca": "the given CA", "system": "the system's CAs",
+               "insecure": "nothing (insecure)"}
+
+
+def summary(found: Inspection) -> tuple[bool, str, str, str]:
+    """(ok, detail, likely cause, fix) of an inspection, in the words of a doctor stage."""
+    cert = found.certificate
+    if cert is None:
+        shown = "no certificate seen"
+    else:
+        names = ", ".join(cert["san"]) or "no subjectAltName"
+        shown = (f"certificate {cert['subject']} for {names}, expires {cert['not_after']}, "
+                 f"SHA-256 {cert['fingerprint']}")
+    if found.problem is None:
+        return True, f"{shown}; checked by {_CHECKED_BY[found.mode]}", "", ""
+    return (False, f"the master's certificate {found.problem.what} ({shown})", found.problem.cause,
+            found.problem.fix)
