@@ -31,6 +31,7 @@ def test_each_code_has_its_class():
     assert errors.Unreachable("x").exit_code == errors.EXIT_UNREACHABLE == 3
     assert errors.Refused("x").exit_code == errors.EXIT_REFUSED == 4
     assert errors.NotFound("x").exit_code == errors.EXIT_NOT_FOUND == 5
+    assert errors.Untrusted("x").exit_code == errors.EXIT_UNTRUSTED == 6
     assert errors.Interrupted().exit_code == errors.EXIT_INTERRUPTED == 130
     assert errors.control_exit_code("bbx.pb.control.UnknownBuilder") == 5
     assert errors.control_exit_code("bbx.pb.control.NoSteps") == 2

@@ -61,13 +61,30 @@ def closed_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("argv", [["ping", "b"], ["run", "b", "--", "true"], ["slaves", "--json"]])
+@pytest.mark.parametrize("argv", [["ping", "b"], ["run", "b", "--", "true"], ["slaves", "--json"],
+                                  ["doctor"]])
 def test_operator_commands_on_tcp_load_no_tls_no_pydantic_no_role(argv, closed_port):
     env = {"BBX_MASTER": f"tcp:host=127.0.0.1:port={closed_port}", "BBX_USER": "u",
            "BBX_PASSWORD": "p", "PATH": "/usr/bin:/bin"}
     modules = modules_after(argv, env)
     assert "twisted.internet.reactor" in modules  # it did try to connect
+    assert "bbx.pb.tls" in modules  # the TLS rules ran (and said: plain) without OpenSSL
     assert loaded(modules, NEVER_FOR_TCP + ROLES) == []
+
+
+def test_an_operator_command_on_unix_loads_no_tls(tmp_path):
+    env = {"BBX_MASTER": f"unix:path={tmp_path / 'no-master.sock'}", "BBX_USER": "u",
+           "BBX_PASSWORD": "p", "PATH": "/usr/bin:/bin"}
+    modules = modules_after(["builders", "--json"], env)
+    assert "twisted.internet.reactor" in modules
+    assert loaded(modules, NEVER_FOR_TCP + ROLES) == []
+
+
+def test_a_tls_master_gets_twisteds_tls_and_the_certificate_checker(closed_port):
+    env = {"BBX_MASTER": f"tls:host=127.0.0.1:port={closed_port}", "BBX_USER": "u",
+           "BBX_PASSWORD": "p", "BBX_INSECURE": "1", "PATH": "/usr/bin:/bin"}
+    modules = modules_after(["ping", "b"], env)
+    assert {"OpenSSL", "bbx.pb.tlsclient"} <= modules
 
 
 def test_ping_and_json_output_load_no_rich(closed_port):

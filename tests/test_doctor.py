@@ -11,6 +11,7 @@ import pytest
 
 from tests.buildfarm import PASSWORD, Farm, master_toml
 from tests.support import run_bbx
+from tests.tlsca import CertAuthority, self_signed
 
 BUILDERS = '''
 [[builders]]
@@ -145,54 +146,98 @@ def test_a_port_that_never_speaks_pb_fails_at_pb_within_the_deadline(silent_port
 
 
 def test_tls_to_a_plain_port_is_a_tls_mismatch(farm):
-    result = run_bbx("doctor", "--master", f"ssl:host=127.0.0.1:port={farm.port}", "--user",
+    result = run_bbx("doctor", "--master", f"tls:host=127.0.0.1:port={farm.port}", "--user",
                      "admin", "--password", PASSWORD, "--timeout", "3", timeout=30)
     assert result.returncode == 3
     assert "✓ tcp" in result.stdout and "✗ tls       " in result.stdout
 
 
-def self_signed(tmp_path):
-    """A throwaway key and certificate for a TLS master (CN bbx-test)."""
-    import datetime
+def test_an_ssl_endpoint_with_nothing_to_check_it_is_one_usage_line(farm):
+    result = run_bbx("doctor", "--master", f"ssl:host=127.0.0.1:port={farm.port}", "--user",
+                     "admin", "--password", PASSWORD)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "would not check the master's certificate at all" in result.stderr
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bbx-test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    key_path, cert_path = tmp_path / "key.pem", tmp_path / "cert.pem"
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path, cert.fingerprint(hashes.SHA256()).hex()
+def tls_farm(tmp_path, issued) -> Farm:
+    """A running master that serves `issued` (a tests.tlsca.Issued key and certificate)."""
+    toml = master_toml(BUILDERS).replace(
+        'listen = "tcp:0:interface=127.0.0.1"',
+        f'listen = "ssl:0:privateKey={issued.key_path}:certKey={issued.cert_path}:interface=127.0.0.1"')
+    farm = Farm(tmp_path / "tls", toml)
+    farm.start_master()
+    return farm
 
 
 def test_a_tls_master_passes_every_stage_and_shows_its_certificate(tmp_path):
-    key, cert, sha256 = self_signed(tmp_path)
-    toml = master_toml(BUILDERS).replace(
-        'listen = "tcp:0:interface=127.0.0.1"',
-        f'listen = "ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1"')
-    farm = Farm(tmp_path / "tls", toml)
+    issued = self_signed(tmp_path / "cert", "master", names=("127.0.0.1",), cn="bbx-test")
+    farm = tls_farm(tmp_path, issued)
     try:
-        farm.start_master()
-        assert (farm.dir / "master.endpoint").read_text().startswith("ssl:")
+        assert (farm.dir / "master.endpoint").read_text().startswith("tls:")
+        # In the master's directory doctor pins the certificate master.toml serves.
         result = farm.bbx("doctor", "--json")
         assert result.returncode == 0, result.stdout + result.stderr
         found = stages(result)
-        assert found["tls"]["ok"] and found["tls"]["subject"] == "bbx-test"
-        assert found["tls"]["sha256"].replace(":", "").lower() == sha256
+        assert found["tls"]["ok"] and found["tls"]["mode"] == "pin"
+        assert found["tls"]["certificate"]["subject"] == "CN=bbx-test"
+        assert found["tls"]["certificate"]["fingerprint"] == issued.fingerprint
+        assert found["tls"]["detail"].endswith("checked by the pinned fingerprint")
         assert found["login"]["ok"] and found["builders"]["builders"] == ["b"]
         # The same port without TLS: connected, but the PB stage gets no answer.
         plain = run_bbx("doctor", "--master", f"127.0.0.1:{farm.port}", "--user", "admin",
                         "--password", PASSWORD, "--timeout", "2", timeout=30)
         assert plain.returncode == 3 and "✗ pb" in plain.stdout
+    finally:
+        farm.stop()
+
+
+def test_a_tls_mismatch_fails_the_tls_stage_with_exit_6_saying_what_did_not_match(tmp_path):
+    ca = CertAuthority(tmp_path / "ca")
+    issued = ca.issue("other", names=("other.example",))
+    farm = tls_farm(tmp_path, issued)
+    remote = ["doctor", "--user", "admin", "--password", PASSWORD, "--timeout", "5"]
+    endpoint = f"tls:host=127.0.0.1:port={farm.port}"
+    try:
+        # The right CA, but the certificate is for another host name than the one dialled.
+        named = run_bbx(*remote, "--master", endpoint, "--ca", ca.cert_path, cwd=tmp_path)
+        assert named.returncode == 6, named.stdout + named.stderr
+        out = named.stdout
+        assert "✓ tcp" in out
+        assert re.search(r"^✗ tls +the master's certificate is for DNS:other.example, not "
+                         r"127.0.0.1 \(certificate CN=bbx test master", out, re.M), out
+        assert f"SHA-256 {issued.fingerprint}" in out
+        assert "    cause: the slave dials a name or address the certificate does not list" in out
+        assert "    fix:   connect to one of those names" in out
+        assert "✓ pb" not in out and "login" not in out  # nothing after the tls stage
+        assert named.stderr.startswith("bbx: doctor: tls failed: the master's certificate is for")
+
+        # A pin of some other certificate.
+        stranger = self_signed(tmp_path / "stranger", "stranger")
+        pinned = run_bbx(*remote, "--master", endpoint, "--fingerprint", stranger.fingerprint,
+                         "--json", cwd=tmp_path)
+        assert pinned.returncode == 6, pinned.stdout + pinned.stderr
+        answer = json.loads(pinned.stdout)
+        assert answer["exit"] == 6 and not answer["ok"]
+        tls_stage = stages(pinned)["tls"]
+        assert tls_stage["mode"] == "pin" and not tls_stage["ok"]
+        assert tls_stage["detail"].startswith(f"the master's certificate has SHA-256 fingerprint "
+                                              f"{issued.fingerprint}, not the pinned "
+                                              f"{stranger.fingerprint}")
+        assert "intercepting" in tls_stage["cause"] and tls_stage["fix"]
+        assert tls_stage["certificate"]["san"] == ["DNS:other.example"]
+
+        # A slave directory pinned to the wrong certificate: doctor checks it as that slave would.
+        sd = tmp_path / "sd"
+        made = run_bbx("slave", "create", sd, f"127.0.0.1:{farm.port}", "s1", "pw-s1",
+                       "--fingerprint", stranger.fingerprint)
+        assert made.returncode == 0, made.stderr
+        as_slave = run_bbx("doctor", sd, "--timeout", "5", cwd=tmp_path)
+        assert as_slave.returncode == 6 and "not the pinned" in as_slave.stdout
+
+        # The right pin passes the tls stage and every later one connects with it.
+        right = run_bbx(*remote, "--master", endpoint, "--fingerprint", issued.fingerprint,
+                        cwd=tmp_path)
+        assert right.returncode == 0, right.stdout + right.stderr
+        assert "checked by the pinned fingerprint" in right.stdout and "✓ login" in right.stdout
     finally:
         farm.stop()

@@ -10,7 +10,8 @@ from typing import Annotated
 
 import typer
 
-from .client import MasterDirOption, MasterOption, PasswordOption, TimeoutOption, UserOption
+from .client import (CaOption, FingerprintOption, InsecureOption, MasterDirOption, MasterOption,
+                     PasswordOption, TimeoutOption, UserOption)
 from .output import conn, consoles, json_line, print_json
 
 # Exit codes of `bbx build`.
@@ -53,13 +54,14 @@ def build(
         "--show-secrets", help="Do not mask secret-looking NAME=value lines of headers.")] = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None, timeout: TimeoutOption = 10.0,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """Queue a build (the operator-facing help is BUILD_HELP)."""
     from .client import call
 
     out, err = consoles()
     session = BuildSession(out, err, json=json, show_secrets=show_secrets)
-    call(conn(master_dir, master, user, password, timeout),
+    call(conn(master_dir, master, user, password, timeout, ca, fingerprint, insecure),
          lambda perspective, reactor: session.run(perspective, reactor, builder, not no_wait))
     raise typer.Exit(session.report())
 

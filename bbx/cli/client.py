@@ -42,6 +42,22 @@ PasswordOption = Annotated[
     typer.Option("--password", envvar="BBX_PASSWORD", rich_help_panel=_CONN_PANEL,
                  help="Control user password."),
 ]
+CaOption = Annotated[
+    Path | None,
+    typer.Option("--ca", envvar="BBX_CA", dir_okay=False, rich_help_panel=_CONN_PANEL,
+                 help="TLS: trust the master's certificate if this PEM CA file signed it."),
+]
+FingerprintOption = Annotated[
+    str | None,
+    typer.Option("--fingerprint", envvar="BBX_FINGERPRINT", rich_help_panel=_CONN_PANEL,
+                 help="TLS: trust only the master certificate with this SHA-256 fingerprint "
+                 "(default in the master's directory: its own certificate's)."),
+]
+InsecureOption = Annotated[
+    bool,
+    typer.Option("--insecure", envvar="BBX_INSECURE", rich_help_panel=_CONN_PANEL,
+                 help="TLS: do not check the master's certificate at all."),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print plain JSON instead of tables.")]
 TimeoutOption = Annotated[float, typer.Option(
     "--timeout", envvar="BBX_TIMEOUT", min=0.1, rich_help_panel=_CONN_PANEL,
@@ -108,9 +124,13 @@ def run_reactor(main: Callable[[Any], Any]):
         defer.maybeDeferred(main, reactor).addCallback(
             lambda r: defer.ensureDeferred(r) if _is_coroutine(r) else r).addBoth(finished)
 
+    # Stopped before `main` finished means interrupted, even if `main` then fails because the
+    # shutdown closed its connection.
+    stopped_early: list[bool] = []
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: stopped_early.append(not outcome))
     reactor.callWhenRunning(start)
     reactor.run()
-    if not outcome:
+    if not outcome or stopped_early[:1] == [True]:
         raise Interrupted()
     result = outcome[0]
     if isinstance(result, Failure):
@@ -145,8 +165,10 @@ def to_bbx_error(failure) -> BbxError:
 
 def login_error(target: Target, e) -> BbxError:
     """A LoginFailed from bbx.pb.endpoints.login as the operator's one line."""
-    from .errors import Refused, Unreachable
+    from .errors import Refused, Unreachable, Untrusted
 
+    if e.untrusted:
+        return Untrusted(e.reason)
     if e.unauthorized:
         return Refused("the master refused the login: wrong control user name or password "
                        "(check --user/--password or [control] users in master.toml)")
@@ -181,7 +203,7 @@ def call(options: ConnOptions, fn: Callable[[Any, Any], Any], *, mind=None,
         try:
             perspective, broker = await endpoints.login(
                 reactor, target.endpoint, target.user, target.password, mind,
-                timeout=options.timeout)
+                timeout=options.timeout, tls=target.tls)
         except endpoints.LoginFailed as e:
             raise login_error(target, e) from None
         try:
@@ -206,6 +228,8 @@ def call(options: ConnOptions, fn: Callable[[Any, Any], Any], *, mind=None,
         return run_reactor(conversation)
     except ValueError as e:  # a malformed endpoint string
         raise UsageError(str(e)) from None
+
+
 def _unreachable_message(endpoint: str, reason: str) -> str:
     """'cannot reach the master at E (connection refused); is it running? (bbx master start DIR)'."""
     why = reason

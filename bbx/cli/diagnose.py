@@ -4,9 +4,9 @@
             -> builders -> rtt -> clock
 
 Each stage returns a Stage (ok or not, what it saw, and on failure the likely cause and the
-fix); the first failure ends the run. `tls_stage` is where certificate checks (a CA, a pinned
-fingerprint: the hardening issue) will go: it already reports the peer certificate's subject,
-expiry and SHA-256 fingerprint.
+fix); the first failure ends the run. The tls stage asks bbx/pb/tlsprobe.py, which shows the
+certificate the master presents and checks it with the same TlsTrust (and the same checker) a
+slave or the CLI uses, so its verdict is theirs; the later stages connect with that trust too.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IHandshakeListener
 from twisted.python.failure import Failure
 from twisted.spread import pb
-from zope.interface import implementer
 
 from bbx.pb import clock
 from bbx.pb.endpoints import KeepaliveClientFactory, client_endpoint, is_unauthorized, remote_type
+from bbx.pb.tls import TlsVerifyError
 
+from .errors import EXIT_UNREACHABLE, EXIT_UNTRUSTED
 from .target import _split_endpoint, _unescape
 
 # Round trips measured for the rtt stage (their median is reported).
@@ -54,6 +54,7 @@ class Who:
     password: str
     slave: bool
     configured: dict | None = None  # from the master's master.toml when given: name -> password
+    tls: Any = None  # the bbx.pb.tls.TlsTrust a tls:/ssl: master's certificate is checked with
 
 
 def endpoint_parts(endpoint: str) -> tuple[str, str | None, int | None]:
@@ -120,21 +121,6 @@ class _Bare(protocol.Protocol):
     """Connects and says nothing (the tcp stage)."""
 
 
-@implementer(IHandshakeListener)
-class _Handshake(_Bare):
-    def __init__(self):
-        super().__init__()
-        self.done = defer.Deferred()
-
-    def handshakeCompleted(self):
-        if not self.done.called:
-            self.done.callback(self.transport)
-
-    def connectionLost(self, reason):
-        if not self.done.called:
-            self.done.errback(reason)
-
-
 async def tcp_stage(reactor, endpoint: str, timeout: float) -> Stage:
     kind, host, port = endpoint_parts(endpoint)
     plain = (f"unix:path={host}" if kind == "unix"
@@ -162,40 +148,29 @@ async def tcp_stage(reactor, endpoint: str, timeout: float) -> Stage:
     return Stage("tcp", True, f"connected to {what}", seconds=_elapsed(reactor, started))
 
 
-async def tls_stage(reactor, endpoint: str, timeout: float) -> Stage:
-    """The TLS handshake on an ssl:/tls: endpoint, with the certificate it presented.
+async def tls_stage(reactor, endpoint: str, trust, timeout: float) -> Stage:
+    """The TLS handshake on a tls:/ssl: endpoint: the certificate the master presents, and
+    whether `trust` (how this side checks it) accepts it."""
+    from bbx.pb import tlsprobe
 
-    Extension point: once masters have their own CA or a pinned fingerprint (hardening
-    issue), compare `data["sha256"]` / the chain here and fail with the fix.
-    """
     started = reactor.seconds()
     try:
-        proto = await _bounded(client_endpoint(reactor, endpoint).connect(
-            protocol.Factory.forProtocol(_Handshake)), reactor, timeout)
-        transport = await _bounded(proto.done, reactor, timeout)
+        found = await tlsprobe.inspect(reactor, endpoint, trust, timeout)
     except defer.TimeoutError:
         return Stage("tls", False, f"no TLS handshake within {timeout:g} s",
                      "the port does not speak TLS (a plain PB port waits for the client)",
                      "use a tcp: endpoint for a plain port, or point at the master's TLS port",
-                     exit=3)
+                     exit=EXIT_UNREACHABLE)
     except Exception as e:
-        text = str(e.value if isinstance(e, Failure) else e)
+        text = str(e.value if isinstance(e, Failure) else e) or type(e).__name__
         return Stage("tls", False, f"TLS handshake failed: {text}",
-                     "a plain (non-TLS) port, or a certificate this host does not trust",
-                     "use tcp: for a plain port; for a private CA give the endpoint "
-                     "trustRoots=DIR (Twisted's ssl: options)", exit=3)
-    data: dict[str, Any] = {}
-    try:
-        cert = transport.getPeerCertificate()
-        if cert is not None:
-            data = {"subject": cert.get_subject().CN, "not_after": cert.get_notAfter().decode(),
-                    "sha256": cert.digest("sha256").decode()}
-    except Exception:
-        pass
-    transport.loseConnection()
-    shown = f" (certificate {data['subject']}, sha256 {data['sha256'][:23]}...)" if data else ""
-    return Stage("tls", True, f"handshake done{shown}", seconds=_elapsed(reactor, started),
-                 data=data)
+                     "a plain (non-TLS) port, or a master that refuses this TLS version",
+                     "use a tcp: endpoint for a plain port, or point at the master's TLS port",
+                     exit=EXIT_UNREACHABLE)
+    ok, detail, cause, fix = tlsprobe.summary(found)
+    data = {"mode": found.mode, "certificate": found.certificate}
+    return Stage("tls", ok, detail, cause, fix, exit=0 if ok else EXIT_UNTRUSTED,
+                 seconds=_elapsed(reactor, started), data=data)
 
 
 class DoctorBot(pb.Referenceable):
@@ -226,20 +201,24 @@ class DoctorBot(pb.Referenceable):
         """Gets nothing; returns None."""
 
 
-async def pb_stage(reactor, endpoint: str, timeout: float):
-    """Connect with PB and fetch the root object (Banana and PB negotiation)."""
+async def pb_stage(reactor, endpoint: str, timeout: float, trust=None):
+    """Connect with PB (over TLS checked by `trust`) and fetch the root object."""
     factory = KeepaliveClientFactory()
     started = reactor.seconds()
     try:
-        await _bounded(client_endpoint(reactor, endpoint).connect(factory), reactor, timeout)
+        await _bounded(client_endpoint(reactor, endpoint, trust).connect(factory), reactor, timeout)
         root = await _bounded(factory.getRootObject(), reactor, timeout)
     except defer.TimeoutError:
         if factory._broker is not None:
             factory._broker.transport.abortConnection()
         return Stage("pb", False, f"connected, but no PB answer within {timeout:g} s",
                      "this port is not a bbx or Buildbot PB port (or is a TLS port reached "
-                     "without TLS)", "check the port; a TLS port needs an ssl: endpoint",
+                     "without TLS)", "check the port; a TLS port needs a tls: endpoint",
                      exit=3), None
+    except TlsVerifyError as e:  # the tls stage passed, so the certificate changed since
+        problem = e.problem
+        return Stage("pb", False, f"the master's certificate {problem.what}", problem.cause,
+                     problem.fix, exit=EXIT_UNTRUSTED), None
     except Exception as e:
         return Stage("pb", False, f"the PB handshake failed: {e}", "not a PB port",
                      "check the port", exit=3), None

@@ -20,17 +20,17 @@ from typing import Annotated
 
 import typer
 
-from .client import (CONFIG_FILE, JsonOption, MasterDirOption, MasterOption, PasswordOption,
-                     TimeoutOption, UserOption)
+from .client import (CONFIG_FILE, CaOption, FingerprintOption, InsecureOption, JsonOption,
+                     MasterDirOption, MasterOption, PasswordOption, TimeoutOption, UserOption)
 from .errors import EXIT_FAILED, UsageError
 from .output import conn, print_json
 
 DOCTOR_HELP = """Diagnose, stage by stage, why a slave (SLAVE_DIR) or an operator cannot reach the master.
 
-Stages: resolve, tcp, tls (ssl: endpoints), pb, login (unknown name, wrong password, duplicate session told apart where the master's master.toml is at hand), attach and builders (with SLAVE_DIR), rtt, clock. Each prints ✓ or ✗; a failure says the likely cause and the fix, and the later stages are skipped.
+Stages: resolve, tcp, tls (tls:/ssl: endpoints: the certificate, checked as --ca, --fingerprint or slave.toml say), pb, login (unknown name, wrong password, duplicate session told apart where the master's master.toml is at hand), attach and builders (with SLAVE_DIR), rtt, clock. Each prints ✓ or ✗; a failure says the likely cause and the fix, and the later stages are skipped.
 
 \b
-Exit status: 0 every stage passed; otherwise the failed stage's: 3 cannot connect, 4 login refused, 1 any other (clock skew, a master error), 2 bad usage.
+Exit status: 0 every stage passed; otherwise the failed stage's: 3 cannot connect, 4 login refused, 6 the master's TLS certificate refused, 1 any other (clock skew, a master error), 2 bad usage.
 """
 
 
@@ -61,9 +61,10 @@ def doctor(
     json: JsonOption = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None, timeout: TimeoutOption = 10.0,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     from .client import LOGIN_TIMEOUT, load_twisted, resolve, run_reactor, uses_tls
-    from .diagnose import Who
+    from .target import endpoint_of_master, trust_for
 
     if master_dir is None and master is None and (Path.cwd() / CONFIG_FILE).is_file():
         master_dir = Path.cwd()
@@ -75,16 +76,27 @@ def doctor(
         except basedir.BasedirError as e:
             raise UsageError(str(e)) from None
         endpoint = config.connection
+        given = bool(ca or fingerprint or insecure)
         if master is not None:
-            endpoint = resolve(conn(None, master, "-", "-")).endpoint
-        who = Who(endpoint, config.name, config.password, True, _configured(master_dir, True))
+            endpoint = endpoint_of_master(master, given or uses_tls(config.connection))
+        if not given:  # the slave's own check (slave.toml), unless the operator gave one
+            ca, fingerprint, insecure = config.tls.ca, config.tls.fingerprint, config.tls.insecure
+        trust = trust_for(conn(None, master, None, None, ca=ca, fingerprint=fingerprint,
+                               insecure=insecure), endpoint, None)
+        who = dict(endpoint=endpoint, name=config.name, password=config.password, slave=True,
+                   configured=_configured(master_dir, True), tls=trust)
         local = _local_slave(config)
     else:
-        target = resolve(conn(master_dir, master, user, password, timeout or LOGIN_TIMEOUT))
-        who = Who(target.endpoint, target.user, target.password, False,
-                  _configured(master_dir, False))
+        target = resolve(conn(master_dir, master, user, password, timeout or LOGIN_TIMEOUT,
+                              ca, fingerprint, insecure))
+        who = dict(endpoint=target.endpoint, name=target.user, password=target.password,
+                   slave=False, configured=_configured(master_dir, False), tls=target.tls)
         local = None
-    load_twisted(tls=uses_tls(who.endpoint))
+    # Twisted only now, once it is known whether this master needs its TLS (client.load_twisted).
+    load_twisted(tls=uses_tls(who["endpoint"]))
+    from .diagnose import Who
+
+    who = Who(**who)
     stages = run_reactor(lambda reactor: _diagnose(reactor, who, timeout, max_skew))
     failed = next((s for s in stages if not s.ok), None)
     code = failed.exit if failed is not None else 0
@@ -119,13 +131,13 @@ async def _diagnose(reactor, who, timeout: float, max_skew: float) -> list:
     steps = [lambda: d.resolve_stage(reactor, who.endpoint, timeout),
              lambda: d.tcp_stage(reactor, who.endpoint, timeout)]
     if kind in ("ssl", "tls"):
-        steps.append(lambda: d.tls_stage(reactor, who.endpoint, timeout))
+        steps.append(lambda: d.tls_stage(reactor, who.endpoint, who.tls, timeout))
     for step in steps:
         stage = await step()
         stages.append(stage)
         if not stage.ok:
             return stages
-    stage, connected = await d.pb_stage(reactor, who.endpoint, timeout)
+    stage, connected = await d.pb_stage(reactor, who.endpoint, timeout, who.tls)
     stages.append(stage)
     if not stage.ok:
         return stages

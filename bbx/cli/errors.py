@@ -19,6 +19,7 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_REFUSED = 4
 EXIT_NOT_FOUND = 5
+EXIT_UNTRUSTED = 6
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
 
 # code -> meaning, in the README's words ("Exit codes" section).
@@ -32,6 +33,8 @@ EXIT_CODES = {
                       "master) did not answer in time, or refused the connection",
     EXIT_REFUSED: "the login was refused (wrong name or password)",
     EXIT_NOT_FOUND: "not found: no such builder, slave or build",
+    EXIT_UNTRUSTED: "the master's TLS certificate was refused (not signed by --ca, not for the "
+                    "host dialled, not the --fingerprint pinned, expired); the line says which",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -72,6 +75,12 @@ class NotFound(BbxError):
     exit_code = EXIT_NOT_FOUND
 
 
+class Untrusted(BbxError):
+    """The master's TLS certificate did not pass the check (wrong CA, name or fingerprint)."""
+
+    exit_code = EXIT_UNTRUSTED
+
+
 class Interrupted(BbxError):
     """The operator pressed Ctrl-C."""
 
@@ -106,6 +115,8 @@ def from_failure(failure) -> BbxError:
     if isinstance(value, BbxError):
         return value
     if isinstance(value, endpoints.LoginFailed):
+        if value.untrusted:
+            return Untrusted(value.reason)
         if value.unauthorized:
             return Refused(value.reason)
         if value.unreachable:

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .client import (JsonOption, MasterDirOption, MasterOption, PasswordOption, TimeoutOption,
-                     UserOption)
+from .client import (CaOption, FingerprintOption, InsecureOption, JsonOption, MasterDirOption,
+                     MasterOption, PasswordOption, TimeoutOption, UserOption)
 from .output import conn, consoles, json_line, print_json
 
 # How often `bbx log --follow` asks the master for new log text, in seconds. The store
@@ -37,6 +37,7 @@ def builds(
     json: JsonOption = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None, timeout: TimeoutOption = 10.0,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """List recent builds (newest first) and the requests waiting in the queue."""
     from .client import call
@@ -46,7 +47,8 @@ def builds(
         queued = await perspective.callRemote("queue", builder)
         return {"builds": found, "queued": queued}
 
-    answer = call(conn(master_dir, master, user, password, timeout), conversation)
+    answer = call(conn(master_dir, master, user, password, timeout, ca, fingerprint, insecure),
+                  conversation)
     if json:
         print_json(answer)
         return
@@ -68,6 +70,7 @@ def log(
         "--show-secrets", help="Do not mask secret-looking NAME=value lines of headers.")] = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None, timeout: TimeoutOption = 10.0,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """Print a build's stored log (every step, or one), live with --follow while it runs."""
     from .client import call
@@ -96,7 +99,8 @@ def log(
                 return page
             await task.deferLater(reactor, FOLLOW_INTERVAL, lambda: None)
 
-    final = call(conn(master_dir, master, user, password, timeout), conversation)
+    final = call(conn(master_dir, master, user, password, timeout, ca, fingerprint, insecure),
+                  conversation)
     printer.end(final)
 
 
@@ -165,12 +169,13 @@ def cancel(
     json: JsonOption = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None, timeout: TimeoutOption = 10.0,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """Cancel a running build (its step is interrupted; result CANCELLED) or a queued request."""
     from .client import call
 
     args = (None, build_id) if request else (build_id,)
-    answer = call(conn(master_dir, master, user, password, timeout),
+    answer = call(conn(master_dir, master, user, password, timeout, ca, fingerprint, insecure),
                   lambda perspective, reactor: perspective.callRemote("cancel", *args))
     if json:
         print_json(answer)

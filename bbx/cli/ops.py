@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from .client import (JsonOption, MasterDirOption, MasterOption, PasswordOption, TimeoutOption,
-                     UserOption)
+from .client import (CaOption, FingerprintOption, InsecureOption, JsonOption, MasterDirOption,
+                     MasterOption, PasswordOption, TimeoutOption, UserOption)
 from .output import conn, consoles, plain, print_json
 
 # How long the master may take per ping: its own deadline for the slave's answer
@@ -44,6 +44,7 @@ def ping(
     json: JsonOption = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None, timeout: TimeoutOption = 10.0,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """Ping the slave attached to BUILDER: round-trip times and the clock offsets."""
     from .client import call
@@ -64,7 +65,8 @@ def ping(
 
     from .text import median, ping_lines, skew_warnings
 
-    answer = call(conn(master_dir, master, user, password, timeout), conversation,
+    answer = call(conn(master_dir, master, user, password, timeout, ca, fingerprint, insecure),
+                  conversation,
                   answer_within=timeout + count * PING_ANSWER_SLACK, what="the ping")
     warnings = skew_warnings(answer, max_skew)
     if json:
@@ -86,11 +88,12 @@ def info(
     json: JsonOption = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None, timeout: TimeoutOption = 10.0,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """Show what an attached slave reported about itself: system, admin, environment, commands."""
     from .client import call
 
-    answer = call(conn(master_dir, master, user, password, timeout),
+    answer = call(conn(master_dir, master, user, password, timeout, ca, fingerprint, insecure),
                   lambda perspective, reactor: perspective.callRemote("info", slave),
                   answer_within=timeout, what="the info call")
     from .render import info_report, masked_info
@@ -110,6 +113,7 @@ def slaves(
     json: JsonOption = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None, timeout: TimeoutOption = 10.0,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """List the configured slaves, whether they are connected, and how many of each."""
     from .client import call
@@ -129,7 +133,8 @@ def slaves(
                             "disconnected": len(listed) - up}
         return listed, await perspective.callRemote("slaves", None, True)
 
-    answer, summary = call(conn(master_dir, master, user, password, timeout), conversation,
+    answer, summary = call(conn(master_dir, master, user, password, timeout, ca, fingerprint,
+                                insecure), conversation,
                            answer_within=timeout, what="the slaves call")
     if json:
         print_json(summary if count else answer)
@@ -153,11 +158,12 @@ def builders(
     json: JsonOption = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None, timeout: TimeoutOption = 10.0,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """List the configured builders, their slaves and which of those are attached."""
     from .client import call
 
-    answer = call(conn(master_dir, master, user, password, timeout),
+    answer = call(conn(master_dir, master, user, password, timeout, ca, fingerprint, insecure),
                   lambda perspective, reactor: perspective.callRemote("builders"),
                   answer_within=timeout, what="the builders call")
     if json:

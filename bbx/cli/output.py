@@ -10,12 +10,14 @@ import sys
 from typing import Any
 
 
-def conn(master_dir, master, user, password, timeout=None):
+def conn(master_dir, master, user, password, timeout=None, ca=None, fingerprint=None,
+         insecure=False):
     """The connection options every operator command takes, as one object."""
     from .client import LOGIN_TIMEOUT, ConnOptions
 
     return ConnOptions(master_dir=master_dir, master=master, user=user, password=password,
-                       timeout=LOGIN_TIMEOUT if timeout is None else timeout)
+                       timeout=LOGIN_TIMEOUT if timeout is None else timeout,
+                       ca=ca, fingerprint=fingerprint, insecure=insecure)
 
 
 class LazyConsole:

@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from .client import (ConnectTimeoutOption, MasterDirOption, MasterOption, PasswordOption,
-                     UserOption)
+from .client import (CaOption, ConnectTimeoutOption, FingerprintOption, InsecureOption,
+                     MasterDirOption, MasterOption, PasswordOption, UserOption)
 from .output import conn, consoles, json_line
 
 # Exit codes of `bbx run` besides the command's own rc (documented in its --help).
@@ -78,6 +78,7 @@ def run(
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None,
     connect_timeout: ConnectTimeoutOption = 10.0,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """Run a command on a slave (the operator-facing help is RUN_HELP)."""
     from .errors import UsageError
@@ -101,7 +102,7 @@ def run(
     session = RunSession(out, err, json=json, show_secrets=show_secrets)
     request = dict(builder=builder, command=argv, workdir=workdir, env=environment,
                    timeout=timeout, max_time=max_time, log_environ=log_environ)
-    call(conn(master_dir, master, user, password, connect_timeout),
+    call(conn(master_dir, master, user, password, connect_timeout, ca, fingerprint, insecure),
          lambda perspective, reactor: session.run(perspective, reactor, **request))
     exit_code = session.report()
     raise typer.Exit(exit_code)

@@ -15,7 +15,8 @@ from typing import List, Optional
 
 import typer
 
-from .errors import EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE, BbxError, UsageError
+from .errors import (EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_UNTRUSTED, BbxError,
+                     UsageError)
 from .output import print_json
 from .roleopts import (HttpOption, LogBackupsOption, LogFormatOption, LogMaxBytesOption, Waiting,
                        check_http, child_args, log_options)
@@ -37,6 +38,10 @@ Two forms:
 MASTER is host[:port] or \\[v6addr][:port] (port 9989 by default); ENDPOINT is any Twisted
 client endpoint string, e.g. tcp:host=ci.example.org:port=9989. Writes DIR/slave.toml
 (mode 0600), DIR/info/admin and DIR/info/host.
+
+TLS: --use-tls checks the master's certificate against the system's CAs; --ca FILE against
+your CA; --fingerprint SHA256 pins the master's own certificate (as printed by
+`bbx master create --tls`). A failed check means no connection, and a retry.
 """
 
 
@@ -54,19 +59,37 @@ def _load(directory: Path):
         config = basedir.load(directory)
     except basedir.BasedirError as e:
         raise UsageError(str(e)) from None
-    _check_connection(config.connection, f"{config.path(basedir.CONFIG_NAME)}: connection")
+    _check_connection(config.connection, f"{config.path(basedir.CONFIG_NAME)}: connection", config.tls)
     return config
 
 
-def _check_connection(description: str, where: str) -> None:
+def _trust(ca: Optional[Path], fingerprint: Optional[str], insecure: bool):
+    """The --ca / --fingerprint / --insecure options as a TlsTrust; UsageError when they clash."""
+    from bbx.pb.tls import TlsTrust, normalize_fingerprint
+
+    pin = None
+    if fingerprint:
+        try:
+            pin = normalize_fingerprint(fingerprint)
+        except ValueError as e:
+            raise UsageError(f"--fingerprint: {e}") from None
+    try:
+        return TlsTrust(ca=str(ca.absolute()) if ca else None, fingerprint=pin, insecure=insecure)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _check_connection(description: str, where: str, trust=None) -> None:
     from twisted.internet import reactor
 
     from bbx.pb.endpoints import client_endpoint
 
     try:
-        client_endpoint(reactor, description)
+        client_endpoint(reactor, description, trust)
     except ValueError as e:
-        raise UsageError(f"{where}: {e}; use e.g. tcp:host=HOST:port=9989") from None
+        text = str(e)
+        fix = "" if ";" in text else "; use e.g. tcp:host=HOST:port=9989"
+        raise UsageError(f"{where}: {text}{fix}") from None
 
 
 @app.command(help=CREATE_HELP)
@@ -86,7 +109,17 @@ def create(
     allow_shutdown: str = typer.Option("", "--allow-shutdown", metavar="signal|file",
                                        help="Allow graceful shutdown by SIGHUP (signal) or by touching "
                                             "DIR/shutdown.stamp (file)."),
-    use_tls: bool = typer.Option(False, "--use-tls", help="Connect to MASTER with TLS."),
+    use_tls: bool = typer.Option(False, "--use-tls", help="Connect to MASTER with TLS, checking its "
+                                 "certificate against the system's CAs unless --ca or --fingerprint."),
+    ca: Optional[Path] = typer.Option(None, "--ca", metavar="FILE",
+                                      help="Trust the master's certificate if this PEM CA file signed it "
+                                           "(and it names the host). Implies --use-tls."),
+    fingerprint: Optional[str] = typer.Option(
+        None, "--fingerprint", metavar="SHA256",
+        help="Trust only the master certificate with this SHA-256 fingerprint (printed by "
+             "`bbx master create --tls`). Implies --use-tls."),
+    insecure: bool = typer.Option(False, "--insecure", help="Use TLS without checking the master's "
+                                  "certificate (anyone in the middle can read everything)."),
     info_admin: Optional[str] = typer.Option(None, "--info-admin", help="Contents of DIR/info/admin."),
     info_host: Optional[str] = typer.Option(None, "--info-host", help="Contents of DIR/info/host."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing slave.toml."),
@@ -101,7 +134,6 @@ def create(
         if use_tls:
             raise UsageError("--use-tls applies to MASTER; with --connection-string use a tls: endpoint")
         connection = connection_string
-        _check_connection(connection, "--connection-string")
     else:
         if len(args) != 3:
             raise UsageError("give MASTER NAME PASSWORD after DIR (or --connection-string ENDPOINT "
@@ -109,10 +141,14 @@ def create(
         master, name, password = args
         from bbx.pb.endpoints import master_endpoint
 
+        tls_wanted = use_tls or bool(ca or fingerprint or insecure)
         try:
-            connection = master_endpoint(master, use_tls=use_tls)
+            connection = master_endpoint(master, use_tls=tls_wanted)
         except ValueError as e:
             raise UsageError(f"{e}; give MASTER as host or host:port, e.g. ci.example.org:9989") from None
+    trust = _trust(ca, fingerprint, insecure)
+    _check_connection(connection, "--connection-string" if connection_string is not None else "MASTER",
+                      trust)
     if allow_shutdown not in basedir.ALLOW_SHUTDOWN:
         raise UsageError(f"--allow-shutdown must be 'signal' or 'file', not {allow_shutdown!r}")
     for opt, value in (("--keepalive", keepalive), ("--maxdelay", maxdelay),
@@ -127,10 +163,14 @@ def create(
         config = basedir.create(directory, name=name, password=password, connection=connection,
                                 keepalive=keepalive, keepalive_timeout=keepalive_timeout,
                                 maxdelay=maxdelay, umask=umask, allow_shutdown=allow_shutdown,
-                                info_admin=info_admin, info_host=info_host, force=force)
+                                info_admin=info_admin, info_host=info_host,
+                                tls_ca=str(trust.ca or ""), tls_fingerprint=trust.fingerprint or "",
+                                tls_insecure=trust.insecure, force=force)
     except basedir.BasedirError as e:
         raise UsageError(str(e)) from None
     typer.echo(f"created slave {config.name} in {config.basedir} (master {config.connection})")
+    if config.tls_insecure:
+        typer.echo("warning: the master's TLS certificate will not be checked (--insecure)")
     typer.echo(f"edit {config.path('info/admin')} and {config.path('info/host')}, then run: "
                f"bbx slave start {directory}")
 
@@ -263,7 +303,10 @@ def stop(directory: Path = typer.Argument(..., metavar="DIR", help="The slave di
 
 
 def _status_exit(reason: str) -> int:
-    """A slave that runs but is not attached: 4 when its login was refused, else 3."""
+    """A slave that runs but is not attached: 4 when its login was refused, 6 when it refused
+    the master's TLS certificate, else 3."""
+    if reason == "untrusted":
+        return EXIT_UNTRUSTED
     return EXIT_REFUSED if reason in ("unauthorized", "duplicate") else EXIT_UNREACHABLE
 
 
@@ -277,7 +320,8 @@ def _ago(since: float | None) -> str:
 @app.command(help="Show whether the slave in DIR runs and whether it is attached to its master, "
                   "with the reason it last gave (from DIR/slave.state). Exit status: 0 attached; "
                   "1 not running; 3 running but not attached (refused, unreachable, timed out, "
-                  "lost); 4 running but its login was refused (unauthorized, duplicate).")
+                  "lost); 4 running but its login was refused (unauthorized, duplicate); 6 running "
+                  "but it refused the master's TLS certificate.")
 def status(
     directory: Path = typer.Argument(..., metavar="DIR", help="The slave directory."),
     json: bool = typer.Option(False, "--json", help="Print one JSON object."),

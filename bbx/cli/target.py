@@ -9,8 +9,13 @@ In order of preference:
   DIR/master.endpoint (written by the running master, the only way to find a port-0 master)
   or else `[master] listen` turned into a client endpoint.
 
+A TLS master's certificate is checked as `--ca` / `--fingerprint` / `--insecure` (BBX_CA,
+BBX_FINGERPRINT, BBX_INSECURE) say; in the master's own directory, without them, the CLI pins
+the certificate that master.toml's `ssl:` listen string serves (it knows its own).
+
 This module deliberately parses master.toml itself with tomllib: the CLI must work on an
-operator's laptop that only has the file, never importing the master role. No Twisted here.
+operator's laptop that only has the file, never importing the master role. No Twisted here
+(bbx.pb.tls, which decides how a certificate is checked, imports neither Twisted nor OpenSSL).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import UsageError
 
@@ -41,15 +47,20 @@ class ConnOptions:
     user: str | None = None
     password: str | None = None
     timeout: float = LOGIN_TIMEOUT
+    ca: Path | None = None
+    fingerprint: str | None = None
+    insecure: bool = False
 
 
 @dataclass(frozen=True)
 class Target:
-    """A resolved master: the client endpoint string and the control credentials."""
+    """A resolved master: the client endpoint string, the control credentials, and how its TLS
+    certificate is checked (a bbx.pb.tls.TlsTrust; empty for a tcp: or unix: master)."""
 
     endpoint: str
     user: str
     password: str
+    tls: Any = None
 
 
 # ---------------------------------------------------------------------------- master.toml
@@ -142,7 +153,7 @@ def client_for_listen(listen: str) -> str:
 
     `tcp:9989:interface=10.0.0.5` → `tcp:host=10.0.0.5:port=9989`; a wildcard or missing
     interface becomes loopback; `unix:PATH` / `unix:address=PATH` → `unix:path=PATH`;
-    `ssl:PORT...` → `ssl:host=...:port=PORT`. ValueError for anything else.
+    `ssl:PORT...` → `tls:host=...:port=PORT`. ValueError for anything else.
     """
     parts = _split_endpoint(listen.strip())
     kind = parts[0].lower() if len(parts) > 1 else "tcp"
@@ -160,7 +171,8 @@ def client_for_listen(listen: str) -> str:
             raise ValueError(f"listen endpoint {listen!r} has no port number")
         interface = _unescape(keywords.get("interface", ""))
         host = _WILDCARD.get(interface, interface)
-        client_kind = "ssl" if kind == "ssl" else "tcp"
+        # tls: rather than ssl: because a tls: client string checks the certificate.
+        client_kind = "tls" if kind == "ssl" else "tcp"
         return f"{client_kind}:host={_escape(host)}:port={_unescape(port)}"
     if kind == "unix":
         address = keywords.get("address") or (positional[0] if positional else "")
@@ -184,15 +196,8 @@ def resolve(options: ConnOptions, cwd: Path | None = None) -> Target:
                          "made by 'bbx master create DIR'")
 
     if options.master is not None:
-        endpoint = options.master.strip()
-        if "=" not in endpoint:
-            try:
-                from bbx.pb.endpoints import master_endpoint
-
-                endpoint = master_endpoint(endpoint)
-            except ValueError as e:
-                raise UsageError(f"--master: {e}; use host[:port] or an endpoint like "
-                                 "tcp:host=H:port=P") from None
+        endpoint = endpoint_of_master(options.master, bool(
+            options.ca or options.fingerprint or options.insecure))
     elif master_dir is not None:
         endpoint = _endpoint_of_dir(master_dir)
     else:
@@ -218,7 +223,66 @@ def resolve(options: ConnOptions, cwd: Path | None = None) -> Target:
             user = _control_users(master_dir / CONFIG_FILE)[0][0]
         else:
             raise UsageError("no control user: pass --user (or set BBX_USER)")
-    return Target(endpoint=endpoint, user=user, password=password)
+    from_dir = master_dir if options.master is None else None
+    return Target(endpoint=endpoint, user=user, password=password,
+                  tls=trust_for(options, endpoint, from_dir))
+
+
+def endpoint_of_master(master: str, use_tls: bool) -> str:
+    """--master as a client endpoint string: host[:port] (tls: when `use_tls`) or as given."""
+    endpoint = master.strip()
+    if "=" in endpoint:
+        return endpoint
+    try:
+        from bbx.pb.endpoints import master_endpoint
+
+        return master_endpoint(endpoint, use_tls=use_tls)
+    except ValueError as e:
+        raise UsageError(f"--master: {e}; use host[:port] or an endpoint like "
+                         "tcp:host=H:port=P") from None
+
+
+def trust_for(options: ConnOptions, endpoint: str, master_dir: Path | None):
+    """How to check the master's certificate: --ca / --fingerprint / --insecure, else (in the
+    master's directory) a pin of the certificate its master.toml serves; UsageError (one line)
+    when a TLS endpoint would not be checked or the options do not fit it."""
+    from bbx.pb import tls
+
+    pin = None
+    if options.fingerprint:
+        try:
+            pin = tls.normalize_fingerprint(options.fingerprint)
+        except ValueError as e:
+            raise UsageError(f"--fingerprint: {e}") from None
+    try:
+        trust = tls.TlsTrust(ca=str(options.ca) if options.ca else None, fingerprint=pin,
+                             insecure=options.insecure)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if not trust.given and master_dir is not None and tls.kind_of(endpoint) in tls.TLS_KINDS:
+        trust = tls.TlsTrust(fingerprint=_own_pin(master_dir))
+    try:
+        tls.check(endpoint, trust)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return trust
+
+
+def _own_pin(master_dir: Path) -> str:
+    """The fingerprint of the certificate the master in `master_dir` serves."""
+    from bbx.pb import tls
+
+    config = master_dir / CONFIG_FILE
+    listen = tls.resolve_files(_listen(config), master_dir.absolute())
+    path = tls.certificate_file(listen)
+    if path is None:
+        raise UsageError(f"{config}: [master] listen is not an ssl: string, so the master's "
+                         "certificate is unknown; pass --ca FILE or --fingerprint SHA256")
+    try:
+        return tls.fingerprint_of_file(path)
+    except ValueError as e:
+        raise UsageError(f"cannot pin the master's certificate: {e}; pass --ca FILE or "
+                         "--fingerprint SHA256") from None
 
 
 def _endpoint_of_dir(master_dir: Path) -> str:

@@ -35,7 +35,7 @@ class Slave:
         self.connection = SlaveConnection(
             reactor, config.connection, config.name, config.password, self.bot,
             keepalive=config.keepalive, deadline=config.keepalive_deadline,
-            policy=policy or full_jitter_backoff(cap=config.maxdelay))
+            policy=policy or full_jitter_backoff(cap=config.maxdelay), tls=config.tls)
         self._stamp_poll = None
         self._stamp_mtime = None
         self.state = None  # DIR/slave.state, when run() keeps one

@@ -41,7 +41,7 @@ KEEPALIVE_DEADLINE_MARGIN = 30.0
 _UMASK_RE = re.compile(r"^(0o[0-7]+|0[0-7]*|[1-9][0-9]*)$")
 
 _KEYS = ("name", "password", "connection", "keepalive", "keepalive_timeout", "maxdelay", "umask",
-         "allow_shutdown")
+         "allow_shutdown", "tls_ca", "tls_fingerprint", "tls_insecure")
 
 
 class BasedirError(Exception):
@@ -61,6 +61,17 @@ class SlaveConfig:
     maxdelay: float = DEFAULT_MAXDELAY
     umask: int | None = None
     allow_shutdown: str = ""
+    tls_ca: str = ""
+    tls_fingerprint: str = ""
+    tls_insecure: bool = False
+
+    @property
+    def tls(self):
+        """How the master's TLS certificate is checked (a bbx.pb.tls.TlsTrust)."""
+        from bbx.pb.tls import TlsTrust
+
+        return TlsTrust(ca=self.tls_ca or None, fingerprint=self.tls_fingerprint or None,
+                        insecure=self.tls_insecure)
 
     @property
     def keepalive_deadline(self) -> float | None:
@@ -108,7 +119,8 @@ def _toml_str(value: str) -> str:
 
 
 def render_config(*, name: str, password: str, connection: str, keepalive: int,
-                  keepalive_timeout: float, maxdelay: float, umask: str, allow_shutdown: str) -> str:
+                  keepalive_timeout: float, maxdelay: float, umask: str, allow_shutdown: str,
+                  tls_ca: str = "", tls_fingerprint: str = "", tls_insecure: bool = False) -> str:
     """slave.toml text, commented so an operator can edit it by hand."""
     kt = int(keepalive_timeout) if float(keepalive_timeout).is_integer() else keepalive_timeout
     md = int(maxdelay) if float(maxdelay).is_integer() else maxdelay
@@ -121,6 +133,14 @@ password = {_toml_str(password)}
 # Where the master listens: a Twisted client endpoint string, e.g.
 # "tcp:host=master.example.org:port=9989" or "tls:host=master.example.org:port=9989".
 connection = {_toml_str(connection)}
+# How a tls: connection checks the master's certificate, one of:
+#   tls_ca: a PEM file of the CA(s) that signed it ("" with a tls: connection = the system's CAs);
+#   tls_fingerprint: the SHA-256 fingerprint of the master's own certificate (exactly that
+#     certificate is accepted, for any host name);
+#   tls_insecure = true: accept any certificate (no protection against interception).
+tls_ca = {_toml_str(tls_ca)}
+tls_fingerprint = {_toml_str(tls_fingerprint)}
+tls_insecure = {"true" if tls_insecure else "false"}
 # Seconds between keepalive calls to the master (0 = none).
 keepalive = {int(keepalive)}
 # Seconds of silence from the master before the connection is dropped and retried;
@@ -140,6 +160,7 @@ def create(basedir: str | os.PathLike, *, name: str, password: str, connection: 
            keepalive: int = DEFAULT_KEEPALIVE, keepalive_timeout: float = 0,
            maxdelay: float = DEFAULT_MAXDELAY, umask: str = "", allow_shutdown: str = "",
            info_admin: str | None = None, info_host: str | None = None,
+           tls_ca: str = "", tls_fingerprint: str = "", tls_insecure: bool = False,
            force: bool = False) -> SlaveConfig:
     """Create (or with force, overwrite) a slave directory; return its loaded configuration."""
     base = Path(basedir).absolute()
@@ -148,13 +169,17 @@ def create(basedir: str | os.PathLike, *, name: str, password: str, connection: 
         raise BasedirError(f"{config_path} already exists; use --force to overwrite it")
     if base.exists() and not base.is_dir():
         raise BasedirError(f"{base} exists and is not a directory; choose another DIR")
-    _check_values(str(config_path), dict(name=name, password=password, connection=connection,
-                                         keepalive=keepalive, keepalive_timeout=keepalive_timeout,
-                                         maxdelay=maxdelay, umask=umask,
-                                         allow_shutdown=allow_shutdown), lines={})
+    if tls_ca:
+        tls_ca = str(Path(tls_ca).absolute())
+    checked = _check_values(str(config_path), dict(
+        name=name, password=password, connection=connection, keepalive=keepalive,
+        keepalive_timeout=keepalive_timeout, maxdelay=maxdelay, umask=umask,
+        allow_shutdown=allow_shutdown, tls_ca=tls_ca, tls_fingerprint=tls_fingerprint,
+        tls_insecure=tls_insecure), lines={}, base=base)
     text = render_config(name=name, password=password, connection=connection, keepalive=keepalive,
                          keepalive_timeout=keepalive_timeout, maxdelay=maxdelay, umask=umask,
-                         allow_shutdown=allow_shutdown)
+                         allow_shutdown=allow_shutdown, tls_ca=tls_ca,
+                         tls_fingerprint=checked["tls_fingerprint"], tls_insecure=tls_insecure)
     try:
         (base / INFO_DIR).mkdir(parents=True, exist_ok=True)
         fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -225,9 +250,9 @@ def load(basedir: str | os.PathLike) -> SlaveConfig:
         if k not in table:
             raise BasedirError(f"{path}: [slave] has no {k!r}; add {k} = \"...\"")
     values = dict(keepalive=DEFAULT_KEEPALIVE, keepalive_timeout=0, maxdelay=DEFAULT_MAXDELAY,
-                  umask="", allow_shutdown="")
+                  umask="", allow_shutdown="", tls_ca="", tls_fingerprint="", tls_insecure=False)
     values.update(table)
-    checked = _check_values(str(path), values, lines)
+    checked = _check_values(str(path), values, lines, base=base)
     return SlaveConfig(basedir=str(base), **checked)
 
 
@@ -235,7 +260,7 @@ def _where(path, lines: dict[str, int], key: str) -> str:
     return f"{path} line {lines[key]}" if key in lines else str(path)
 
 
-def _check_values(path: str, v: dict, lines: dict[str, int]) -> dict:
+def _check_values(path: str, v: dict, lines: dict[str, int], base: Path) -> dict:
     def bad(key: str, why: str) -> BasedirError:
         return BasedirError(f"{_where(path, lines, key)}: {key} {why}")
 
@@ -270,4 +295,49 @@ def _check_values(path: str, v: dict, lines: dict[str, int]) -> dict:
     if allow not in ALLOW_SHUTDOWN:
         raise bad("allow_shutdown", f"must be \"\", \"signal\" or \"file\", got {allow!r}")
     out["allow_shutdown"] = allow
+    out.update(_check_tls(v, out["connection"], bad, base))
     return out
+
+
+def _check_tls(v: dict, connection: str, bad, base: Path) -> dict:
+    """The tls_* keys, and whether the connection string with them checks the master."""
+    from bbx.pb import tls
+
+    out = {}
+    for key in ("tls_ca", "tls_fingerprint"):
+        if not isinstance(v[key], str):
+            raise bad(key, f"must be a string (or \"\"), got {v[key]!r}")
+    if not isinstance(v["tls_insecure"], bool):
+        raise bad("tls_insecure", f"must be true or false, got {v['tls_insecure']!r}")
+    ca = v["tls_ca"].strip()
+    if ca and not os.path.isabs(ca):
+        ca = str(base / ca)  # relative to the slave directory
+    out["tls_ca"] = ca
+    out["tls_fingerprint"] = ""
+    if v["tls_fingerprint"].strip():
+        try:
+            out["tls_fingerprint"] = tls.normalize_fingerprint(v["tls_fingerprint"])
+        except ValueError as e:
+            raise bad("tls_fingerprint", f"is invalid: {e}") from None
+    out["tls_insecure"] = v["tls_insecure"]
+    if ca:
+        try:
+            tls.load_ca(ca)
+        except ValueError as e:
+            raise bad("tls_ca", f"is unusable: {e}; give the CA certificate's PEM file") from None
+    try:
+        trust = tls.TlsTrust(ca=ca or None, fingerprint=out["tls_fingerprint"] or None,
+                             insecure=out["tls_insecure"])
+        tls.check(connection, trust)
+    except ValueError as e:
+        raise bad("connection", f"{connection!r}: {_as_keys(str(e))}") from None
+    return out
+
+
+def _as_keys(message: str) -> str:
+    # The TLS rules speak in command-line options; slave.toml spells them as keys.
+    for option, key in (("--ca FILE", "tls_ca = FILE"), ("--fingerprint SHA256", "tls_fingerprint = SHA256"),
+                        ("--insecure", "tls_insecure = true"), ("--ca", "tls_ca"),
+                        ("--fingerprint", "tls_fingerprint")):
+        message = message.replace(option, key)
+    return message

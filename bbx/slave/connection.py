@@ -30,9 +30,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
-from bbx.pb.banana import FastBroker
-from bbx.pb.endpoints import (KeepaliveClientFactory, client_endpoint, is_unauthorized,
-                               remote_type)
+from bbx.pb.endpoints import (ClientBroker, KeepaliveClientFactory, client_endpoint,
+                               is_unauthorized, remote_type)
+from bbx.pb.tls import TlsVerifyError
 
 log = Logger(namespace="bbx.slave")
 
@@ -73,10 +73,10 @@ def full_jitter_backoff(*, cap: float, base: float = BACKOFF_BASE, factor: float
     return policy
 
 
-class _Broker(FastBroker):
+class _Broker(ClientBroker):
     """A Broker that remembers when the master last sent anything, and why it went away.
 
-    FastBroker: Twisted's PB with a faster Banana codec (bbx/pb/banana.py), same wire format.
+    ClientBroker: FastBroker (Twisted's PB, faster Banana codec) that fails a pending login on loss.
     """
 
     on_receive: Callable[[], None] | None = None
@@ -113,6 +113,8 @@ class _Session:
 
 def failure_kind(failure: Failure) -> str:
     """What kind of failure ended a connect or login (bbx/slave/state.py REASONS)."""
+    if failure.check(TlsVerifyError):
+        return "untrusted"
     if is_unauthorized(failure):
         return "unauthorized"
     if failure.check(error.ConnectionRefusedError):
@@ -130,6 +132,8 @@ def failure_kind(failure: Failure) -> str:
 
 def describe_failure(failure: Failure) -> str:
     """A short reason for a connect, login or connection-lost failure."""
+    if failure.check(TlsVerifyError):
+        return failure.getErrorMessage()
     if is_unauthorized(failure):
         return "unauthorized: the master refused this slave's name or password"
     if failure.check(error.ConnectionRefusedError):
@@ -162,8 +166,10 @@ class SlaveConnection:
     def __init__(self, reactor, description: str, name: str, password: str, bot, *,
                  keepalive: float = 600, deadline: float | None = None,
                  policy: Callable[[int], float] | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT, login_timeout: float = LOGIN_TIMEOUT):
+                 connect_timeout: float = CONNECT_TIMEOUT, login_timeout: float = LOGIN_TIMEOUT,
+                 tls=None):
         self.reactor = reactor
+        self.tls = tls  # a bbx.pb.tls.TlsTrust: how a tls: master's certificate is checked
         self.description = description
         self.name = name
         self.password = password
@@ -236,7 +242,7 @@ class SlaveConnection:
     @defer.inlineCallbacks
     def _run(self, s: _Session):
         try:
-            endpoint = client_endpoint(self.reactor, self.description)
+            endpoint = client_endpoint(self.reactor, self.description, self.tls)
         except ValueError as e:
             self._end(s, f"cannot connect to {self.description}: {e}")
             return
@@ -275,7 +281,9 @@ class SlaveConnection:
             if not s.ended:
                 s.end_kind = failure_kind(f)
                 reason = describe_failure(f)
-                if f.check(error.ConnectionDone, error.ConnectionLost, pb.PBConnectionLost):
+                if f.check(TlsVerifyError):
+                    why = f"refused the master at {self.description}: {reason}"
+                elif f.check(error.ConnectionDone, error.ConnectionLost, pb.PBConnectionLost):
                     why = f"the connection to {self.description} closed during login ({reason})"
                 else:
                     # A refusal or any other login error. buildbot-worker exits on the latter
@@ -346,8 +354,13 @@ class SlaveConnection:
             return
         reason = s.end_reason
         if reason is None:
-            why = describe_failure(s.broker.lost_reason) if s.broker.lost_reason else "connection lost"
-            if s.perspective is not None:
+            lost = s.broker.lost_reason
+            why = describe_failure(lost) if lost else "connection lost"
+            if lost is not None and lost.check(TlsVerifyError):
+                # Never attached: the handshake was refused before any PB byte was sent.
+                reason = f"refused the master at {self.description}: {why}"
+                s.end_kind = "untrusted"
+            elif s.perspective is not None:
                 reason = f"lost the connection to {self.description}: {why}"
             else:
                 reason = f"the connection to {self.description} closed during login ({why})"

@@ -5,7 +5,7 @@ changes state, so that another process never has to read the log to learn it:
 
     {"state": "attached" | "connecting" | "logging in" | "disconnected" | "stopped",
      "reason": "" | "unauthorized" | "refused" | "unreachable" | "timeout" | "duplicate"
-               | "lost" | "error",
+               | "lost" | "untrusted" (the master's TLS certificate was refused) | "error",
      "detail": "the log's sentence", "since": seconds since the epoch, "pid": int,
      "master": "the connection string", "attempt": failures since the last attach}
 """
@@ -18,7 +18,8 @@ from pathlib import Path
 
 STATE_NAME = "slave.state"
 STATES = ("connecting", "logging in", "attached", "disconnected", "stopped")
-REASONS = ("", "unauthorized", "refused", "unreachable", "timeout", "duplicate", "lost", "error")
+REASONS = ("", "unauthorized", "refused", "unreachable", "timeout", "duplicate", "lost", "untrusted",
+           "error")
 
 
 class StateFile:
