@@ -525,6 +525,29 @@ def test_an_ssl_string_with_nothing_to_check_against_is_refused():
         tls.check("tls:host=h", None)
 
 
+def test_the_master_logs_a_handshake_a_client_refused_but_not_a_bare_port_probe(tmp_path, ca,
+                                                                               cleanup):
+    master = TlsMaster(tmp_path / "m", create_args=["--tls"])
+    cleanup.append(master)
+    user, password = master.admin
+    failed = "TLS handshake with 127.0.0.1 failed"
+    with socket.create_connection(("127.0.0.1", master.port)):
+        pass  # a port probe: no ClientHello, nothing to log
+    refused = run_bbx("builders", "--master", f"127.0.0.1:{master.port}", "--ca", ca.cert_path,
+                      "--user", user, "--password", password)
+    assert refused.returncode == 6, refused.stderr
+    wait_until(lambda: failed in master.log(), 20, what="the master's line for the handshake")
+    lines = [ln for ln in master.log().splitlines() if failed in ln]
+    assert len(lines) == 1, lines  # the bbx client, not the probe
+    assert "the client hung up after receiving the certificate (it may not trust it)" in lines[0]
+    with socket.create_connection(("127.0.0.1", master.port)) as plain:
+        plain.sendall(b"GET / HTTP/1.0\r\n\r\n")  # not TLS at all
+        plain.recv(100)
+    wait_until(lambda: "the client does not speak TLS" in master.log(), 20,
+               what="the master's line for a client that speaks no TLS")
+    assert "Traceback" not in master.log()
+
+
 PROBE = """
 import json, sys
 from twisted.internet import defer, task

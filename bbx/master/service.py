@@ -9,8 +9,10 @@ from pathlib import Path
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from twisted.spread import pb
+from zope.interface import implementer
 
 from bbx import pidfile
 from bbx.pb.banana import FastBroker
@@ -31,6 +33,7 @@ PID_FILE = "master.pid"
 HTTP_FILE = "master.http"  # the URL of /metrics and /healthz while serving (port 0 included)
 
 
+@implementer(IHandshakeListener)
 class _Broker(FastBroker):
     """A Broker that notes when bytes last arrived (the slave's liveness) and keeps TCP alive.
 
@@ -39,6 +42,21 @@ class _Broker(FastBroker):
 
     clock = None
     last_received = None
+    tls = False  # on an ssl: port (set by _ServerFactory)
+    tls_done = False
+
+    def handshakeCompleted(self):
+        """The TLS layer finished the handshake (IHandshakeListener)."""
+        self.tls_done = True
+
+    def connectionLost(self, reason):
+        if self.tls and not self.tls_done:
+            why = tls_failure(self.transport, reason)
+            if why:
+                # Short on purpose: until the pre-login log throttle lands, one line a failure.
+                log.warn("TLS handshake with {peer} failed: {why}", peer=_peer_host(self.transport),
+                         why=why)
+        super().connectionLost(reason)
 
     def connectionMade(self):
         enable_tcp_keepalive(self.transport)
@@ -67,6 +85,35 @@ class _Broker(FastBroker):
         super().dataReceived(data)
 
 
+def _peer_host(transport) -> str:
+    peer = transport.getPeer()
+    return str(getattr(peer, "host", peer))
+
+
+# OpenSSL's words for a first message that is not a TLS ClientHello (plain PB, HTTP).
+_NOT_TLS = ("wrong version number", "http request", "unknown protocol")
+
+
+def tls_failure(transport, reason) -> str | None:
+    """Why a TLS handshake on the master's port did not finish, in a few words; None for a
+    connection that never sent a ClientHello (a port probe, a TCP health check)."""
+    from OpenSSL import SSL
+
+    if reason.check(SSL.Error):
+        errors = reason.value.args[0] if reason.value.args else None
+        if isinstance(errors, list) and errors and isinstance(errors[-1], tuple):
+            why = str(errors[-1][-1])  # OpenSSL's reason: 'tlsv1 alert unknown ca', ...
+            return f"the client does not speak TLS ({why})" if why in _NOT_TLS else why
+        return str(reason.value) or "a TLS error"
+    try:
+        hello = transport.getHandle().client_random()
+    except Exception:
+        return None
+    if hello is None:
+        return None
+    return "the client hung up after receiving the certificate (it may not trust it)"
+
+
 class _ServerFactory(pb.PBServerFactory):
     protocol = _Broker
     noisy = False
@@ -75,11 +122,13 @@ class _ServerFactory(pb.PBServerFactory):
         # Buildbot serves tracebacks to its peers (PROTOCOL.md §2.1); bbx does not need them.
         super().__init__(portal, unsafeTracebacks=False)
         self.clock = clock
+        self.tls = False  # MasterService sets it for an ssl: listen string
         self.brokers: set[_Broker] = set()
 
     def buildProtocol(self, addr):
         broker = super().buildProtocol(addr)
         broker.clock = self.clock
+        broker.tls = self.tls
         self.brokers.add(broker)
         broker.notifyOnDisconnect(lambda: self.brokers.discard(broker))
         return broker
@@ -129,6 +178,7 @@ class MasterService:
             lambda name: ControlPerspective(name, self) if name in control_names else None)
         portal = Portal(self.dispatcher, [self.dispatcher])
         self.factory = _ServerFactory(portal, reactor)
+        self.factory.tls = config.listen.split(":", 1)[0].lower() == "ssl"
         self.port = None
         self.endpoint: str | None = None
         self._store_open = False
