@@ -282,7 +282,8 @@ def _clocked_slave(tmp_path):
 
     from bbx.master.builder import Builder, SlaveBuilder
     from bbx.master.config import load_config
-    from bbx.master.slave import SlaveLink, SlavePerspective
+    from bbx.master.link import SlaveLink
+    from bbx.master.slave import SlavePerspective
     from bbx.pb.dialect import Dialect
 
     make_master(tmp_path, keepalive=(10, 30))
@@ -290,9 +291,9 @@ def _clocked_slave(tmp_path):
     clock = task.Clock()
     builders = {b.name: Builder(b) for b in config.builders}
     slave = SlavePerspective(config.slaves[0], config, builders, clock)
-    link = SlaveLink(_FakeBroker(), _SilentMind(), clock)
+    link = SlaveLink(_FakeBroker(), _SilentMind(), clock, slave="w1")
     link.dialect = Dialect.WORKER
-    link.slave_builders["w1"] = SlaveBuilder(builders["w1"], slave, _SilentMind(), clock)
+    link.slave_builders["w1"] = SlaveBuilder(builders["w1"], slave, link, clock)
     slave._accept(link)
     return clock, slave, link
 

@@ -192,9 +192,8 @@ class Build:
                     log.warn("build of {builder}: slave {slave} failed its ping ({why}); "
                              "dropping it", builder=self.builder.name, slave=self.slave_name,
                              why=str(e))
-                    link = sb.slave.link
-                    if link is not None and not sb.detached:
-                        link.drop()
+                    if not sb.detached:
+                        sb.link.drop()
                     self.result = None
                     self._fail_first(e)
                     return None
@@ -226,7 +225,7 @@ class Build:
         sb = self.slave_builder
         if self.lost is None:
             try:
-                yield sb.remote.callRemote("startBuild")
+                yield sb.link.start_build(sb.name)
             except Exception as e:
                 self.lost = self.lost or f"slave {self.slave_name} did not start the build: {e}"
         for number, step in enumerate(self.steps, 1):

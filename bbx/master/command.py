@@ -22,7 +22,6 @@ from twisted.python.failure import Failure
 from twisted.spread import pb
 from zope.interface import Interface, implementer
 
-from bbx.pb import dialect
 from bbx.pb.updates import iter_updates
 
 log = Logger()
@@ -118,8 +117,9 @@ class RemoteObserver:
         return None
 
 
-class RemoteCommand(pb.Referenceable):
-    """One command on one slave builder; passed to the slave as its stepRef.
+class RemoteCommand:
+    """One command on one slave builder. The slave reports to it through the stepRef its link
+    made (bbx/master/link.py), which calls `remote_update` and `remote_complete` here.
 
     Create it, add observers, `start()` it; `done` fires with the result dict
     `{"rc": int|None, "failure": str|None, "interrupted": bool, "lost": bool}`.
@@ -154,15 +154,14 @@ class RemoteCommand(pb.Referenceable):
         Errbacks with the slave's error (unknown command, bad args) and releases the builder.
         """
         sb = self.slave_builder
-        link = sb.slave.link
-        if sb.detached or link is None:
+        link = sb.link
+        if sb.detached or link.gone:
             raise pb.PBConnectionLost(f"slave {sb.slave.name} is not attached")
-        wire_args = dialect.args_for_peer(self.name, self.args, link.commands)
         sb.command = self
         try:
             if start_build:
-                yield sb.remote.callRemote("startBuild")
-            yield sb.remote.callRemote("startCommand", self, self.command_id, self.name, wire_args)
+                yield link.start_build(sb.name)
+            yield link.start_command(sb.name, self, self.command_id, self.name, self.args)
         except Exception:
             if sb.command is self:
                 sb.command = None
@@ -231,7 +230,8 @@ class RemoteCommand(pb.Referenceable):
         self.interrupted = True
         log.info("interrupting command {id} on slave {slave}: {why}", id=self.command_id,
                  slave=self.slave_builder.slave.name, why=why)
-        d = self.slave_builder.remote.callRemote("interruptCommand", self.command_id, str(why))
+        sb = self.slave_builder
+        d = sb.link.interrupt_command(sb.name, self.command_id, str(why))
         d.addErrback(lambda f: log.warn("interruptCommand failed: {f}", f=f.getErrorMessage()))
         return d
 
