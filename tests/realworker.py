@@ -10,6 +10,9 @@ PB control client run as a child process.
     python tests/realworker.py slave08 ENDPOINT NAME PASSWORD
         a stand-in for a Buildbot 0.8 buildslave (slave-era names, command versions 2.16); prints
         one line per call it gets from the master
+    python tests/realworker.py stall ENDPOINT NAME PASSWORD
+        logs in as slave NAME with the right password, then never answers the master's first
+        call (print): prints "print received", then "login ended: <why>" when the master gives up
 """
 
 from __future__ import annotations
@@ -62,10 +65,11 @@ def admin(config: dict) -> tuple[str, str]:
 class Master:
     """A `bbx master start DIR` child in the foreground, stopped on cleanup."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, *, env: dict | None = None):
         self.dir = Path(directory)
         self.config = __import__("tomllib").loads((self.dir / "master.toml").read_text())
-        self.proc = Proc([BBX, "master", "start", self.dir], log_path=self.dir.parent / f"{self.dir.name}.out")
+        self.proc = Proc([BBX, "master", "start", self.dir], env=env,
+                         log_path=self.dir.parent / f"{self.dir.name}.out")
         self.proc.wait_for_output("listening on", timeout=30)
         self.endpoint = (self.dir / "master.endpoint").read_text().strip()
         self.port = int(self.endpoint.rsplit("=", 1)[1])
@@ -315,7 +319,38 @@ def _slave08_main(argv: list[str]) -> int:
     return 0
 
 
+def _stall_main(argv: list[str]) -> int:
+    """A peer that logs in properly and then stalls the attach sequence."""
+    from twisted.internet import defer, reactor, task
+    from twisted.spread import pb
+
+    from bbx.pb.endpoints import login
+
+    endpoint, name, password = argv[:3]
+
+    def say(text):
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    class StalledBot(pb.Referenceable):
+        def remote_print(self, message=""):
+            say("print received")
+            return defer.Deferred()  # never answered
+
+    async def main(_reactor):
+        try:
+            await login(reactor, endpoint, name, password, mind=StalledBot(), timeout=10)
+            say("login ended: attached (unexpected)")
+        except Exception as e:
+            say(f"login ended: {e}")
+
+    task.react(lambda r: defer.ensureDeferred(main(r)))
+    return 0
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["slave08"]:
         sys.exit(_slave08_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["stall"]:
+        sys.exit(_stall_main(sys.argv[2:]))
     sys.exit(_client_main(sys.argv[1:]))

@@ -77,8 +77,11 @@ KEEPALIVE_TIMEOUT = 60.0
 LEGACY_NOTICE = "buildbot-slave detected, failing back to deprecated buildslave API."
 
 
-class PeerTimeout(Exception):
-    """The slave did not answer a call within its deadline; str() says which and how long."""
+class PeerTimeout(pb.Error):
+    """The slave did not answer a call within its deadline; str() says which and how long.
+
+    A pb.Error, so that when it ends a login it reaches the peer as one line and Twisted logs
+    no traceback for it (the master logs its own line)."""
 
 
 class MissingMethod(Exception):
