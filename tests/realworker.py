@@ -10,6 +10,8 @@ PB control client run as a child process.
     python tests/realworker.py slave08 ENDPOINT NAME PASSWORD
         a stand-in for a Buildbot 0.8 buildslave (slave-era names, command versions 2.16); prints
         one line per call it gets from the master
+    python tests/realworker.py login ENDPOINT NAME PASSWORD LOGIN_TIMEOUT
+        bbx's one login routine (bbx/pb/endpoints.login) once; prints "login ended: <why>"
     python tests/realworker.py stall ENDPOINT NAME PASSWORD
         logs in as slave NAME with the right password, then never answers the master's first
         call (print): prints "print received", then "login ended: <why>" when the master gives up
@@ -348,7 +350,28 @@ def _stall_main(argv: list[str]) -> int:
     return 0
 
 
+def _login_main(argv: list[str]) -> int:
+    from twisted.internet import defer, reactor, task
+
+    from bbx.pb.endpoints import LoginFailed, login
+
+    endpoint, name, password, login_timeout = argv[:4]
+
+    async def main(_reactor):
+        try:
+            await login(reactor, endpoint, name, password, timeout=10,
+                        login_timeout=float(login_timeout))
+            print("login ended: logged in", flush=True)
+        except LoginFailed as e:
+            print(f"login ended: {e.stage}: {e.reason}", flush=True)
+
+    task.react(lambda r: defer.ensureDeferred(main(r)))
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["login"]:
+        sys.exit(_login_main(sys.argv[2:]))
     if sys.argv[1:2] == ["slave08"]:
         sys.exit(_slave08_main(sys.argv[2:]))
     if sys.argv[1:2] == ["stall"]:

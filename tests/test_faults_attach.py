@@ -42,3 +42,21 @@ def test_a_stalled_attach_is_dropped_and_the_real_slave_then_attaches(tmp_path):
             if proc is not None:
                 proc.terminate()
         master.stop()
+
+
+def test_a_master_that_never_answers_the_login_is_given_up_after_the_login_deadline(tmp_path):
+    import socket
+    import subprocess
+
+    # A "master" whose kernel accepts the TCP connection but which never speaks PB.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    try:
+        out = subprocess.run([sys.executable, realworker, "login",
+                              f"tcp:host=127.0.0.1:port={silent.getsockname()[1]}", "s1", "pw1",
+                              "1"], capture_output=True, text=True, timeout=30)
+    finally:
+        silent.close()
+    assert "login ended: login: the master at tcp:host=127.0.0.1" in out.stdout, out
+    assert "did not answer the login within 1 s" in out.stdout

@@ -84,18 +84,27 @@ def enable_tcp_keepalive(transport) -> None:
 
 
 class LoginFailed(Exception):
-    """A login that did not succeed, with a reason an operator can act on."""
+    """A login that did not succeed, with a reason an operator can act on.
 
-    def __init__(self, reason: str, *, unauthorized: bool = False, unreachable: bool = False):
+    `stage` is "connect" (no connection was made) or "login" (connected, the login failed);
+    `failure` is what failed, for callers that word it their own way.
+    """
+
+    def __init__(self, reason: str, *, unauthorized: bool = False, unreachable: bool = False,
+                 stage: str = "login", failure: Failure | None = None):
         super().__init__(reason)
         self.reason = reason
         self.unauthorized = unauthorized
         self.unreachable = unreachable
+        self.stage = stage
+        self.failure = failure
 
 
 def explain(failure: Failure, description: str = "") -> LoginFailed:
     """Turn a connect or login failure into a LoginFailed with one clear sentence."""
     where = f" {description}" if description else ""
+    if failure.check(LoginTimeout):
+        return LoginFailed(str(failure.value), unreachable=True)
     if failure.check(error.ConnectionRefusedError):
         return LoginFailed(f"nothing is listening at{where} (connection refused)", unreachable=True)
     if failure.check(error.DNSLookupError):
@@ -151,29 +160,59 @@ class KeepaliveClientFactory(pb.PBClientFactory):
         super().clientConnectionMade(broker)
 
 
+class LoginTimeout(Exception):
+    """The master accepted the connection but did not answer the login in time."""
+
+
 @defer.inlineCallbacks
-def login(reactor, description: str, username: str, password: str, mind=None, *, timeout: float = 10.0):
+def login(reactor, description: str, username: str, password: str, mind=None, *,
+          timeout: float = 10.0, login_timeout: float | None = None, factory=None,
+          connected=None):
     """Connect to `description` and log in; fire with (perspective, broker).
+
+    The one login routine of bbx: the CLI and the slave (bbx/slave/connection.py) both use it.
+    `timeout` bounds the connect and `login_timeout` (default: `timeout`) the login itself; a
+    master that does not answer in time has its connection aborted. `factory` is the
+    KeepaliveClientFactory to use (the slave's notes what it receives); `connected(broker)` is
+    called once the connection is up, before the login is sent.
 
     The mind (a Referenceable or None) is serviced by the reactor while the login call is
     still pending — the master calls it inside `respond` (PROTOCOL.md §4.1).
-    Errbacks with LoginFailed for every expected failure.
+    Errbacks with LoginFailed for every expected failure; its `stage` says which step failed
+    and its `failure` what failed.
     """
     endpoint = client_endpoint(reactor, description)
-    factory = KeepaliveClientFactory()
+    factory = factory if factory is not None else KeepaliveClientFactory()
     connecting = endpoint.connect(factory)
     timer = reactor.callLater(timeout, connecting.cancel)
     try:
         broker = yield connecting
     except Exception:
-        raise explain(Failure(), description) from None
+        failure = Failure()
+        explained = explain(failure, description)
+        explained.stage, explained.failure = "connect", failure
+        raise explained from None
     finally:
         if timer.active():
             timer.cancel()
+    if connected is not None:
+        connected(broker)
     creds = UsernamePassword(username.encode("utf-8"), password.encode("utf-8"))
+    seconds = timeout if login_timeout is None else login_timeout
+
+    def expired(result, _timeout):
+        broker.transport.abortConnection()
+        raise LoginTimeout(f"the master at {description} did not answer the login within "
+                           f"{seconds:g} s")
+
+    logging_in = factory.login(creds, client=mind)
+    logging_in.addTimeout(seconds, reactor, onTimeoutCancel=expired)
     try:
-        perspective = yield factory.login(creds, client=mind)
+        perspective = yield logging_in
     except Exception:
+        failure = Failure()
         broker.transport.loseConnection()
-        raise explain(Failure(), description) from None
+        explained = explain(failure, description)
+        explained.stage, explained.failure = "login", failure
+        raise explained from None
     return perspective, broker
