@@ -201,15 +201,18 @@ class BuildSlave08:
     """A real buildslave 0.8.14 basedir (create-slave) and, once started, its twistd child.
 
     `allow_shutdown` is None, "file" (touch basedir/shutdown.stamp) or "signal" (SIGHUP), as
-    create-slave's --allow-shutdown. Stopped with SIGTERM on `stop()`.
+    create-slave's --allow-shutdown; `usepty` is its --usepty, what the slave does when a
+    master leaves the choice to it (usePTY="slave-config"). Stopped with SIGTERM on `stop()`.
     """
 
     def __init__(self, install: Install08, basedir: Path, master: str, name: str, password: str,
-                 *, allow_shutdown: str | None = None, keepalive: int = 600, maxdelay: int = 2):
+                 *, allow_shutdown: str | None = None, keepalive: int = 600, maxdelay: int = 2,
+                 usepty: bool = False):
         self.install = install
         self.basedir = Path(basedir)
         self.name = name
-        args = ["create-slave", "-q", f"--keepalive={keepalive}", f"--maxdelay={maxdelay}"]
+        args = ["create-slave", "-q", f"--keepalive={keepalive}", f"--maxdelay={maxdelay}",
+                f"--usepty={int(usepty)}"]
         if allow_shutdown:
             args.append(f"--allow-shutdown={allow_shutdown}")
         install.run_script("buildslave.scripts.runner", "buildslave", *args, self.basedir,

@@ -45,6 +45,10 @@ slaves = ["g08"]
 [[builders]]
 name = "old08"
 slaves = ["old08"]
+
+[[builders]]
+name = "pty08"
+slaves = ["pty08"]
 '''
 # What the 0.8 slave logs once the master's attach sequence reached it (bot.py remote_print).
 ATTACHED = "message from master: attached"
@@ -63,7 +67,8 @@ AWKWARD = ("bare\rcarriage\r\nreturn\n\n\nempty lines above\n"
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory, slave08_install):
     root = tmp_path_factory.mktemp("interop08-slave")
-    farm = Farm(root, master_toml(BUILDERS, slaves=((SLAVE, 1), ("g08", 1), ("old08", 1))))
+    farm = Farm(root, master_toml(BUILDERS, slaves=((SLAVE, 1), ("g08", 1), ("old08", 1),
+                                                   ("pty08", 1))))
     slave = None
     try:
         farm.start_master()
@@ -174,6 +179,22 @@ def test_ctrl_c_on_run_kills_the_whole_process_tree_on_the_slave(farm, tmp_path)
         for pid in tree:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_the_slave_era_pty_choice_is_left_to_the_slave(farm, slave08_install, tmp_path):
+    farm_, _ = farm
+    # Shell 2.16 < 3.0: the master sends usePTY="slave-config" (PROTOCOL.md §5.5), so a slave
+    # created with --usepty=1 runs the command on a terminal; a bool False would not.
+    slave = BuildSlave08(slave08_install, tmp_path / "pty08", f"127.0.0.1:{farm_.port}", "pty08",
+                         "pw-pty08", usepty=True).start()
+    try:
+        slave.wait_log(ATTACHED)
+        wait_until(lambda: "pty08" in farm_.attached(), 20, what="pty08 attached")
+        r = bbx_run(farm_, "pty08", "sh", "-c", "test -t 1 && echo on-a-tty")
+        assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
+        assert b"on-a-tty" in r.stdout
+    finally:
+        slave.stop()
 
 
 def test_a_build_with_download_and_upload_moves_files_intact(farm):

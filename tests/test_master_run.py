@@ -136,34 +136,6 @@ def test_a_worker_dying_mid_command_completes_it_as_lost(tmp_path):
             pass
 
 
-def test_a_slave_era_peer_gets_slave_era_shell_arguments(tmp_path):
-    import json
-    import sys
-
-    from tests.realworker import __file__ as fixture
-    from tests.support import Proc
-
-    make_master(tmp_path / "m", slaves=("old:pw",))
-    master = Master(tmp_path / "m")
-    slave = Proc([sys.executable, fixture, "slave08", master.endpoint, "old", "pw"],
-                 log_path=tmp_path / "slave08.out")
-    proc = None
-    try:
-        slave.wait_for_output("logged in")
-        proc = start_run(tmp_path, master.endpoint, *admin(master.config), "old", "echo hi")
-        lines = finished(proc)
-        assert lines[-1]["complete"] == {"rc": 0, "failure": None, "interrupted": False, "lost": False}
-        started = next(ln for ln in slave.output().splitlines() if ln.startswith("startCommand"))
-        args = json.loads(started.split(" ", 3)[3])
-        assert args["usePTY"] == "slave-config"  # shell 2.16 < 3.0 (PROTOCOL.md §5.5)
-        assert args["command"] == "echo hi" and args["workdir"] == "build" and args["timeout"] == 1200
-    finally:
-        if proc:
-            proc.terminate()
-        slave.terminate()
-        master.stop()
-
-
 def test_output_arriving_after_rc_still_reaches_the_observer(farm):
     tmp, master, _ = farm
     proc = start_run(tmp, master.endpoint, *admin(master.config), "w1", "printf no-newline")
