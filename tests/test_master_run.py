@@ -120,6 +120,9 @@ def test_a_worker_dying_mid_command_completes_it_as_lost(tmp_path):
         proc = start_run(tmp_path, master.endpoint, *admin(master.config), "w1",
                          f"echo $$ > {tmp_path}/cmd.pid; exec sleep 600")
         wait_until(lambda: (tmp_path / "cmd.pid").exists(), 20, what="the command to run")
+        # The pid file can appear before the worker's answer to startCommand has left it:
+        # wait until the master has the answer, or the kill races the start.
+        proc.wait_for_output('"started"', 20)
         os.kill(worker.pid, signal.SIGKILL)
         lines = finished(proc)
         result = lines[-1]["complete"]

@@ -24,6 +24,8 @@ from zope.interface import Interface, implementer
 
 from bbx.pb.updates import iter_updates
 
+from .clients import ClientRef
+
 log = Logger()
 
 # Command ids are str of a process-global counter, as Buildbot's master does (PROTOCOL.md §4.2).
@@ -79,42 +81,18 @@ class RemoteObserver:
     """An observer living on the far end of a PB connection (the CLI's Referenceable)."""
 
     def __init__(self, ref, on_gone=None):
-        self.ref = ref
-        self.gone = False
-        self._on_gone = on_gone
-        if on_gone is not None:
-            ref.notifyOnDisconnect(self._disconnected)
+        self.client = ClientRef(ref, "watching client", on_gone=on_gone)
 
-    def _disconnected(self, _ref=None) -> None:
-        self.gone = True
-        if self._on_gone is not None:
-            callback, self._on_gone = self._on_gone, None
-            callback()
+    @property
+    def gone(self) -> bool:
+        return self.client.gone
 
     def update(self, updates):
-        if self.gone:
-            return None
-        d = self.ref.callRemote("update", updates)
-        d.addErrback(self._failed, "update")
-        return d
+        return self.client.call("update", updates)
 
     def complete(self, result):
-        if self._on_gone is not None:
-            try:
-                self.ref.dontNotifyOnDisconnect(self._disconnected)
-            except ValueError:
-                pass
-            self._on_gone = None
-        if self.gone:
-            return None
-        d = self.ref.callRemote("complete", result)
-        d.addErrback(self._failed, "complete")
-        return d
-
-    def _failed(self, failure, what):
-        if not failure.check(pb.PBConnectionLost, pb.DeadReferenceError):
-            log.warn("watching client failed on {what}: {f}", what=what, f=failure.getErrorMessage())
-        return None
+        self.client.forget_on_gone()
+        return self.client.call("complete", result)
 
 
 class RemoteCommand:
