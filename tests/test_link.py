@@ -14,7 +14,8 @@ from twisted.python.failure import Failure
 from twisted.spread import flavors, pb
 
 from bbx.master import link as link_module
-from bbx.master.link import MissingMethod, PeerTimeout, SlaveLink, _StepRef
+from bbx.master.link import MissingMethod, PeerTimeout, SlaveLink
+from bbx.master.stepref import StepRef
 from bbx.pb.control import SlaveTimeout
 from bbx.pb.dialect import Dialect
 
@@ -212,7 +213,7 @@ def text(command: Command, key: str) -> str:
 
 def test_a_python2_character_split_between_updates_arrives_whole():
     command = Command()
-    step = _StepRef(command)
+    step = StepRef(command)
     step.remote_update([[{b"stdout": b"caf\xc3"}, 0]])
     step.remote_update([({b"stdout": b"\xa9!", b"rc": 0}, 0)])
     step.remote_complete(None)
@@ -223,7 +224,7 @@ def test_a_python2_character_split_between_updates_arrives_whole():
 
 def test_a_character_cut_at_the_very_end_is_flushed_before_complete():
     command = Command()
-    step = _StepRef(command)
+    step = StepRef(command)
     step.remote_update([[{b"stderr": b"x\xe2\x82"}, 0]])
     step.remote_complete(None)
     assert text(command, "stderr") == "x\ufffd"
@@ -232,13 +233,13 @@ def test_a_character_cut_at_the_very_end_is_flushed_before_complete():
 def test_python3_envelopes_pass_on_untouched():
     command = Command()
     envelope = [[{"stdout": "h\u00e9llo\n"}, 0]]
-    _StepRef(command).remote_update(envelope)
+    StepRef(command).remote_update(envelope)
     assert command.updates[0] is envelope
 
 
 def test_python2_logfile_text_is_decoded_per_log():
     command = Command()
-    step = _StepRef(command)
+    step = StepRef(command)
     step.remote_update([[{b"log": (b"test.log", b"\xe2\x82")}, 0]])
     step.remote_update([[{b"log": (b"test.log", b"\xac")}, 0]])
     assert [u[0][0]["log"] for u in command.updates] == [["test.log", ""], ["test.log", "\u20ac"]]

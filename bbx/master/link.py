@@ -8,9 +8,9 @@ connection, and every difference between the peers it meets is settled here, onc
   Bot or on the builder (§4.2, §4.3); setMaster and the builder's "attached" for slave-era
   peers (§4.3); Bot.shutdown or, for slaves older than 0.8.3, a builder's shutdown (§4.5);
   command arguments by command version (§5.5);
-- Python 2 peers' byte strings (§1.2): info, builder names and update envelopes reach the rest
-  of the master as str. Stream text is decoded per stream with an incremental UTF-8 decoder, so
-  a character a Python 2 slave split across two chunks arrives whole;
+- Python 2 peers' byte strings (§1.2): info and builder names reach the rest of the master as
+  str, and so do update envelopes, through the stepRef it makes for each command
+  (bbx/master/stepref.py: a character a Python 2 slave split across two chunks arrives whole);
 - peer failures Python 3 Twisted cannot unserialise (bbx/pb/failures.py);
 - a deadline on every call: a peer that stops answering is reported (PeerTimeout) and, where
   the state of the conversation is then unknown (attach, startBuild, startCommand, shutdown),
@@ -22,7 +22,6 @@ RemoteReference. The model is Buildbot's master/buildbot/worker/protocols/pb.py 
 
 from __future__ import annotations
 
-import codecs
 import os
 from typing import Any
 
@@ -35,7 +34,8 @@ from bbx.pb import failures  # noqa: F401 - installs the unjellier for Python 2 
 from bbx.pb.control import NoSlaveAttached, SlaveTimeout
 from bbx.pb.dialect import Dialect
 from bbx.pb.endpoints import remote_type
-from bbx.pb.updates import TEXT_KEYS
+
+from .stepref import StepRef
 
 log = Logger()
 
@@ -114,73 +114,6 @@ class _MasterSideBuilder(pb.Referenceable):
 
     It offers no remote methods; a 0.8 slave only watches it for disconnect (§3.2, §4.3).
     """
-
-
-class _StepRef(pb.Referenceable):
-    """The stepRef a slave gets in startCommand, in front of one RemoteCommand.
-
-    The slave calls `update(updates)` — a list of `[{key: value}, 0]` pairs — and gets back
-    what the command answers (0, or a Deferred firing 0 once its observers took the envelope),
-    then `complete(failure=None)` — None or a CopyableFailure — and gets None. Envelopes with
-    Python 2 byte strings are turned into str here; others pass on unchanged.
-    """
-
-    def __init__(self, command):
-        self.command = command
-        self._decoders: dict[str, Any] = {}  # stream key -> incremental UTF-8 decoder
-
-    def remote_update(self, updates):
-        """See the class docstring: a list of update pairs; answers 0 or a Deferred of 0."""
-        if dialect.has_bytes(updates):
-            updates = self._text(updates)
-        return self.command.remote_update(updates)
-
-    def remote_complete(self, failure=None):
-        """See the class docstring: None or a failure; answers None."""
-        tail = self._flush()
-        if tail:
-            self.command.remote_update(tail)
-        return self.command.remote_complete(failure)
-
-    def _decode(self, stream: str, value: bytes, final: bool = False) -> str:
-        decoder = self._decoders.get(stream)
-        if decoder is None:
-            decoder = self._decoders[stream] = codecs.getincrementaldecoder("utf-8")("replace")
-        return decoder.decode(value, final)
-
-    def _text(self, updates) -> list:
-        out = []
-        for element in updates:
-            data = element[0] if isinstance(element, (list, tuple)) and element else element
-            if not isinstance(data, dict):
-                continue
-            pairs = {}
-            for key, value in data.items():
-                key = dialect.plain(key)
-                if isinstance(value, bytes) and key in TEXT_KEYS:
-                    value = self._decode(key, value)
-                elif key == "log" and isinstance(value, (list, tuple)) and len(value) == 2:
-                    name = dialect.plain(value[0])
-                    text = value[1]
-                    if isinstance(text, bytes):
-                        text = self._decode(f"log:{name}", text)
-                    value = [name, text]
-                else:
-                    value = dialect.plain(value)
-                pairs[key] = value
-            out.append([pairs, 0])
-        return out
-
-    def _flush(self) -> list:
-        """What the decoders still hold (a truncated character at the very end), as updates."""
-        tail = []
-        for stream, decoder in self._decoders.items():
-            text = decoder.decode(b"", True)
-            if text:
-                key, _, name = stream.partition(":")
-                tail.append([{key: [name, text] if key == "log" else text}, 0])
-        self._decoders.clear()
-        return tail
 
 
 class SlaveLink:
@@ -421,7 +354,7 @@ class SlaveLink:
         slave accepted; errbacks with its refusal (unknown command, bad arguments) as it sent it.
         """
         wire_args = dialect.args_for_peer(name, args, self.commands)
-        d = self._call(self._builders.get(builder), "startCommand", _StepRef(command),
+        d = self._call(self._builders.get(builder), "startCommand", StepRef(command),
                        command_id, name, wire_args, timeout=START_TIMEOUT)
         d.addErrback(self._stuck, "startCommand")
         return d
