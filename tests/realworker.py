@@ -320,6 +320,36 @@ def _malformed_main(argv: list[str]) -> int:
     return 0
 
 
+def _stall_main(argv: list[str]) -> int:
+    """A peer that logs in properly and then stalls the attach sequence."""
+    from twisted.internet import defer, reactor, task
+    from twisted.spread import pb
+
+    from bbx.pb.endpoints import login
+
+    endpoint, name, password = argv[:3]
+
+    def say(text):
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    class StalledBot(pb.Referenceable):
+        def remote_print(self, message=""):
+            say("print received")
+            return defer.Deferred()  # never answered
+
+    async def main(_reactor):
+        try:
+            await login(reactor, endpoint, name, password, mind=StalledBot(), timeout=10,
+                        login_timeout=60)  # the master must be the one giving up
+            say("login ended: attached (unexpected)")
+        except Exception as e:
+            say(f"login ended: {e}")
+
+    task.react(lambda r: defer.ensureDeferred(main(r)))
+    return 0
+
+
 def _login_main(argv: list[str]) -> int:
     from twisted.internet import defer, reactor, task
 
