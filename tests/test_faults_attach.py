@@ -58,5 +58,5 @@ def test_a_master_that_never_answers_the_login_is_given_up_after_the_login_deadl
                               "1"], capture_output=True, text=True, timeout=30)
     finally:
         silent.close()
-    assert "login ended: login: the master at tcp:host=127.0.0.1" in out.stdout, out
-    assert "did not answer the login within 1 s" in out.stdout
+    assert "login ended: login: tcp:host=127.0.0.1" in out.stdout, out
+    assert "accepted the connection but did not answer the PB login within 1 s" in out.stdout

@@ -35,8 +35,8 @@ from twisted.spread import pb
 
 from bbx.pb import failures  # noqa: F401 - reads the failures a Python 2 (0.8) master sends
 from bbx.pb.banana import FastBroker
-from bbx.pb.endpoints import (KeepaliveClientFactory, LoginFailed, LoginTimeout, is_unauthorized,
-                               login, remote_type)
+from bbx.pb.endpoints import (KeepaliveClientFactory, LoginFailed, is_unauthorized, login,
+                               remote_type)
 
 log = Logger(namespace="bbx.slave")
 
@@ -131,8 +131,6 @@ def describe_failure(failure: Failure) -> str:
     """A short reason for a connect, login or connection-lost failure."""
     if is_unauthorized(failure):
         return "unauthorized: the master refused this slave's name or password"
-    if failure.check(LoginTimeout):
-        return "timed out"
     if failure.check(error.ConnectionRefusedError):
         return "connection refused"
     if failure.check(error.DNSLookupError):
@@ -271,7 +269,7 @@ class SlaveConnection:
         reason = describe_failure(e.failure) if e.failure is not None else e.reason
         if e.stage == "connect":
             return f"cannot connect to {self.description}: {reason}"
-        if e.failure is not None and e.failure.check(LoginTimeout):
+        if e.timed_out:
             return (f"the master at {self.description} did not answer the login within "
                     f"{self.login_timeout:.0f} s")
         if e.failure is not None and e.failure.check(error.ConnectionDone, error.ConnectionLost,
