@@ -96,15 +96,24 @@ def enable_tcp_keepalive(transport) -> None:
 
 
 class LoginFailed(Exception):
-    """A login that did not succeed, with a reason an operator can act on."""
+    """A login that did not succeed, with a reason an operator can act on.
+
+    `stage` names the step that failed: "connect" (resolve + TCP/TLS connect), "login" (the
+    PB handshake and the login answer), or "" when unknown; `timed_out` says a deadline ended
+    it; `failure` is what failed, for callers that word it their own way (the slave).
+    """
 
     def __init__(self, reason: str, *, unauthorized: bool = False, unreachable: bool = False,
-                 untrusted: bool = False):
+                 untrusted: bool = False, stage: str = "", timed_out: bool = False,
+                 failure: Failure | None = None):
         super().__init__(reason)
         self.reason = reason
         self.unauthorized = unauthorized
         self.unreachable = unreachable
         self.untrusted = untrusted
+        self.stage = stage
+        self.timed_out = timed_out
+        self.failure = failure
 
 
 def explain(failure: Failure, description: str = "") -> LoginFailed:
@@ -188,8 +197,16 @@ class KeepaliveClientFactory(pb.PBClientFactory):
 
 @defer.inlineCallbacks
 def login(reactor, description: str, username: str, password: str, mind=None, *,
-          timeout: float = 10.0, tls=None):
+          timeout: float = 10.0, login_timeout: float | None = None, factory=None,
+          connected=None, tls=None):
     """Connect to `description` and log in; fire with (perspective, broker).
+
+    The one login routine of bbx: the CLI and the slave (bbx/slave/connection.py) both use it.
+    `timeout` bounds the connect (name resolution, TCP, TLS); `login_timeout` (default: the
+    same) bounds the PB handshake and the login answer, so a port that accepts connections
+    but never speaks PB cannot hold the caller forever. `factory` is the KeepaliveClientFactory
+    to use (the slave's notes what it receives); `connected(broker)` is called once the
+    connection is up, before the login goes out.
 
     The mind (a Referenceable or None) is serviced by the reactor while the login call is
     still pending — the master calls it inside `respond` (PROTOCOL.md §4.1).
@@ -197,20 +214,50 @@ def login(reactor, description: str, username: str, password: str, mind=None, *,
     Errbacks with LoginFailed for every expected failure.
     """
     endpoint = client_endpoint(reactor, description, tls)
-    factory = KeepaliveClientFactory()
+    factory = factory if factory is not None else KeepaliveClientFactory()
     connecting = endpoint.connect(factory)
     timer = reactor.callLater(timeout, connecting.cancel)
     try:
         broker = yield connecting
     except Exception:
-        raise explain(Failure(), description) from None
+        failure = Failure()
+        failed = explain(failure, description)
+        failed.stage, failed.failure = "connect", failure
+        if not timer.active():
+            failed.timed_out = True
+            failed.reason = f"no connection to {description} within {timeout:g} s (connect)"
+        raise failed from None
     finally:
         if timer.active():
             timer.cancel()
+    if connected is not None:
+        connected(broker)
     creds = UsernamePassword(username.encode("utf-8"), password.encode("utf-8"))
+    answering = factory.login(creds, client=mind)
+    deadline = timeout if login_timeout is None else login_timeout
+    expired = []
+
+    def expire():
+        expired.append(True)
+        answering.cancel()
+
+    login_timer = reactor.callLater(deadline, expire)
     try:
-        perspective = yield factory.login(creds, client=mind)
+        perspective = yield answering
     except Exception:
+        failure = Failure()
+        if expired:
+            broker.transport.abortConnection()
+            raise LoginFailed(
+                f"{description} accepted the connection but did not answer the PB login within "
+                f"{deadline:g} s (login); is it a bbx or Buildbot PB port? (a TLS port needs an "
+                "ssl: endpoint)", unreachable=True, stage="login", timed_out=True,
+                failure=failure) from None
         broker.transport.loseConnection()
-        raise explain(Failure(), description) from None
+        failed = explain(failure, description)
+        failed.stage, failed.failure = "login", failure
+        raise failed from None
+    finally:
+        if login_timer.active():
+            login_timer.cancel()
     return perspective, broker

@@ -78,7 +78,7 @@ class SlaveBuilder(pb.Referenceable):
     def remote_print(self, message: str = "") -> None:
         """0.8 masters send "attached" and pings here. Gets: `message` (str). Returns None."""
         log.info("builder {builder}: message from master: {message}", builder=self.name,
-                 message=message)
+                 message=decode(message))
 
     def remote_startBuild(self) -> None:
         """A build is about to start on this builder. Gets nothing; returns None."""
