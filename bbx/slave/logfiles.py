@@ -9,6 +9,8 @@ from typing import Callable
 from twisted.internet import task
 from twisted.logger import Logger
 
+from bbx.slave.redact import Secrets, StreamRedactor
+
 log = Logger()
 
 # Buildbot polls logfiles every 2 s (PROTOCOL.md §5.4); we poll faster so logfile text arrives
@@ -21,10 +23,12 @@ class LogfileWatcher:
 
     As in the worker: with `follow` only text appended after the command started is sent;
     without it, the whole file is sent once it differs from how it was at start (a stale file
-    from an earlier build is ignored until rewritten).
+    from an earlier build is ignored until rewritten). `secrets` are replaced before sending;
+    bytes that may start one wait for the next poll (bbx/slave/redact.py).
     """
 
-    def __init__(self, name: str, path: str, follow: bool, emit: Callable[[str, str], None]) -> None:
+    def __init__(self, name: str, path: str, follow: bool, emit: Callable[[str, str], None], *,
+                 secrets: Secrets | None = None) -> None:
         self.name = name
         self.path = path
         self.follow = follow
@@ -32,6 +36,7 @@ class LogfileWatcher:
         self.initial = self._stat()
         self.file = None
         self.decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+        self.redactor = StreamRedactor(secrets) if secrets else None
         self.loop: task.LoopingCall | None = None
 
     def _stat(self):
@@ -61,13 +66,20 @@ class LogfileWatcher:
                 return
             if self.follow and self.initial is not None and self.initial[0] == now[0]:
                 self.file.seek(self.initial[3])
+        read = False
         for _ in range(64):  # bounded per poll; the rest comes next time
             data = self.file.read(LOGFILE_READ_SIZE)
             if not data:
                 break
-            text = self.decode(data)
-            if text:
-                self.emit(self.name, text)
+            read = True
+            self._send(self.redactor.feed(data) if self.redactor is not None else data)
+        if not read and self.redactor is not None and self.redactor.pending:
+            self._send(self.redactor.flush())  # nothing came to complete it
+
+    def _send(self, data: bytes) -> None:
+        text = self.decode(data) if data else ""
+        if text:
+            self.emit(self.name, text)
 
     def stop(self) -> None:
         """Read what is left, then stop."""
@@ -78,6 +90,8 @@ class LogfileWatcher:
         except OSError:
             pass
         if self.file is not None:
+            if self.redactor is not None:
+                self._send(self.redactor.flush())
             tail = self.decode(b"", True)
             if tail:
                 self.emit(self.name, tail)
