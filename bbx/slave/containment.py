@@ -123,7 +123,7 @@ class Containment:
             for group in stale:
                 group.kill()
         if self.subreaper or self.tree is not None:
-            self._loop = task.LoopingCall(self.scan)
+            self._loop = task.LoopingCall(self._tick)
             self._loop.clock = self.reactor
             self._loop.start(ORPHAN_SCAN_INTERVAL, now=False)
 
@@ -212,7 +212,7 @@ class Containment:
             return run.cgroup.populated()
         if run.tree is None:
             return False
-        return bool(run.tree.members(include_root=False, table=table))
+        return bool(run.tree.members(include_root=False, table=table, pipes=False))
 
     def _forget(self, run: Run) -> None:
         if run.cgroup is not None and not run.cgroup.remove():
@@ -243,8 +243,10 @@ class Containment:
         for pid in list(self.orphans):
             if pid not in children:
                 del self.orphans[pid]
-        if self._loop is not None and self.lingering:
-            self.check_lingering()
+
+    def _tick(self) -> None:
+        self.scan()
+        self.check_lingering()
 
     # -- the guard ---------------------------------------------------------------------------
 

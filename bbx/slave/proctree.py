@@ -18,8 +18,8 @@ COOKIE_VAR = "BBX_RUN_COOKIE"
 # Rounds of "find members, freeze them" before signalling; each round catches the children
 # forked since the last one, and a frozen process cannot fork, so this converges fast.
 FREEZE_ROUNDS = 20
-# How much of a process's command line a report shows.
-DESCRIBE_CHARS = 60
+# How much of a process's command line a report shows (program base name, then arguments).
+DESCRIBE_CHARS = 80
 
 
 class ProcessTree:
@@ -43,8 +43,10 @@ class ProcessTree:
         self.exempt = {os.getpid(), os.getppid(), 1, *exempt}
         self.have_proc = os.path.isdir(os.path.join(_PROC, "self"))
 
-    def members(self, *, include_root: bool = True, table=None) -> set[int]:
-        """Live (non-zombie) members; `table` is a process_table() to reuse, if any.
+    def members(self, *, include_root: bool = True, table=None, pipes: bool = True) -> set[int]:
+        """Live (non-zombie) members; `table` is a process_table() to reuse, if any; without
+        `pipes` the holders of the child's pipes are not looked for (the costly part: every fd
+        of every process; pointless once the pipes are closed).
 
         Pass include_root=False once the root has been reaped: its pid may then be reused, so
         neither it nor its children count. (Session and group ids stay safe: Linux does not
@@ -63,7 +65,7 @@ class ProcessTree:
             if state in "ZX":
                 continue
             if (include_root and pid == self.root) or sid == self.root or pgrp == self.root \
-                    or pid in seeds or self._marked(pid):
+                    or pid in seeds or self._marked(pid, pipes):
                 found.add(pid)
         children: dict[int, list[int]] = {}
         for pid, (state, ppid, _, _) in table.items():
@@ -79,14 +81,14 @@ class ProcessTree:
                     todo.append(child)
         return found
 
-    def _marked(self, pid: int) -> bool:
+    def _marked(self, pid: int, pipes: bool = True) -> bool:
         try:
             with open(f"{_PROC}/{pid}/environ", "rb") as f:
                 if self.cookie in f.read().split(b"\0"):
                     return True
         except OSError:
             return False
-        if self.pipe_links:
+        if self.pipe_links and pipes:
             fd_dir = f"{_PROC}/{pid}/fd"
             try:
                 for fd in os.listdir(fd_dir):
@@ -175,10 +177,12 @@ def describe(pid: int) -> str:
     """A short command line for reports ("sleep 300"), or "" if the process is gone."""
     try:
         with open(f"{_PROC}/{pid}/cmdline", "rb") as f:
-            argv = f.read(DESCRIBE_CHARS * 4).split(b"\0")
+            argv = [a for a in f.read(4096).split(b"\0") if a]
     except OSError:
         return ""
-    text = " ".join(a.decode("utf-8", "replace") for a in argv if a)
+    if argv:
+        argv[0] = os.path.basename(argv[0]) or argv[0]
+    text = " ".join(a.decode("utf-8", "replace") for a in argv)
     return text if len(text) <= DESCRIBE_CHARS else text[:DESCRIBE_CHARS - 1] + "…"
 
 

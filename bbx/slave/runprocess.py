@@ -537,13 +537,13 @@ class RunProcess:
             return  # already given up on it (backup timeout)
         if sig is not None or self._killed or rc is None:
             rc = KILLED_RC
+        elapsed = self.reactor.seconds() - self._start_time
         self._report_victims()
         self._close_run()
         if self.send_rc:
             if sig is not None:
                 self._header(f"process killed by signal {sig}\n")
             self.updates.add("rc", rc)
-        elapsed = self.reactor.seconds() - self._start_time
         self._header(f"elapsedTime={elapsed:0.6f}\n")
         if not self._interrupted:
             self.updates.add("elapsed", elapsed)
