@@ -39,7 +39,9 @@ class Secrets:
         for value in values:
             text = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
             if worth_redacting(text):
-                found.add(_encode(text))
+                # Without surrounding white space: `echo $TOKEN` prints a value read from a file
+                # without its trailing newline.
+                found.add(_encode(text.strip()))
         # Longest first: where one secret starts another, the longer one wins.
         self.values: tuple[bytes, ...] = tuple(sorted(found, key=lambda v: (-len(v), v)))
         self.longest = max((len(v) for v in self.values), default=0)
