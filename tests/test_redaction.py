@@ -16,7 +16,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import pytest
 
 from bbx.pb.secrets import REDACTED, SecretNames
 from bbx.slave.redact import Secrets, StreamRedactor

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import codecs
 import os
 from typing import Callable
 
 from twisted.internet import task
 from twisted.logger import Logger
 
-from bbx.slave.redact import Secrets, StreamRedactor
+from bbx.slave.redact import Secrets, TextStream
 
 log = Logger()
 
@@ -35,8 +34,7 @@ class LogfileWatcher:
         self.emit = emit
         self.initial = self._stat()
         self.file = None
-        self.decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
-        self.redactor = StreamRedactor(secrets) if secrets else None
+        self.text = TextStream(secrets)
         self.loop: task.LoopingCall | None = None
 
     def _stat(self):
@@ -72,12 +70,11 @@ class LogfileWatcher:
             if not data:
                 break
             read = True
-            self._send(self.redactor.feed(data) if self.redactor is not None else data)
-        if not read and self.redactor is not None and self.redactor.pending:
-            self._send(self.redactor.flush())  # nothing came to complete it
+            self._send(self.text.feed(data))
+        if not read and self.text.pending:
+            self._send(self.text.release())  # nothing came to complete a secret
 
-    def _send(self, data: bytes) -> None:
-        text = self.decode(data) if data else ""
+    def _send(self, text: str) -> None:
         if text:
             self.emit(self.name, text)
 
@@ -90,10 +87,6 @@ class LogfileWatcher:
         except OSError:
             pass
         if self.file is not None:
-            if self.redactor is not None:
-                self._send(self.redactor.flush())
-            tail = self.decode(b"", True)
-            if tail:
-                self.emit(self.name, tail)
+            self._send(self.text.close())
             self.file.close()
             self.file = None

@@ -13,6 +13,7 @@ HOLD_DELAY, so a pause in the output never delays it for long).
 
 from __future__ import annotations
 
+import codecs
 import re
 from typing import Iterable, Mapping
 
@@ -136,3 +137,34 @@ class StreamRedactor:
     def flush(self) -> bytes:
         held, self._held = self._held, b""
         return self.secrets.bytes(held) if held else b""
+
+
+class TextStream:
+    """One output stream's bytes as text to send: secrets replaced, UTF-8 decoded as it comes
+    (a character cut between reads waits for its other bytes; invalid bytes become U+FFFD).
+
+    `feed(data)` -> text to send now; `pending` says whether bytes wait for a possible secret;
+    `release()` -> those bytes (at a pause); `close()` -> everything left (at the end).
+    """
+
+    def __init__(self, secrets: Secrets | None = None) -> None:
+        self._decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+        self._redactor = StreamRedactor(secrets) if secrets else None
+
+    @property
+    def pending(self) -> bool:
+        return self._redactor is not None and self._redactor.pending
+
+    def feed(self, data: bytes) -> str:
+        if self._redactor is not None:
+            data = self._redactor.feed(data)
+        return self._decode(data) if data else ""
+
+    def release(self) -> str:
+        if self._redactor is None:
+            return ""
+        data = self._redactor.flush()
+        return self._decode(data) if data else ""
+
+    def close(self) -> str:
+        return self.release() + self._decode(b"", True)

@@ -13,10 +13,8 @@ Where it goes further than the worker:
   process carrying the cookie and every process holding our output pipes. They are frozen
   with SIGSTOP first, so none can fork a survivor while we collect them. The header then names
   what was killed beyond the child.
-- A kill is a signal and a grace, in Buildbot's terms: with `sigtermTime`, SIGTERM to the whole
-  tree, then `interruptSignal` (default KILL) to what is left after sigtermTime; without it,
-  `interruptSignal` at once. Unlike the worker, a signal other than KILL is followed by SIGKILL
-  after KILL_GRACE, so a process that ignores it still dies.
+- A kill is a signal and a grace, in Buildbot's terms, plus a SIGKILL for a process that
+  ignores the signal (bbx/slave/treekill.py).
 - A daemon that outlives the child while holding its output open does not hang the command:
   LEFTOVER_GRACE after the child exits, whatever is left of its tree is killed.
 - The child dies with the slave (PR_SET_PDEATHSIG on Linux), and the guard kills the rest.
@@ -27,7 +25,6 @@ Where it goes further than the worker:
 
 from __future__ import annotations
 
-import codecs
 import os
 import shutil
 import signal
@@ -40,22 +37,14 @@ from twisted.logger import Logger
 from bbx.pb.secrets import SecretNames
 from bbx.slave.logfiles import LogfileWatcher
 from bbx.slave.proctree import COOKIE_VAR, ProcessTree
-from bbx.slave.redact import HOLD_DELAY, Secrets, StreamRedactor
+from bbx.slave.redact import HOLD_DELAY, Secrets, TextStream
 from bbx.slave.shellargs import (build_environment, command_argv, environment_header,
                                  logfile_specs, obfuscated_words, positive, seconds,
                                  seconds_text, signal_name, signal_number)
 from bbx.slave.spawn import NOT_FOUND_RC, SessionProcess, SessionPTYProcess
+from bbx.slave.treekill import BACKUP_TIMEOUT, TreeKill
 
 log = Logger()
-
-# PROTOCOL.md §6: how long a killed process may take to die before the worker gives up,
-# reports "SIG<X> failed to kill process" with a fake rc -1 and fails the command.
-BACKUP_TIMEOUT = 5.0
-
-# After a signal other than KILL that was the last one Buildbot would send, how long the tree
-# has before SIGKILL. Buildbot's own time for a kill to take (BACKUP_TIMEOUT): where the worker
-# gives up and leaves the process running, we kill it.
-KILL_GRACE = BACKUP_TIMEOUT
 
 # After the child exits, how long its leftovers may keep its output open (a background job
 # printing its last line) before we decide they are daemons and kill them. Our choice: the
@@ -64,10 +53,6 @@ LEFTOVER_GRACE = 1.0
 
 # The rc the worker reports for a process it killed (PROTOCOL.md §5.4 update order, item 4).
 KILLED_RC = -1
-
-# How many killed processes the header names before it says "and N more".
-NAMED_IN_HEADER = 10
-
 
 class CommandCouldNotRun(RuntimeError):
     """The child could not be started at all (workdir, fork); start() errbacks with this."""
@@ -165,10 +150,8 @@ class RunProcess:
         self._transport = None
         self._deferred: defer.Deferred | None = None
         self._start_time = 0.0
-        self._decode_out = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
-        self._decode_err = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
-        self._redact_out = StreamRedactor(self.secrets) if self.secrets else None
-        self._redact_err = StreamRedactor(self.secrets) if self.secrets else None
+        self._out = TextStream(self.secrets)
+        self._err = TextStream(self.secrets)
         self._watchers: list[LogfileWatcher] = []
         self._lines = 0
         self._stdout_closed = False
@@ -178,10 +161,7 @@ class RunProcess:
         self._ended = False
         self._killed = False  # we signalled it: the rc is -1 whatever it exits with
         self._interrupted = False  # kill() from outside: no `elapsed` (PROTOCOL.md §6)
-        self._stages: list[tuple[int, float]] = []  # signals still to send, each with its grace
-        self._signalled: dict[int, set[int]] = {}  # signal -> pids that got it
-        self._victims: dict[int, str] = {}  # pid -> what it ran, for every process killed
-        self._last_signal = signal.SIGKILL
+        self._kill_plan = TreeKill(self.sigterm_time, self.interrupt_signal)
         self._timers: dict[str, Any] = {}
 
     # -- starting ------------------------------------------------------------------------------
@@ -321,51 +301,39 @@ class RunProcess:
         if fd == 1:
             if not self.want_stdout or self._stdout_closed:
                 return
-            self._emit_stdout(self._redact_out.feed(data) if self._redact_out is not None else data)
+            self._send("stdout", self._out.feed(data))
         else:
             if not self.want_stderr:
                 return
-            self._emit_stderr(self._redact_err.feed(data) if self._redact_err is not None else data)
-        if self._redact_out is not None and "release" not in self._timers \
-                and (self._redact_out.pending or self._redact_err.pending):
+            self._send("stderr", self._err.feed(data))
+        if self.secrets and "release" not in self._timers and (self._out.pending or self._err.pending):
             self._timers["release"] = self.reactor.callLater(HOLD_DELAY, self._release_held)
         if self.max_lines is not None and not self._killed:
             self._lines += data.count(b"\n")
             if self._lines > self.max_lines:
                 self._max_lines_reached()
 
-    def _emit_stdout(self, data: bytes) -> None:
-        text = self._decode_out(data) if data else ""
+    def _send(self, key: str, text: str) -> None:
         if text:
-            self.updates.add("stdout", text)
-
-    def _emit_stderr(self, data: bytes) -> None:
-        text = self._decode_err(data) if data else ""
-        if text:
-            self.updates.add("stderr", text)
+            self.updates.add(key, text)
 
     def _release_held(self) -> None:
         """Output paused on what may be the start of a secret: send it as it is."""
         self._timers.pop("release", None)
-        if self._redact_out is None:
-            return
         if self.want_stdout and not self._stdout_closed:
-            self._emit_stdout(self._redact_out.flush())
+            self._send("stdout", self._out.release())
         if self.want_stderr:
-            self._emit_stderr(self._redact_err.flush())
+            self._send("stderr", self._err.release())
 
     def _log_text(self, name: str, text: str) -> None:
         self._last_activity = self.reactor.seconds()
         self.updates.add("log", (name, text))
 
     def _flush_decoders(self) -> None:
-        self._release_held()
-        tail = self._decode_out(b"", True)
-        if tail and self.want_stdout and not self._stdout_closed:
-            self.updates.add("stdout", tail)
-        tail = self._decode_err(b"", True)
-        if tail and self.want_stderr:
-            self.updates.add("stderr", tail)
+        if self.want_stdout and not self._stdout_closed:
+            self._send("stdout", self._out.close())
+        if self.want_stderr:
+            self._send("stderr", self._err.close())
 
     # -- limits --------------------------------------------------------------------------------
 
@@ -411,30 +379,23 @@ class RunProcess:
         for name in ("silence", "max_time"):
             self._cancel(name)
         self._header(f"\n{why}, attempting to kill\n")
-        # (signal, how long the tree has after it): the grace after the last is BACKUP_TIMEOUT.
-        if self.sigterm_time is not None:
-            self._stages = [(signal.SIGTERM, self.sigterm_time), (self.interrupt_signal, KILL_GRACE)]
-        else:
-            self._stages = [(self.interrupt_signal, KILL_GRACE)]
-        if self._stages[-1][0] != signal.SIGKILL:
-            self._stages.append((signal.SIGKILL, BACKUP_TIMEOUT))
+        self._kill_plan.start()
         self._next_stage(first=True)
 
     def _next_stage(self, first: bool = False) -> None:
         """Send the next signal of the kill; after the last, wait BACKUP_TIMEOUT and give up."""
         self._timers.pop("stage", None)
-        if self._ended or not self._stages:
+        plan = self._kill_plan
+        if self._ended or not plan.pending:
             return
-        sig, grace = self._stages.pop(0)
+        sig, grace = plan.next_stage()
         if not first and not self._anything_left():
-            self._stages.clear()  # the tree is gone: only the pipes are left to close
+            plan.abandon()  # the tree is gone: only the pipes are left to close
         else:
             if not first:
-                self._header(f"{signal_name(self._last_signal)} did not stop everything; "
-                             f"sending {signal_name(sig)}\n")
-            self._last_signal = sig
+                self._header(plan.escalation_header(sig))
             self._signal_tree(sig)
-        if self._stages:
+        if plan.pending:
             self._timers["stage"] = self.reactor.callLater(grace, self._next_stage)
             return
         self._timers["backup"] = self.reactor.callLater(BACKUP_TIMEOUT, self._backup_timeout)
@@ -449,12 +410,7 @@ class RunProcess:
     def _signal_tree(self, sig: int) -> None:
         if self.tree is None:
             return
-        done = self._signalled.setdefault(sig, set())
-        hit = self.tree.signal(sig, include_root=not self._exited, skip=done)
-        done.update(hit)
-        for pid, what in hit.items():
-            if pid != self.pid:
-                self._victims.setdefault(pid, what)
+        hit = self._kill_plan.send(self.tree, sig, include_root=not self._exited, root=self.pid)
         log.debug("sent {sig} to {n} process(es) of pid {pid}", sig=signal_name(sig), n=len(hit),
                   pid=self.pid)
 
@@ -462,7 +418,7 @@ class RunProcess:
         self._timers.pop("backup", None)
         if self._ended or self._deferred is None:
             return
-        name = signal_name(self._last_signal)
+        name = signal_name(self._kill_plan.last_signal)
         self._header(f"{name} failed to kill process\n")
         self._report_victims()
         if self.send_rc:
@@ -477,16 +433,9 @@ class RunProcess:
         d.errback(KillFailed(f"{name} failed to kill process"))
 
     def _report_victims(self) -> None:
-        victims, self._victims = self._victims, {}
-        victims.pop(self.pid, None)
-        if not victims:
-            return
-        items = [f"{pid} ({what})" if what else str(pid) for pid, what in sorted(victims.items())]
-        more = len(items) - NAMED_IN_HEADER
-        noun = "process" if len(items) == 1 else "processes"
-        self._header(f"killed {len(items)} more {noun} besides the command itself: "
-                     + ", ".join(items[:NAMED_IN_HEADER]) + (f" and {more} more" if more > 0 else "")
-                     + "\n")
+        report = self._kill_plan.report()
+        if report:
+            self._header(report)
 
     # -- ending --------------------------------------------------------------------------------
 
@@ -496,9 +445,9 @@ class RunProcess:
         if self._ended:
             return
         if self._killed:
-            if self._stages:
+            if self._kill_plan.pending:
                 return  # the rest of the tree has its grace, as the child had
-            self._signal_tree(self._last_signal)  # newcomers go the way the others went
+            self._signal_tree(self._kill_plan.last_signal)  # newcomers go the way the others went
         self._timers["leftovers"] = self.reactor.callLater(LEFTOVER_GRACE, self._leftovers)
 
     def _leftovers(self) -> None:
@@ -515,7 +464,6 @@ class RunProcess:
                 pids = " ".join(str(p) for p in sorted(members))
                 self._header(f"\nthe command exited but left processes holding its output "
                              f"open; killing them: {pids}\n")
-            self._last_signal = signal.SIGKILL
             self._signal_tree(signal.SIGKILL)
             self._timers["leftovers"] = self.reactor.callLater(LEFTOVER_GRACE, self._leftovers)
         elif self._transport is not None:
