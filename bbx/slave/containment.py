@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from twisted.internet import defer, process, protocol, task
 from twisted.logger import Logger
 
+import bbx
 from bbx.slave.cgroup import Cgroup, CgroupTree
 from bbx.slave.proctree import COOKIE_VAR, ProcessTree, children_of, process_table, start_time
 from bbx.slave.spawn import DetachedProcess, set_child_subreaper
@@ -212,7 +213,10 @@ class Containment:
             return run.cgroup.populated()
         if run.tree is None:
             return False
-        return bool(run.tree.members(include_root=False, table=table, pipes=False))
+        # The run's pipes are closed by now; and as the subreaper we get back everything that
+        # left the tree, so the cookie need not be looked for in every process's environment.
+        return bool(run.tree.members(include_root=False, table=table, pipes=False,
+                                     cookie=not self.subreaper))
 
     def _forget(self, run: Run) -> None:
         if run.cgroup is not None and not run.cgroup.remove():
@@ -253,7 +257,11 @@ class Containment:
     def _start_guard(self, stale: list[str]) -> None:
         read_end, write_end = os.pipe()
         null = os.open(os.devnull, os.O_RDWR)
-        argv = [sys.executable, "-m", "bbx.slave.guard", "--slave", str(os.getpid())]
+        # Without `site` (a smaller process); the package is found from where ours was loaded.
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(bbx.__file__)))
+        argv = [sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {package_root!r}); "
+                "from bbx.slave.guard import main; sys.exit(main())",
+                "--slave", str(os.getpid())]
         if self.log_path:
             argv += ["--log", self.log_path]
         if self.tree is not None:

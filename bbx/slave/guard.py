@@ -1,6 +1,7 @@
 """The guard: a small process that kills what a dead slave's commands left running.
 
-    python -m bbx.slave.guard --log SLAVE_LOG [--cgroup DIR] [--stale DIR]...
+    python -S -c 'import sys; sys.path.insert(0, ROOT); ...' --slave PID --log SLAVE_LOG
+                 [--cgroup DIR] [--stale DIR]...      (see bbx/slave/containment.py)
 
 The slave starts one at start-up (bbx/slave/containment.py) in its own session, so neither
 a SIGKILL of the slave nor a kill of the slave's process group reaches it. It reads what the
@@ -18,18 +19,16 @@ Lines from the slave (ASCII, one per event):
     end COOKIE              that command and everything it started are gone
     bye                     the slave is stopping cleanly (it cleaned up itself)
 
-It imports no Twisted and nothing of the slave but cgroup.py and proctree.py, so it starts in
-a few tens of milliseconds and stays small.
+It imports no Twisted and nothing of the slave but cgroup.py and proctree.py, and runs without
+`site`, so it starts in a few tens of milliseconds and stays small (about 8 MiB).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
 import time
-import traceback
 
 from bbx.slave.cgroup import Cgroup
 from bbx.slave.proctree import COOKIE_VAR, ProcessTree, describe, start_time
@@ -174,23 +173,34 @@ def read_lines(fd: int):
             buf = b""
 
 
+def parse(argv: list[str]) -> dict:
+    """--slave PID --log PATH --cgroup DIR --stale DIR... (no argparse: it costs a megabyte)."""
+    options: dict = {"slave": os.getppid(), "log": None, "cgroup": None, "stale": []}
+    for flag, value in zip(argv[::2], argv[1::2]):
+        key = flag.lstrip("-")
+        if key == "stale":
+            options["stale"].append(value)
+        elif key == "slave":
+            options["slave"] = int(value)
+        elif key in options:
+            options[key] = value
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bbx.slave.guard")
-    parser.add_argument("--log")
-    parser.add_argument("--cgroup")
-    parser.add_argument("--stale", action="append", default=[])
-    parser.add_argument("--slave", type=int, default=os.getppid())
-    args = parser.parse_args(argv)
+    options = parse(sys.argv[1:] if argv is None else argv)
     # The slave's stop, a terminal's Ctrl-C or hang-up must not take the guard first.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    guard = Guard(args.log, args.cgroup, args.slave)
+    guard = Guard(options["log"], options["cgroup"], options["slave"])
     try:
-        guard.clean_stale(args.stale)
+        guard.clean_stale(options["stale"])
         for line in read_lines(0):
             guard.handle(line)
         guard.kill_everything()
     except Exception:
+        import traceback
+
         guard.log("failed: " + traceback.format_exc().replace("\n", " | "))
         return 1
     return 0

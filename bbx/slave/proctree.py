@@ -43,10 +43,12 @@ class ProcessTree:
         self.exempt = {os.getpid(), os.getppid(), 1, *exempt}
         self.have_proc = os.path.isdir(os.path.join(_PROC, "self"))
 
-    def members(self, *, include_root: bool = True, table=None, pipes: bool = True) -> set[int]:
-        """Live (non-zombie) members; `table` is a process_table() to reuse, if any; without
+    def members(self, *, include_root: bool = True, table=None, pipes: bool = True,
+                cookie: bool = True) -> set[int]:
+        """Live (non-zombie) members; `table` is a process_table() to reuse, if any. Without
         `pipes` the holders of the child's pipes are not looked for (the costly part: every fd
-        of every process; pointless once the pipes are closed).
+        of every process; pointless once the pipes are closed), without `cookie` the carriers
+        of the cookie (every process's environment).
 
         Pass include_root=False once the root has been reaped: its pid may then be reused, so
         neither it nor its children count. (Session and group ids stay safe: Linux does not
@@ -65,7 +67,7 @@ class ProcessTree:
             if state in "ZX":
                 continue
             if (include_root and pid == self.root) or sid == self.root or pgrp == self.root \
-                    or pid in seeds or self._marked(pid, pipes):
+                    or pid in seeds or (cookie and self._marked(pid, pipes)):
                 found.add(pid)
         children: dict[int, list[int]] = {}
         for pid, (state, ppid, _, _) in table.items():
