@@ -293,3 +293,27 @@ def test_double_forked_daemon_without_environment_or_pipes_is_found_on_interrupt
     # Named by the kill itself, not by the containment's final stop.
     assert f"({os.path.basename(m)} 302)" in run["header"]
     assert not marked(m)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_killed_guard_is_replaced_and_the_new_one_still_knows_the_running_command(tmp_path, mode,
+                                                                                   reap_marker):
+    m = sleeper(tmp_path)
+    reap_marker.append(m)
+    farm = farm_with_slave(tmp_path, mode)
+    try:
+        slave = farm.slaves["s1"]
+        # Without cgroups only the adoption (replayed to the new guard) can find the first one.
+        farm.cli("run", "b", "--", "sh", "-c",
+                 f"(setsid env -i {m} 300 </dev/null >/dev/null 2>&1 &); {m} 300", name="run")
+        wait_until(lambda: len(marked(m)) == 2, 20, what="both sleeps to run")
+        [old] = wait_until(lambda: guard_pids(slave.pid), 10, what="the guard")
+        os.kill(old, signal.SIGKILL)
+        log = tmp_path / "s1" / "slave.log"
+        wait_until(lambda: file_contains(log, "the guard process exited"), 10, what="the slave to notice")
+        wait_until(lambda: guard_pids(slave.pid) - {old}, 10, what="a new guard")
+        os.kill(slave.pid, signal.SIGKILL)
+        slave.popen.wait(10)
+        wait_until(lambda: not marked(m), 15, what="the new guard to kill both sleeps")
+    finally:
+        farm.stop()
