@@ -140,12 +140,13 @@ class Containment:
             if run.cgroup is not None:
                 run.cgroup.kill()
             tree = run.tree or ProcessTree(-1, cookie=_cookie_entry(run.cookie))
-            killed.update(tree.signal(signal.SIGKILL, include_root=False))
+            # Running commands were killed before (Slave.stop); every run's pipes are closed.
+            killed.update(tree.signal(signal.SIGKILL, include_root=False, pipes=False))
         self.scan()
         if self.orphans:
             orphans = set(self.orphans)
             killed.update(ProcessTree(-1, cookie=_cookie_entry("-"), adopted=lambda: orphans)
-                          .signal(signal.SIGKILL, include_root=False))
+                          .signal(signal.SIGKILL, include_root=False, pipes=False))
         if killed:
             log.info("killed {n} process(es) that commands left running", n=len(killed))
         if self.tree is not None:
@@ -238,7 +239,8 @@ class Containment:
             except ChildProcessError:
                 reaped = pid
             if reaped:
-                self.orphans.pop(pid, None)
+                if self.orphans.pop(pid, None) is not None:
+                    self._tell(f"gone {pid}")
                 continue
             if pid not in self.orphans:
                 start = start_time(pid)
@@ -247,6 +249,7 @@ class Containment:
         for pid in list(self.orphans):
             if pid not in children:
                 del self.orphans[pid]
+                self._tell(f"gone {pid}")
 
     def _tick(self) -> None:
         self.scan()

@@ -16,6 +16,7 @@ Lines from the slave (ASCII, one per event):
     run COOKIE              a command is about to start; its processes carry the cookie
     pid COOKIE PID START    that command's child is PID, started at START (clock ticks)
     adopt PID START         an orphan the slave took over as its subreaper
+    gone PID                that orphan has exited (and was reaped)
     end COOKIE              that command and everything it started are gone
     bye                     the slave is stopping cleanly (it cleaned up itself)
 
@@ -83,6 +84,8 @@ class Guard:
                 self.runs[args[0]] = (int(args[1]), int(args[2]))
             elif kind == "adopt" and len(args) == 2:
                 self.adopted[int(args[0])] = int(args[1])
+            elif kind == "gone" and len(args) == 1:
+                self.adopted.pop(int(args[0]), None)
             elif kind == "end" and len(args) == 1:
                 self.runs.pop(args[0], None)
             elif kind == "bye":

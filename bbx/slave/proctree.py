@@ -103,12 +103,14 @@ class ProcessTree:
                 pass
         return False
 
-    def signal(self, sig: int, *, include_root: bool = True, skip: Iterable[int] = ()) -> dict[int, str]:
+    def signal(self, sig: int, *, include_root: bool = True, skip: Iterable[int] = (),
+               pipes: bool = True) -> dict[int, str]:
         """Send `sig` to every member not in `skip`, frozen first so none escapes.
 
         Returns {pid: what it runs} for every process signalled. `include_root` is False once
-        the root has been reaped: its pid may be reused. With SIGKILL and a cgroup, the cgroup
-        is killed as a whole too, which also takes children forked while we looked.
+        the root has been reaped: its pid may be reused; `pipes` as for members(). With SIGKILL
+        and a cgroup, the cgroup is killed as a whole too, which also takes children forked
+        while we looked.
         """
         if not self.have_proc:
             if include_root:
@@ -124,7 +126,7 @@ class ProcessTree:
         skip = set(skip)
         frozen: set[int] = set()
         for _ in range(FREEZE_ROUNDS):
-            new = self.members(include_root=include_root) - frozen - skip
+            new = self.members(include_root=include_root, pipes=pipes) - frozen - skip
             if not new:
                 break
             for pid in new:
