@@ -286,7 +286,10 @@ def test_double_forked_daemon_without_environment_or_pipes_is_found_on_interrupt
                                                                                   reap_marker):
     m = sleeper(tmp_path)
     reap_marker.append(m)
-    script = f"(setsid env -i {m} 302 </dev/null >/dev/null 2>&1 &); echo ready; exec sleep 300"
+    # "ready" once the orphan runs as itself (not as `env` about to exec it), bounded.
+    script = (f"(setsid env -i {m} 302 </dev/null >/dev/null 2>&1 &); "
+              f"for i in $(seq 1000); do pgrep -xf '{m} 302' >/dev/null && break; sleep 0.01; done; "
+              "echo ready; exec sleep 300")
     run = drive(tmp_path, {"workdir": "wd", "command": ["sh", "-c", script], "logEnviron": False},
                 "--interrupt-on-output", "ready", "--contain", mode)
     assert run["rc"] == [-1]

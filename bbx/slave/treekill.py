@@ -70,8 +70,8 @@ class TreeKill:
         hit = tree.signal(sig, include_root=include_root, skip=done)
         done.update(hit)
         for pid, what in hit.items():
-            if pid != root:
-                self.victims.setdefault(pid, what)
+            if pid != root and (what or pid not in self.victims):
+                self.victims[pid] = what  # the latest: a process may have exec'd since
         return hit
 
     def escalation_header(self, sig: int) -> str:
