@@ -50,6 +50,14 @@ def test_redact_globs_add_names_to_the_built_in_rule_ignoring_case():
         assert name not in names, name
 
 
+def test_a_secret_files_location_is_masked_by_name_but_not_searched_for_in_output():
+    names = SecretNames(("MY_CERT_PATH",))
+    assert "SSL_KEY_FILE" in names and not names.value_is_secret("SSL_KEY_FILE")
+    assert names.value_is_secret("MY_CERT_PATH")  # named by a glob: the operator wants it hidden
+    secrets = Secrets.from_environment({"SSL_KEY_FILE": "/etc/ssl/x.key", "API_KEY": "k3y-value"}, names)
+    assert secrets.values == (b"k3y-value",)
+
+
 def test_short_values_and_flags_are_not_replaced_in_output():
     secrets = Secrets(["abc", "true", "  ", "s3cr3t-value"])
     assert secrets.values == (b"s3cr3t-value",)

@@ -45,17 +45,30 @@ def check_glob(glob: str) -> str:
     return glob
 
 
+# Names the built-in rule matches whose values say where a secret is, not what it is
+# (SSL_KEY_FILE=/etc/ssl/x.key): masked like the others, but their values are not searched for
+# in output, where every mention of the path would become REDACTED.
+LOCATION_SUFFIXES = ("_FILE", "_FILES", "_PATH", "_DIR")
+
+
 @dataclass(frozen=True)
 class SecretNames:
     """The built-in rule plus the slave's own `--redact` globs (shell patterns, any case)."""
 
     globs: tuple[str, ...] = ()
 
-    def __contains__(self, name: str) -> bool:
-        if is_secret_name(name):
-            return True
+    def _globbed(self, name: str) -> bool:
         upper = name.upper()
         return any(fnmatch.fnmatchcase(upper, glob.upper()) for glob in self.globs)
+
+    def __contains__(self, name: str) -> bool:
+        return is_secret_name(name) or self._globbed(name)
+
+    def value_is_secret(self, name: str) -> bool:
+        """Whether the value of `name` is to be replaced wherever it appears in output."""
+        if self._globbed(name):
+            return True
+        return is_secret_name(name) and not name.upper().endswith(LOCATION_SUFFIXES)
 
 
 def worth_redacting(value: str) -> bool:

@@ -54,8 +54,9 @@ class Secrets:
     @classmethod
     def from_environment(cls, env: Mapping[str, str], names: SecretNames,
                          extra: Iterable[str] = ()) -> "Secrets":
-        """The values of `env` whose names are in `names`, plus `extra` values."""
-        return cls([value for name, value in env.items() if name in names] + list(extra))
+        """The values of `env` whose names hold secret values (SecretNames.value_is_secret),
+        plus `extra` values."""
+        return cls([value for name, value in env.items() if names.value_is_secret(name)] + list(extra))
 
     def __bool__(self) -> bool:
         return bool(self.values)
