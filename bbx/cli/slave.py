@@ -120,6 +120,16 @@ def create(
              "`bbx master create --tls`). Implies --use-tls."),
     insecure: bool = typer.Option(False, "--insecure", help="Use TLS without checking the master's "
                                   "certificate (anyone in the middle can read everything)."),
+    redact: List[str] = typer.Option(
+        [], "--redact", metavar="GLOB",
+        help="Also treat variables matching GLOB (e.g. DEPLOY_*; any case) as secret: hidden in "
+             "what the slave reports, replaced by <redacted> in command output. Repeatable."),
+    commands: str = typer.Option(
+        "all", "--commands", metavar="LIST",
+        help="Commands to advertise and accept, comma-separated (e.g. uploadFile,downloadFile,stat); "
+             "default all."),
+    cgroup: bool = typer.Option(True, "--cgroup/--no-cgroup",
+                                help="Run each command in its own cgroup where the host allows it."),
     info_admin: Optional[str] = typer.Option(None, "--info-admin", help="Contents of DIR/info/admin."),
     info_host: Optional[str] = typer.Option(None, "--info-host", help="Contents of DIR/info/host."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing slave.toml."),
@@ -159,10 +169,24 @@ def create(
         basedir.parse_umask(umask)
     except ValueError as e:
         raise UsageError(f"--umask: {e}") from None
+    from bbx.pb.secrets import check_glob
+    from bbx.slave.commands import check_allowed
+
+    try:
+        globs = [check_glob(g) for g in redact]
+    except ValueError as e:
+        raise UsageError(f"--redact: {e}") from None
+    allowed = None
+    if commands.strip().lower() != "all":
+        try:
+            allowed = check_allowed(commands.split(","))
+        except ValueError as e:
+            raise UsageError(f"--commands: {e}") from None
     try:
         config = basedir.create(directory, name=name, password=password, connection=connection,
                                 keepalive=keepalive, keepalive_timeout=keepalive_timeout,
                                 maxdelay=maxdelay, umask=umask, allow_shutdown=allow_shutdown,
+                                redact=globs, commands=allowed, cgroup=cgroup,
                                 info_admin=info_admin, info_host=info_host,
                                 tls_ca=str(trust.ca or ""), tls_fingerprint=trust.fingerprint or "",
                                 tls_insecure=trust.insecure, force=force)

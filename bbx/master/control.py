@@ -76,7 +76,7 @@ class ControlPerspective(pb.Avatar):
         for _ in range(max(1, int(count))):
             rtt = yield sb.ping()
             rtts.append(rtt)
-            offsets.append(slave_offset(getattr(sb, "clock_sample", None)))
+            offsets.append(slave_offset(getattr(sb.link, "clock_sample", None)))
         return {"builder": b.name, "slave": sb.slave.name, "rtts": rtts, "slave_offsets": offsets,
                 "received_at": received_at, "answered_at": self.master.reactor.seconds()}
 
@@ -89,7 +89,9 @@ class ControlPerspective(pb.Avatar):
         """What a slave reported about itself when it attached.
 
         Sends a slave name, or None for the only attached slave. Returns {"name", "dialect",
-        "connected_since", "peer", "info": {raw info dict}}. Raises UnknownSlave,
+        "connected_since", "peer", "info": {info dict, str keys and values}, "commands":
+        {command name: version}, whichever name the slave's generation gave that table}.
+        Raises UnknownSlave,
         NoSlaveAttached, or ControlError when None is ambiguous.
         """
         slaves = self.master.slaves
@@ -109,8 +111,9 @@ class ControlPerspective(pb.Avatar):
             if persp.link is None:
                 raise NoSlaveAttached(f"slave {slave} is not attached")
         link = persp.link
-        return {"name": persp.name, "dialect": link.dialect.value, "connected_since": link.connected_since,
-                "peer": link.peer, "info": link.info}
+        return {"name": persp.name, "dialect": link.dialect.value,
+                "connected_since": link.connected_since, "peer": link.peer, "info": link.info,
+                "commands": link.commands}
 
     def perspective_slaves(self, connected: bool | None = None, counts: bool = False):
         """Sends nothing (every slave), or connected=True/False (only those). Returns one dict

@@ -16,7 +16,7 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from . import metrics
-from .slave import peer_text
+from .link import peer_text
 
 log = Logger()
 

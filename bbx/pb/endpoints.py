@@ -98,13 +98,14 @@ def enable_tcp_keepalive(transport) -> None:
 class LoginFailed(Exception):
     """A login that did not succeed, with a reason an operator can act on.
 
-    `stage` names the step that failed: "connect" (resolve + TCP/TLS connect), "login"
-    (the PB handshake and the login answer), or "" when unknown. `untrusted`: the master's
-    TLS certificate did not pass the check (the reason says what did not match).
+    `stage` names the step that failed: "connect" (resolve + TCP/TLS connect), "login" (the
+    PB handshake and the login answer), or "" when unknown; `timed_out` says a deadline ended
+    it; `failure` is what failed, for callers that word it their own way (the slave).
     """
 
     def __init__(self, reason: str, *, unauthorized: bool = False, unreachable: bool = False,
-                 untrusted: bool = False, stage: str = "", timed_out: bool = False):
+                 untrusted: bool = False, stage: str = "", timed_out: bool = False,
+                 failure: Failure | None = None):
         super().__init__(reason)
         self.reason = reason
         self.unauthorized = unauthorized
@@ -112,6 +113,7 @@ class LoginFailed(Exception):
         self.untrusted = untrusted
         self.stage = stage
         self.timed_out = timed_out
+        self.failure = failure
 
 
 def explain(failure: Failure, description: str = "") -> LoginFailed:
@@ -195,26 +197,32 @@ class KeepaliveClientFactory(pb.PBClientFactory):
 
 @defer.inlineCallbacks
 def login(reactor, description: str, username: str, password: str, mind=None, *,
-          timeout: float = 10.0, login_timeout: float | None = None, tls=None):
+          timeout: float = 10.0, login_timeout: float | None = None, factory=None,
+          connected=None, tls=None):
     """Connect to `description` and log in; fire with (perspective, broker).
 
+    The one login routine of bbx: the CLI and the slave (bbx/slave/connection.py) both use it.
     `timeout` bounds the connect (name resolution, TCP, TLS); `login_timeout` (default: the
     same) bounds the PB handshake and the login answer, so a port that accepts connections
-    but never speaks PB cannot hold the caller forever.
+    but never speaks PB cannot hold the caller forever. `factory` is the KeepaliveClientFactory
+    to use (the slave's notes what it receives); `connected(broker)` is called once the
+    connection is up, before the login goes out.
+
     The mind (a Referenceable or None) is serviced by the reactor while the login call is
     still pending — the master calls it inside `respond` (PROTOCOL.md §4.1).
     `tls` (a bbx.pb.tls.TlsTrust) says how a `tls:` / `ssl:` master's certificate is checked.
     Errbacks with LoginFailed for every expected failure.
     """
     endpoint = client_endpoint(reactor, description, tls)
-    factory = KeepaliveClientFactory()
+    factory = factory if factory is not None else KeepaliveClientFactory()
     connecting = endpoint.connect(factory)
     timer = reactor.callLater(timeout, connecting.cancel)
     try:
         broker = yield connecting
     except Exception:
-        failed = explain(Failure(), description)
-        failed.stage = "connect"
+        failure = Failure()
+        failed = explain(failure, description)
+        failed.stage, failed.failure = "connect", failure
         if not timer.active():
             failed.timed_out = True
             failed.reason = f"no connection to {description} within {timeout:g} s (connect)"
@@ -222,6 +230,8 @@ def login(reactor, description: str, username: str, password: str, mind=None, *,
     finally:
         if timer.active():
             timer.cancel()
+    if connected is not None:
+        connected(broker)
     creds = UsernamePassword(username.encode("utf-8"), password.encode("utf-8"))
     answering = factory.login(creds, client=mind)
     deadline = timeout if login_timeout is None else login_timeout
@@ -235,14 +245,17 @@ def login(reactor, description: str, username: str, password: str, mind=None, *,
     try:
         perspective = yield answering
     except Exception:
-        broker.transport.abortConnection()
+        failure = Failure()
         if expired:
+            broker.transport.abortConnection()
             raise LoginFailed(
                 f"{description} accepted the connection but did not answer the PB login within "
-                f"{deadline:g} s (login); is it a bbx or Buildbot PB port? (a TLS port needs an "
-                "tls: endpoint)", unreachable=True, stage="login", timed_out=True) from None
-        failed = explain(Failure(), description)
-        failed.stage = "login"
+                f"{deadline:g} s (login); is it a bbx or Buildbot PB port? (a TLS port needs a "
+                "tls: endpoint)", unreachable=True, stage="login", timed_out=True,
+                failure=failure) from None
+        broker.transport.loseConnection()
+        failed = explain(failure, description)
+        failed.stage, failed.failure = "login", failure
         raise failed from None
     finally:
         if login_timer.active():
