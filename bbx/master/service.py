@@ -20,6 +20,7 @@ from .builder import Builder, SlaveLoad
 from .buildqueue import INTERRUPTED_REASON, BuildQueue
 from .config import MasterConfig
 from .control import ControlPerspective
+from .gate import LoginGate, TooManyAttempts
 from .realm import Dispatcher
 from .slave import SlavePerspective
 from .store import Store, StoreError
@@ -33,11 +34,40 @@ PID_FILE = "master.pid"
 class _Broker(FastBroker):
     """A Broker that notes when bytes last arrived (the slave's liveness) and keeps TCP alive.
 
-    FastBroker: Twisted's PB with a faster Banana codec (bbx/pb/banana.py), same wire format.
+    Until its login succeeds it is on probation at the factory's LoginGate (bbx/master/gate.py):
+    a deadline, a byte budget, caps per address. FastBroker: Twisted's PB with a faster Banana
+    codec and caps on each message (bbx/pb/banana.py), same wire format.
     """
 
     clock = None
     last_received = None
+    gate: LoginGate | None = None
+    authenticated = False
+    _pre_login_received = 0
+
+    @property
+    def peer_host(self) -> str:
+        """The peer's address without the port (what the gate counts by)."""
+        peer = self.transport.getPeer() if self.transport is not None else None
+        host = getattr(peer, "host", None)
+        return str(host) if host is not None else "local"
+
+    def mark_authenticated(self) -> None:
+        """The password was right: the gate lets go of this connection."""
+        if not self.authenticated:
+            self.authenticated = True
+            if self.gate is not None:
+                self.gate.authenticated(self)
+
+    def refuse(self, why: str) -> None:
+        """The gate closes this connection (it has logged why)."""
+        self.drop_connection()
+
+    def peer_misbehaved(self, why: str) -> None:
+        if self.gate is not None:
+            self.gate.refuse(self, f"it sent what PB cannot accept ({why})")
+        else:
+            super().peer_misbehaved(why)
 
     def connectionMade(self):
         enable_tcp_keepalive(self.transport)
@@ -50,19 +80,33 @@ class _Broker(FastBroker):
             except OSError:
                 pass
         super().connectionMade()
+        if self.gate is not None:
+            self.gate.connected(self)
+
+    def connectionLost(self, reason):
+        if self.gate is not None:
+            self.gate.disconnected(self)
+        super().connectionLost(reason)
 
     def _sendFailureOrError(self, fail, requestID):
         # A refused login is already logged by the Dispatcher (name and peer, never the
         # password). Peers key on the exact remote type twisted.cred.error.UnauthorizedLogin
         # (PROTOCOL.md §2.3), so it cannot become a pb.Error; skip Twisted's traceback log.
-        if fail.check(UnauthorizedLogin):
+        # One try per connection: after the refusal is sent, the connection is closed.
+        if fail.check(UnauthorizedLogin, TooManyAttempts):
             self._sendError(fail, requestID)
+            if not self.authenticated and self.transport is not None:
+                self.transport.loseConnection()
         else:
             super()._sendFailureOrError(fail, requestID)
 
     def dataReceived(self, data):
         if self.clock is not None:
             self.last_received = self.clock.seconds()
+        if not self.authenticated and self.gate is not None:
+            self._pre_login_received += len(data)
+            if self.gate.over_budget(self, self._pre_login_received):
+                return
         super().dataReceived(data)
 
 
@@ -70,15 +114,17 @@ class _ServerFactory(pb.PBServerFactory):
     protocol = _Broker
     noisy = False
 
-    def __init__(self, portal, clock):
+    def __init__(self, portal, clock, gate: LoginGate | None = None):
         # Buildbot serves tracebacks to its peers (PROTOCOL.md §2.1); bbx does not need them.
         super().__init__(portal, unsafeTracebacks=False)
         self.clock = clock
+        self.gate = gate
         self.brokers: set[_Broker] = set()
 
     def buildProtocol(self, addr):
         broker = super().buildProtocol(addr)
         broker.clock = self.clock
+        broker.gate = self.gate
         self.brokers.add(broker)
         broker.notifyOnDisconnect(lambda: self.brokers.discard(broker))
         return broker
@@ -122,11 +168,13 @@ class MasterService:
         passwords = {s.name: s.password for s in config.slaves}
         passwords.update({u.name: u.password for u in config.control_users})
         control_names = {u.name for u in config.control_users}
+        self.gate = LoginGate(reactor, login_timeout=config.login_timeout)
         self.dispatcher = Dispatcher(
             self.slaves, passwords,
-            lambda name: ControlPerspective(name, self) if name in control_names else None)
+            lambda name: ControlPerspective(name, self) if name in control_names else None,
+            gate=self.gate)
         portal = Portal(self.dispatcher, [self.dispatcher])
-        self.factory = _ServerFactory(portal, reactor)
+        self.factory = _ServerFactory(portal, reactor, self.gate)
         self.port = None
         self.endpoint: str | None = None
         self._store_open = False
@@ -180,6 +228,7 @@ class MasterService:
         for broker in list(self.factory.brokers):
             if broker.transport is not None:
                 broker.transport.loseConnection()
+        self.gate.stop()
         if self._store_open:
             self._store_open = False
             try:

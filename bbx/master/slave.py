@@ -15,6 +15,7 @@ from twisted.spread import pb
 
 from bbx.pb import dialect
 from bbx.pb.dialect import Dialect
+from bbx.pb.liveness import SilenceWatchdog
 
 from .builder import PING_TIMEOUT, Builder, SlaveBuilder
 from .config import MasterConfig, SlaveConfig
@@ -27,8 +28,6 @@ DUPLICATE_PING_TIMEOUT = PING_TIMEOUT
 DUPLICATE_NEW_MESSAGE = "master already has a connection named '{name}' - checking its liveness"
 # The 0.8 fallback notice a 4.3 master prints before using getSlaveInfo (§4.1 step 2.3).
 LEGACY_NOTICE = "buildbot-slave detected, failing back to deprecated buildslave API."
-# How often silence is checked, as a fraction of keepalive_timeout.
-SILENCE_CHECKS_PER_TIMEOUT = 4
 
 
 def _is_no_such_method(failure) -> bool:
@@ -233,9 +232,9 @@ class SlavePerspective(pb.Avatar):
         keepalive = task.LoopingCall(self._send_keepalive, link)
         keepalive.clock = self.reactor
         keepalive.start(cfg.keepalive_interval, now=False)
-        watch = task.LoopingCall(self._check_silence, link)
-        watch.clock = self.reactor
-        watch.start(cfg.keepalive_timeout / SILENCE_CHECKS_PER_TIMEOUT, now=False)
+        watch = SilenceWatchdog(self.reactor, cfg.keepalive_timeout, lambda: link.last_message,
+                                lambda silent: self._silent(link, silent))
+        watch.start()
         link.loops = [keepalive, watch]
         log.info("slave {name} attached from {peer} ({dialect}-era, version {version}, builders: "
                  "{builders})", name=self.name, peer=link.peer, dialect=link.dialect.value,
@@ -250,14 +249,12 @@ class SlavePerspective(pb.Avatar):
         d = link.mind.callRemote("print", message=dialect.KEEPALIVE_MESSAGE[link.dialect])
         d.addErrback(lambda f: None)  # silence is judged by _check_silence, not by this call
 
-    def _check_silence(self, link: SlaveLink) -> None:
+    def _silent(self, link: SlaveLink, silent: float) -> None:
         if link.gone:
             return
-        silent = self.reactor.seconds() - link.last_message
-        if silent > self.master_config.keepalive_timeout:
-            log.warn("slave {name} silent for {s:.0f} s, declaring it gone", name=self.name, s=silent)
-            link.drop()
-            self.detach(link, f"silent for {silent:.0f} s")
+        log.warn("slave {name} silent for {s:.0f} s, declaring it gone", name=self.name, s=silent)
+        link.drop()
+        self.detach(link, f"silent for {silent:.0f} s")
 
     def detach(self, link: SlaveLink, why: str = "connection closed") -> None:
         """Forget `link`: stop its timers, detach its builders, fail its commands as lost."""
