@@ -182,10 +182,10 @@ def _start_daemon(directory: Path, config) -> None:
     import subprocess
 
     from bbx import pidfile
-    from bbx.master.service import ENDPOINT_FILE, PID_FILE
+    from bbx.master.service import ENDPOINT_FILE, PID_FILE, open_log
 
     log_path = directory / config.log
-    with open(log_path, "ab") as out:
+    with open_log(log_path, binary=True) as out:
         child = subprocess.Popen(
             [sys.executable, "-m", "bbx", "master", "start", str(directory), "--detached"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

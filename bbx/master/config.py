@@ -140,6 +140,20 @@ class MasterConfig:
         return next((u for u in self.control_users if u.name == name), None)
 
 
+def workdir_problem(workdir: str) -> str | None:
+    """Why `workdir` may not be a command's directory, or None when it may.
+
+    One rule for a step's `workdir` in master.toml and for `bbx run --workdir`: a path
+    relative to the builder's directory on the slave, never absolute and never with `..`,
+    so neither a config nor an operator can aim a command outside the builder's directory.
+    """
+    if not isinstance(workdir, str) or not workdir.strip():
+        return "is empty"
+    if os.path.isabs(workdir) or workdir.startswith("~") or ".." in Path(workdir).parts:
+        return f"{workdir!r} leaves the builder's directory"
+    return None
+
+
 def safe_builddir(name: str) -> str:
     """The builddir Buildbot derives from a builder name."""
     return _UNSAFE_BUILDDIR.sub("_", name)
@@ -320,9 +334,10 @@ def _load_steps(ld: Loader, items: Any, builder_index: int, builder_label: str
             flags[key] = item.get(key, default)
         workdir = ld.string(item, "workdir", header, at, required=False,
                             default=DEFAULT_STEP_WORKDIR, label=f"{label}.workdir")
-        if os.path.isabs(workdir) or ".." in Path(workdir).parts:
-            raise ld.fail(line("workdir"), f"{label}.workdir", f"{workdir!r} leaves the builder's "
-                          "directory", "use a path relative to the builder's directory")
+        problem = workdir_problem(workdir)
+        if problem is not None:
+            raise ld.fail(line("workdir"), f"{label}.workdir", problem,
+                          "use a path relative to the builder's directory, without '..'")
         env = item.get("env", {})
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
             raise ld.fail(line("env"), f"{label}.env", "must be a table of strings",

@@ -29,6 +29,19 @@ log = Logger()
 
 ENDPOINT_FILE = "master.endpoint"
 PID_FILE = "master.pid"
+# Everything the master creates is private (issue 8, case 5): the store and its -wal/-shm,
+# the log, pid and endpoint files, uploads and their directories. SQLite gives its files the
+# process's creation mode, so the umask is the one rule that covers them all.
+PRIVATE_UMASK = 0o077
+
+
+def open_log(path: Path, binary: bool = False):
+    """Open the master's log for appending, mode 0600 even if an older run left it wider."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    if binary:
+        return os.fdopen(fd, "ab")
+    return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
 
 
 class _Broker(FastBroker):
@@ -260,9 +273,10 @@ def run(basedir, config: MasterConfig, *, to_terminal: bool) -> None:
 
     basedir = Path(basedir)
     server_endpoint(reactor, config.listen)  # ValueError for a bad string, before anything else
+    os.umask(PRIVATE_UMASK)
     log_path = basedir / config.log
     try:
-        log_file = open(log_path, "a", encoding="utf-8", buffering=1)
+        log_file = open_log(log_path)
         (basedir / PID_FILE).write_text(f"{os.getpid()}\n")
     except OSError as e:
         raise StartFailed(f"cannot write {e.filename}: {e.strerror}; check the directory's "
