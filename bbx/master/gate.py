@@ -52,7 +52,7 @@ MAX_QUEUED_CHECKS = MAX_PENDING_PER_HOST
 # Addresses whose failures are remembered; beyond this the oldest are forgotten.
 MAX_TRACKED_HOSTS = 10_000
 # Log lines about one address per window, before they are counted instead.
-LOG_BURST = 5
+LOG_BURST = 20
 LOG_WINDOW = 60.0
 
 

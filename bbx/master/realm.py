@@ -86,7 +86,7 @@ class Dispatcher:
                     broker.mark_authenticated()
                 return name
             why = "unknown name" if password is None else "wrong password"
-            line = (f"refused login as {printable(name, NAME_IN_LOG)!r} from {_peer_of(creds)}: "
+            line = (f"refused login as '{printable(name, NAME_IN_LOG)}' from {_peer_of(creds)}: "
                     f"{why}")
             if self.gate is not None:
                 host = _host_of(creds)
@@ -96,7 +96,7 @@ class Dispatcher:
                 self.gate.log.warn(host, line)
             else:
                 log.warn("{line}", line=line)
-            raise error.UnauthorizedLogin("refused login as " + repr(printable(name, NAME_IN_LOG)))
+            raise error.UnauthorizedLogin(f"refused login as '{printable(name, NAME_IN_LOG)}'")
 
         d.addCallback(checked)
         return d

@@ -82,6 +82,13 @@ class _Broker(FastBroker):
         else:
             super().peer_misbehaved(why)
 
+    def call_refused(self, message, error, why):
+        if self.authenticated or self.gate is None:
+            return super().call_refused(message, error, why)
+        # Before login only `login` and `respond` make sense; anything failing is garbage.
+        self.gate.refuse(self, f"its call to {message} failed before login ({why})")
+        return True
+
     def connectionMade(self):
         enable_tcp_keepalive(self.transport)
         # PB is request/answer with small messages: Nagle's algorithm plus the peer's delayed

@@ -35,6 +35,8 @@ import struct
 from twisted.logger import Logger
 from twisted.spread import banana, pb
 from twisted.spread.banana import BananaError
+from twisted.spread.flavors import NoSuchMethod
+from twisted.spread.jelly import InsecureJelly
 
 log = Logger(namespace="bbx.pb")
 
@@ -359,6 +361,29 @@ class _DepthLimitedStack(list):
         super().append(entry)
 
 
+class RefusedCall(pb.Error):
+    """Sent back for a call this end cannot take: no such method, or arguments it refuses."""
+
+
+class _GuardedObject:
+    """A local object while it handles one remote call: a call it cannot take becomes one log
+    line and a RefusedCall for the peer instead of Twisted's logged traceback."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def remoteMessageReceived(self, broker, message, args, kw):
+        try:
+            return self.obj.remoteMessageReceived(broker, message, args, kw)
+        except pb.Error:
+            raise
+        except Exception as e:
+            why = f"{type(e).__name__}: {printable(e)}"
+            if not broker.call_refused(printable(message, 64), e, why):
+                raise
+            raise RefusedCall(f"refused call {printable(message, 64)!r}: {why}") from None
+
+
 class FastBroker(FastBananaMixin, pb.Broker):
     """A `pb.Broker` with the faster Banana codec and the expression caps; a drop-in base for
     our brokers.
@@ -376,6 +401,30 @@ class FastBroker(FastBananaMixin, pb.Broker):
             super().dataReceived(chunk)
         except Exception as e:
             self.peer_misbehaved(f"{type(e).__name__}: {printable(e)}")
+
+    def callExpressionReceived(self, obj):
+        if not self.currentDialect and not self.isClient and obj not in self.knownDialects:
+            # Twisted would log its own line and close; one line of ours says who it was.
+            self.peer_misbehaved(f"it chose a Banana dialect not offered: {printable(repr(obj), 40)}")
+            return
+        super().callExpressionReceived(obj)
+
+    def proto_message(self, requestID, objectID, message, answerRequired, netArgs, netKw):
+        self._recvMessage(self._guarded_object, requestID, objectID, message, answerRequired,
+                          netArgs, netKw)
+
+    def _guarded_object(self, luid):
+        obj = self.localObjectForID(luid)
+        return None if obj is None else _GuardedObject(obj)
+
+    def call_refused(self, message: str, error: Exception, why: str) -> bool:
+        """A peer's call to `message` raised `error`: True when that is the peer's fault (and
+        has been logged as one line), False to let Twisted report it as our bug."""
+        if not isinstance(error, (NoSuchMethod, InsecureJelly)):
+            return False
+        log.warn("refused a call to {message} from {peer}: {why}", message=message,
+                 peer=self.peer_text(), why=why)
+        return True
 
     def peer_text(self) -> str:
         """The peer's address for a log line."""
