@@ -206,6 +206,8 @@ class FastBananaMixin:
                     items += 1
                     if items > max_items:
                         raise _too_many(max_items)
+                    if carried + (pos - base) > max_bytes:
+                        raise _too_long(max_bytes)
                     if typebyte == _STRING:
                         if num > size_limit:
                             raise BananaError("Security precaution: String too long.")
@@ -231,14 +233,14 @@ class FastBananaMixin:
                             raise BananaError("Security precaution: List too long.")
                         if len(listStack) >= max_depth:
                             raise _too_deep(max_depth)
-                        if carried + (pos - base) > max_bytes:
-                            raise _too_long(max_bytes)
                         listStack.append((num, []))
                     elif typebyte == _INT or typebyte == _LONGINT:
                         gotItem(num)
                     elif typebyte == _NEG or typebyte == _LONGNEG:
                         gotItem(-num)
                     elif typebyte == _FLOAT:
+                        if carried + (pos - base) + _FLOAT_SIZE > max_bytes:
+                            raise _too_long(max_bytes)
                         if end - pos < _FLOAT_SIZE:
                             self._expr_bytes = carried + (start - base)
                             self._expr_items = items - 1
