@@ -8,6 +8,8 @@ PB logins run as a child process with its own reactor:
         "x"; prints {"elapsed": s, "outcomes": [...], "times": [...]} as one JSON line
     python tests/hostile.py pinger HOST PORT USER PASSWORD BUILDER SECONDS
         logs in once, then pings BUILDER for SECONDS; prints {"pings": n, "worst": s}
+    python tests/hostile.py call HOST PORT USER PASSWORD METHOD
+        logs in and calls METHOD on the perspective; prints {"result": ...} or {"error": type}
     python tests/hostile.py raw-after-login HOST PORT USER PASSWORD FILE
         logs in, then writes the bytes of FILE on the connection; prints {"dropped": bool}
 """
@@ -187,6 +189,25 @@ def main_raw_after_login(host, port, user, password, data):
     task.react(run)
 
 
+def main_call(host, port, user, password, method):
+    from twisted.internet import defer, task
+
+    @defer.inlineCallbacks
+    def run(reactor):
+        perspective, broker = yield defer.inlineCallbacks(_login)(reactor, host, port, user, password)
+        try:
+            result = yield perspective.callRemote(method)
+            print(json.dumps({"result": repr(result)}), flush=True)
+        except Exception as e:
+            kind = getattr(e, "remoteType", None) or type(e).__name__
+            if isinstance(kind, bytes):
+                kind = kind.decode()
+            print(json.dumps({"error": kind}), flush=True)
+        broker.transport.loseConnection()
+
+    task.react(run)
+
+
 def run_child(*args, timeout: float = 300.0) -> dict:
     """Run one of the modes above as a child and return its last JSON line."""
     import subprocess
@@ -206,6 +227,8 @@ if __name__ == "__main__":
         main_logins(rest[0], int(rest[1]), rest[2], rest[3], int(rest[4]))
     elif mode == "pinger":
         main_pinger(rest[0], int(rest[1]), rest[2], rest[3], rest[4], float(rest[5]))
+    elif mode == "call":
+        main_call(rest[0], int(rest[1]), rest[2], rest[3], rest[4])
     elif mode == "raw-after-login":
         main_raw_after_login(rest[0], int(rest[1]), rest[2], rest[3], Path(rest[4]).read_bytes())
     else:

@@ -231,6 +231,17 @@ def test_case3_garbage_gets_one_line_each_and_no_traceback(bare):
     assert new.count("closing a connection from 127.0.0.1") == len(GARBAGE), new
 
 
+def test_a_call_to_a_missing_method_keeps_its_type_and_logs_one_line(bare):
+    """Peers detect older peers by the remote type NoSuchMethod, so it must stay that type;
+    only the traceback in the log goes."""
+    mark = len(log_of(bare))
+    answer = run_child("call", HOST, bare.port, "admin", PASSWORD, "nosuch")
+    # A perspective says AttributeError (a Referenceable NoSuchMethod): what Buildbot expects.
+    assert answer["error"] == "builtins.AttributeError", answer
+    new = log_since(bare, mark)
+    assert "Traceback" not in new and new.count("refused a call to nosuch") == 1, new
+
+
 # -- case 5: secrets at rest, master side -------------------------------------------------------
 
 def test_case5_every_file_the_master_creates_is_private(farm):

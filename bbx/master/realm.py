@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from bbx.pb.banana import printable
 
+from .gate import TooManyAttempts
 from .slave import peer_text
 
 log = Logger()
@@ -98,7 +99,15 @@ class Dispatcher:
                 log.warn("{line}", line=line)
             raise error.UnauthorizedLogin(f"refused login as '{printable(name, NAME_IN_LOG)}'")
 
-        d.addCallback(checked)
+        def busy(failure):
+            # Sent as the standard refusal, which every peer retries (a buildbot-worker exits
+            # on any other login error, PROTOCOL.md §2.3).
+            failure.trap(TooManyAttempts)
+            self.gate.log.warn(_host_of(creds), f"refused login from {_peer_of(creds)}: "
+                                                f"{failure.value}")
+            raise error.UnauthorizedLogin(f"too many logins from this address: {failure.value}")
+
+        d.addCallbacks(checked, busy)
         return d
 
     def requestAvatar(self, avatarId, mind, *interfaces):

@@ -20,7 +20,7 @@ from .builder import Builder, SlaveLoad
 from .buildqueue import INTERRUPTED_REASON, BuildQueue
 from .config import MasterConfig
 from .control import ControlPerspective
-from .gate import LoginGate, TooManyAttempts
+from .gate import LoginGate
 from .realm import Dispatcher
 from .slave import SlavePerspective
 from .store import Store, StoreError
@@ -82,9 +82,9 @@ class _Broker(FastBroker):
         else:
             super().peer_misbehaved(why)
 
-    def call_refused(self, message, error, why):
+    def call_refused(self, message, why, peer_fault):
         if self.authenticated or self.gate is None:
-            return super().call_refused(message, error, why)
+            return super().call_refused(message, why, peer_fault)
         # Before login only `login` and `respond` make sense; anything failing is garbage.
         self.gate.refuse(self, f"its call to {message} failed before login ({why})")
         return True
@@ -113,7 +113,7 @@ class _Broker(FastBroker):
         # password). Peers key on the exact remote type twisted.cred.error.UnauthorizedLogin
         # (PROTOCOL.md §2.3), so it cannot become a pb.Error; skip Twisted's traceback log.
         # One try per connection: after the refusal is sent, the connection is closed.
-        if fail.check(UnauthorizedLogin, TooManyAttempts):
+        if fail.check(UnauthorizedLogin):
             self._sendError(fail, requestID)
             if not self.authenticated and self.transport is not None:
                 self.transport.loseConnection()

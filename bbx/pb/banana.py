@@ -32,7 +32,9 @@ from __future__ import annotations
 import os
 import struct
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.spread import banana, pb
 from twisted.spread.banana import BananaError
 from twisted.spread.flavors import NoSuchMethod
@@ -363,16 +365,16 @@ class _DepthLimitedStack(list):
         super().append(entry)
 
 
-class RefusedCall(pb.Error):
-    """Sent back for a call this end cannot take: no such method, or arguments it refuses."""
-
-
 class _GuardedObject:
-    """A local object while it handles one remote call: a call it cannot take becomes one log
-    line and a RefusedCall for the peer instead of Twisted's logged traceback."""
+    """A local object while it handles one remote call. A call it cannot take (no such
+    method, arguments jelly refuses) is answered with that very failure — peers key on its
+    type, e.g. twisted.spread.flavors.NoSuchMethod or a perspective's AttributeError to
+    detect an older peer (PROTOCOL.md §10.2) — but logged as one line instead of Twisted's
+    traceback."""
 
-    def __init__(self, obj):
+    def __init__(self, obj, answer_required):
         self.obj = obj
+        self.answer_required = answer_required
 
     def remoteMessageReceived(self, broker, message, args, kw):
         try:
@@ -380,10 +382,24 @@ class _GuardedObject:
         except pb.Error:
             raise
         except Exception as e:
+            peer_fault = isinstance(e, (NoSuchMethod, InsecureJelly)) or (
+                isinstance(e, AttributeError) and not _has_method(self.obj, message))
             why = f"{type(e).__name__}: {printable(e)}"
-            if not broker.call_refused(printable(message, 64), e, why):
+            if not broker.call_refused(printable(message, 64), why, peer_fault):
                 raise
-            raise RefusedCall(f"refused call {printable(message, 64)!r}: {why}") from None
+            failure = Failure()
+            failure.logged_by_bbx = True  # _sendFailureOrError sends it without a traceback
+            return defer.fail(failure) if self.answer_required else None
+
+
+def _has_method(obj, message: str) -> bool:
+    """Whether `obj` (a Referenceable, or the wrapper of a perspective) has a method the
+    peer may call as `message`."""
+    for target in (obj, getattr(obj, "object", None)):
+        if target is not None and any(hasattr(target, prefix + message)
+                                      for prefix in ("remote_", "perspective_", "view_")):
+            return True
+    return False
 
 
 class FastBroker(FastBananaMixin, pb.Broker):
@@ -411,18 +427,26 @@ class FastBroker(FastBananaMixin, pb.Broker):
             return
         super().callExpressionReceived(obj)
 
-    def proto_message(self, requestID, objectID, message, answerRequired, netArgs, netKw):
-        self._recvMessage(self._guarded_object, requestID, objectID, message, answerRequired,
-                          netArgs, netKw)
+    def _recvMessage(self, findObjMethod, requestID, objectID, message, answerRequired,
+                     netArgs, netKw):
+        def guarded(object_id):
+            obj = findObjMethod(object_id)
+            return None if obj is None else _GuardedObject(obj, answerRequired)
 
-    def _guarded_object(self, luid):
-        obj = self.localObjectForID(luid)
-        return None if obj is None else _GuardedObject(obj)
+        super()._recvMessage(guarded, requestID, objectID, message, answerRequired, netArgs,
+                             netKw)
 
-    def call_refused(self, message: str, error: Exception, why: str) -> bool:
-        """A peer's call to `message` raised `error`: True when that is the peer's fault (and
-        has been logged as one line), False to let Twisted report it as our bug."""
-        if not isinstance(error, (NoSuchMethod, InsecureJelly)):
+    def _sendFailureOrError(self, fail, requestID):
+        if getattr(fail, "logged_by_bbx", False):
+            self._sendError(fail, requestID)  # already logged as one line by call_refused
+        else:
+            super()._sendFailureOrError(fail, requestID)
+
+    def call_refused(self, message: str, why: str, peer_fault: bool) -> bool:
+        """A peer's call to `message` failed (`why`); `peer_fault` when the peer asked for
+        something that does not exist or sent what jelly refuses. True when it has been
+        logged as one line here, False to let Twisted report it, traceback and all."""
+        if not peer_fault:
             return False
         log.warn("refused a call to {message} from {peer}: {why}", message=message,
                  peer=self.peer_text(), why=why)
