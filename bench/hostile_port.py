@@ -16,6 +16,7 @@ temporary directory, then, from plain sockets or PB clients in child processes:
   liveness   the defaults: a proxy between slave and master stops forwarding; seconds until
              each side declares the other gone (gives up at --patience per side)
 
+--nofile N runs the master under `ulimit -n N` (the issue's case 2 used 256).
 --code DIR runs the master and slave from another checkout (e.g. `git archive main | tar -x
 -C DIR`), for before/after figures with the same client code. Prints numbers; asserts nothing.
 """
@@ -60,7 +61,7 @@ def run(code, *args, timeout=120, env=None):
 
 
 class Setup:
-    def __init__(self, root: Path, code: str | None):
+    def __init__(self, root: Path, code: str | None, nofile: int | None = None):
         self.root, self.code = root, code
         self.dir = root / "m"
         made = run(code, "master", "create", self.dir, "--listen", "tcp:0:interface=127.0.0.1",
@@ -70,7 +71,10 @@ class Setup:
         cfg = tomllib.loads((self.dir / "master.toml").read_text())
         user = cfg["control"]["users"][0]
         self.user, self.password = user["name"], user["password"]
-        self.master = Proc(bbx_argv(code, "master", "start", self.dir), log_path=root / "master.out")
+        argv = bbx_argv(code, "master", "start", self.dir)
+        if nofile:
+            argv = ["sh", "-c", f'ulimit -n {nofile} && exec "$0" "$@"', *argv]
+        self.master = Proc(argv, log_path=root / "master.out")
         self.master.wait_for_output("listening on", timeout=30)
         self.port = int((self.dir / "master.endpoint").read_text().strip().rsplit("=", 1)[1])
         self.slaves: list[Proc] = []
@@ -141,10 +145,9 @@ def bench_name(s: Setup, _args):
 
 
 def bench_passwords(s: Setup, args):
-    code = (f"import sys, json; sys.argv = ['h', 'logins', '127.0.0.1', '{s.port}', "
-            f"'{s.user}', 'wrong', '200']; exec(open({HOSTILE!r}).read())")
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, HOSTILE, "logins", "127.0.0.1", str(s.port), s.user,
+                             "wrong", "200"], stdout=subprocess.PIPE, text=True)
     try:
         out, _ = proc.communicate(timeout=args.patience)
         answer = json.loads(out.strip().splitlines()[-1])
@@ -206,12 +209,13 @@ def main():
     parser.add_argument("--code", help="run master and slave from this checkout")
     parser.add_argument("--only", default=",".join(BENCHES))
     parser.add_argument("--patience", type=float, default=300.0)
+    parser.add_argument("--nofile", type=int, help="the master's descriptor limit (ulimit -n)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bbx-hostile-"))
     try:
         for name in args.only.split(","):
             # A fresh master per measurement: one's aftermath must not colour the next.
-            s = Setup(root / name, args.code)
+            s = Setup(root / name, args.code, args.nofile)
             try:
                 if name != "liveness":
                     s.start_slave()
