@@ -141,6 +141,8 @@ def main_logins(host, port, name, password, count):
                 from twisted.python.failure import Failure
                 outcomes.append(_outcome(Failure()))
             times.append(round(time.monotonic() - t0, 3))
+            print(json.dumps({"tries": len(times), "at": round(time.monotonic() - start, 3)}),
+                  flush=True)
         print(json.dumps({"elapsed": round(time.monotonic() - start, 3), "outcomes": outcomes,
                           "times": times}), flush=True)
 
