@@ -89,7 +89,8 @@ def test_a_stopped_watchdog_never_fires():
 def _master_side(tmp_path):
     from bbx.master.builder import Builder
     from bbx.master.config import load_config
-    from bbx.master.slave import SlaveLink, SlavePerspective
+    from bbx.master.link import SlaveLink
+    from bbx.master.slave import SlavePerspective
     from bbx.pb.dialect import Dialect
     from tests.test_master_attach import _FakeBroker, _SilentMind
 
@@ -98,7 +99,7 @@ def _master_side(tmp_path):
     clock = task.Clock()
     builders = {b.name: Builder(b) for b in config.builders}
     slave = SlavePerspective(config.slaves[0], config, builders, clock)
-    link = SlaveLink(_FakeBroker(), _SilentMind(), clock)
+    link = SlaveLink(_FakeBroker(), _SilentMind(), clock, slave="w1")
     link.dialect = Dialect.WORKER
     slave._accept(link)
     return clock, slave, link

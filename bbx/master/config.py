@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bbx.pb.liveness import KEEPALIVE_DEADLINE, KEEPALIVE_INTERVAL
+from bbx.pb.tls import resolve_files
 
 from .tomlcheck import ConfigError, Loader, parse_toml
 
@@ -197,6 +198,8 @@ def parse_config(text: str, path: Path) -> MasterConfig:
                         "log", "db", "retry_lost"), "[master]")
     listen = ld.string(master, "listen", "[master]", required=False, default=DEFAULT_LISTEN,
                        label="master.listen")
+    # An ssl: listen string's key and certificate files are relative to the master's directory.
+    listen = resolve_files(listen, Path(path).parent.absolute())
     interval = ld.positive(master, "keepalive_interval", "[master]", DEFAULT_KEEPALIVE_INTERVAL)
     timeout = ld.positive(master, "keepalive_timeout", "[master]", DEFAULT_KEEPALIVE_TIMEOUT)
     login_timeout = ld.positive(master, "login_timeout", "[master]", DEFAULT_LOGIN_TIMEOUT)

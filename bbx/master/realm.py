@@ -18,7 +18,7 @@ from zope.interface import implementer
 from bbx.pb.banana import printable
 
 from .gate import TooManyAttempts
-from .slave import peer_text
+from .link import peer_text
 
 log = Logger()
 
