@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -96,7 +97,8 @@ def test_start_in_a_missing_directory_is_one_clear_error(tmp_path):
 
 def test_start_with_malformed_config_names_file_and_line(tmp_path):
     d = _create(tmp_path)
-    (d / "slave.toml").write_text((d / "slave.toml").read_text().replace("keepalive = 600", "keepalive = [",))
+    (d / "slave.toml").write_text(re.sub(r"(?m)^keepalive = \d+", "keepalive = [",
+                                         (d / "slave.toml").read_text()))
     r = run_bbx("slave", "start", d)
     assert r.returncode == 2
     line = _one_clear_line(r)

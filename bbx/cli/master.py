@@ -259,13 +259,10 @@ def _start_daemon(directory: Path, config, extra: list[str]) -> None:
     import subprocess
 
     from bbx import pidfile
-    from bbx.master.service import ENDPOINT_FILE, PID_FILE
+    from bbx.master.service import ENDPOINT_FILE, PID_FILE, open_log
 
     log_path = directory / config.log
-    # The child's own stdout/stderr (a crash before logging starts) go to the log too, which
-    # is private like every log file.
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "ab") as out:
+    with open_log(log_path, binary=True) as out:
         child = subprocess.Popen(
             [sys.executable, "-m", "bbx", "master", "start", str(directory), "--detached", *extra],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

@@ -15,6 +15,8 @@ from typing import List, Optional
 
 import typer
 
+from bbx.pb.liveness import KEEPALIVE_INTERVAL
+
 from .errors import (EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_UNTRUSTED, BbxError,
                      UsageError)
 from .output import print_json
@@ -101,7 +103,7 @@ def create(
     connection_string: Optional[str] = typer.Option(
         None, "--connection-string", metavar="ENDPOINT",
         help="A Twisted client endpoint string to reach the master; replaces MASTER."),
-    keepalive: int = typer.Option(600, "--keepalive", help="Seconds between keepalives to the master (0 = off)."),
+    keepalive: int = typer.Option(KEEPALIVE_INTERVAL, "--keepalive", help="Seconds between keepalives to the master (0 = off)."),
     keepalive_timeout: float = typer.Option(
         0, "--keepalive-timeout", help="Seconds of master silence before reconnecting (0 = 2 x keepalive + 30)."),
     maxdelay: int = typer.Option(300, "--maxdelay", help="Longest wait between reconnection attempts, seconds."),

@@ -14,7 +14,7 @@ from bbx.pb.control import (CommandFailed, NoSteps, ControlError, NoSlaveAttache
 
 from .build import CommandStartFailed, error_line
 from .command import RemoteCommand, RemoteObserver
-from .config import DEFAULT_STEP_WORKDIR, StepConfig
+from .config import DEFAULT_STEP_WORKDIR, StepConfig, workdir_problem
 from .store import NoSuchBuild, NoSuchStep, StoreError
 
 log = Logger()
@@ -150,6 +150,10 @@ class ControlPerspective(pb.Avatar):
         sb = b.idle_slave_builder()
         if not isinstance(command, (str, list, tuple)) or not command:
             raise CommandFailed("the command is empty")
+        if workdir is not None and workdir_problem(workdir) is not None:
+            # The same rule as a step's workdir in master.toml (config.workdir_problem).
+            raise CommandFailed(f"workdir {workdir_problem(workdir)}; give a path relative to "
+                                "the builder's directory, without '..'")
         argv = tuple(command) if isinstance(command, (list, tuple)) else command
         first = argv[0] if isinstance(argv, tuple) else (argv.split() or ["sh"])[0]
         step = StepConfig(name=str(first).rsplit("/", 1)[-1] or "run", kind="shell",

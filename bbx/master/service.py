@@ -22,6 +22,7 @@ from .builder import Builder, SlaveLoad
 from .buildqueue import INTERRUPTED_REASON, BuildQueue
 from .config import MasterConfig
 from .control import ControlPerspective
+from .gate import LoginGate
 from .realm import Dispatcher
 from .slave import SlavePerspective
 from .store import Store, StoreError
@@ -31,17 +32,67 @@ log = Logger()
 ENDPOINT_FILE = "master.endpoint"
 PID_FILE = "master.pid"
 HTTP_FILE = "master.http"  # the URL of /metrics and /healthz while serving (port 0 included)
+# Everything the master creates is private (issue 8, case 5): the store and its -wal/-shm,
+# the log, pid and endpoint files, uploads and their directories. SQLite gives its files the
+# process's creation mode, so the umask is the one rule that covers them all.
+PRIVATE_UMASK = 0o077
+
+
+def open_log(path: Path, binary: bool = False):
+    """Open the master's log for appending, mode 0600 even if an older run left it wider."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    if binary:
+        return os.fdopen(fd, "ab")
+    return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
 
 
 @implementer(IHandshakeListener)
 class _Broker(FastBroker):
     """A Broker that notes when bytes last arrived (the slave's liveness) and keeps TCP alive.
 
-    FastBroker: Twisted's PB with a faster Banana codec (bbx/pb/banana.py), same wire format.
+    Until its login succeeds it is on probation at the factory's LoginGate (bbx/master/gate.py):
+    a deadline, a byte budget, caps per address. FastBroker: Twisted's PB with a faster Banana
+    codec and caps on each message (bbx/pb/banana.py), same wire format.
     """
 
     clock = None
     last_received = None
+    gate: LoginGate | None = None
+    authenticated = False
+    _pre_login_received = 0
+
+    @property
+    def peer_host(self) -> str:
+        """The peer's address without the port (what the gate counts by)."""
+        peer = self.transport.getPeer() if self.transport is not None else None
+        host = getattr(peer, "host", None)
+        return str(host) if host is not None else "local"
+
+    def mark_authenticated(self) -> None:
+        """The password was right: the gate lets go of this connection."""
+        if not self.authenticated:
+            self.authenticated = True
+            if self.gate is not None:
+                self.gate.authenticated(self)
+
+    def refuse(self, why: str) -> None:
+        """The gate closes this connection (it has logged why)."""
+        self.drop_connection()
+
+    def peer_misbehaved(self, why: str) -> None:
+        if self.gate is not None:
+            self.gate.refuse(self, f"it sent what PB cannot accept ({why})")
+        else:
+            super().peer_misbehaved(why)
+
+    def call_refused(self, message, why, peer_fault):
+        if self.authenticated or self.gate is None:
+            return super().call_refused(message, why, peer_fault)
+        # Before login only `login` and `respond` make sense; anything failing is garbage.
+        self.gate.refuse(self, f"its call to {message} failed before login ({why})")
+        return True
+
     tls = False  # on an ssl: port (set by _ServerFactory)
     tls_done = False
 
@@ -53,9 +104,11 @@ class _Broker(FastBroker):
         if self.tls and not self.tls_done:
             why = tls_failure(self.transport, reason)
             if why:
-                # Short on purpose: until the pre-login log throttle lands, one line a failure.
-                log.warn("TLS handshake with {peer} failed: {why}", peer=_peer_host(self.transport),
-                         why=why)
+                line = f"TLS handshake with {_peer_host(self.transport)} failed: {why}"
+                if self.gate is not None:
+                    self.gate.log.warn(self.peer_host, line)  # throttled per address
+                else:
+                    log.warn("{line}", line=line)
         super().connectionLost(reason)
 
     def connectionMade(self):
@@ -69,19 +122,33 @@ class _Broker(FastBroker):
             except OSError:
                 pass
         super().connectionMade()
+        if self.gate is not None:
+            self.gate.connected(self)
+
+    def connectionLost(self, reason):
+        if self.gate is not None:
+            self.gate.disconnected(self)
+        super().connectionLost(reason)
 
     def _sendFailureOrError(self, fail, requestID):
         # A refused login is already logged by the Dispatcher (name and peer, never the
         # password). Peers key on the exact remote type twisted.cred.error.UnauthorizedLogin
         # (PROTOCOL.md §2.3), so it cannot become a pb.Error; skip Twisted's traceback log.
+        # One try per connection: after the refusal is sent, the connection is closed.
         if fail.check(UnauthorizedLogin):
             self._sendError(fail, requestID)
+            if not self.authenticated and self.transport is not None:
+                self.transport.loseConnection()
         else:
             super()._sendFailureOrError(fail, requestID)
 
     def dataReceived(self, data):
         if self.clock is not None:
             self.last_received = self.clock.seconds()
+        if not self.authenticated and self.gate is not None:
+            self._pre_login_received += len(data)
+            if self.gate.over_budget(self, self._pre_login_received):
+                return
         super().dataReceived(data)
 
 
@@ -118,17 +185,19 @@ class _ServerFactory(pb.PBServerFactory):
     protocol = _Broker
     noisy = False
 
-    def __init__(self, portal, clock):
+    def __init__(self, portal, clock, gate: LoginGate | None = None):
         # Buildbot serves tracebacks to its peers (PROTOCOL.md §2.1); bbx does not need them.
         super().__init__(portal, unsafeTracebacks=False)
         self.clock = clock
         self.tls = False  # MasterService sets it for an ssl: listen string
+        self.gate = gate
         self.brokers: set[_Broker] = set()
 
     def buildProtocol(self, addr):
         broker = super().buildProtocol(addr)
         broker.clock = self.clock
         broker.tls = self.tls
+        broker.gate = self.gate
         self.brokers.add(broker)
         broker.notifyOnDisconnect(lambda: self.brokers.discard(broker))
         return broker
@@ -173,11 +242,13 @@ class MasterService:
         passwords = {s.name: s.password for s in config.slaves}
         passwords.update({u.name: u.password for u in config.control_users})
         control_names = {u.name for u in config.control_users}
+        self.gate = LoginGate(reactor, login_timeout=config.login_timeout)
         self.dispatcher = Dispatcher(
             self.slaves, passwords,
-            lambda name: ControlPerspective(name, self) if name in control_names else None)
+            lambda name: ControlPerspective(name, self) if name in control_names else None,
+            gate=self.gate)
         portal = Portal(self.dispatcher, [self.dispatcher])
-        self.factory = _ServerFactory(portal, reactor)
+        self.factory = _ServerFactory(portal, reactor, self.gate)
         self.factory.tls = config.listen.split(":", 1)[0].lower() == "ssl"
         self.port = None
         self.endpoint: str | None = None
@@ -232,6 +303,7 @@ class MasterService:
         for broker in list(self.factory.brokers):
             if broker.transport is not None:
                 broker.transport.loseConnection()
+        self.gate.stop()
         if self._store_open:
             self._store_open = False
             try:
@@ -277,6 +349,7 @@ def run(basedir, config: MasterConfig, *, to_terminal: bool, log_options=None,
     http = http if http is not None else config.http
     if http:
         server_endpoint(reactor, http)
+    os.umask(PRIVATE_UMASK)
     log_path = basedir / config.log
     try:
         log_file = logs.start(str(log_path), log_options or logs.LogOptions(), console=to_terminal)

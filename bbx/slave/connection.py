@@ -13,8 +13,9 @@ One small state machine (SlaveConnection) does that and nothing else:
   because the other connection usually goes away and an exited slave needs a human.
 * The attempt counter resets once a login succeeds.
 * While attached, `perspective.keepalive()` is called every `keepalive` seconds
-  (PROTOCOL.md §4.4), and a watchdog drops the connection when nothing at all has been
-  received from the master for `deadline` seconds.
+  (PROTOCOL.md §4.4), and a watchdog (bbx/pb/liveness.py) drops the connection when nothing
+  at all — the master's own calls, or its answers to ours — has been received for
+  `deadline` seconds.
 * The master calls the Bot (the mind) while our login call is still pending (§4.1);
   Twisted's broker services those calls as they arrive, so nothing special is needed.
 * Connecting and logging in go through bbx's one login routine, bbx/pb/endpoints.login (the
@@ -36,6 +37,7 @@ from twisted.spread import pb
 from bbx.pb import failures  # noqa: F401 - reads the failures a Python 2 (0.8) master sends
 from bbx.pb.endpoints import (ClientBroker, KeepaliveClientFactory, LoginFailed, is_unauthorized,
                                login, remote_type)
+from bbx.pb.liveness import KEEPALIVE_INTERVAL, SilenceWatchdog
 from bbx.pb.tls import TlsVerifyError
 
 log = Logger(namespace="bbx.slave")
@@ -181,7 +183,7 @@ class SlaveConnection:
     """
 
     def __init__(self, reactor, description: str, name: str, password: str, bot, *,
-                 keepalive: float = 600, deadline: float | None = None,
+                 keepalive: float = KEEPALIVE_INTERVAL, deadline: float | None = None,
                  policy: Callable[[int], float] | None = None,
                  connect_timeout: float = CONNECT_TIMEOUT, login_timeout: float = LOGIN_TIMEOUT,
                  tls=None):
@@ -321,20 +323,18 @@ class SlaveConnection:
         s.last_received = self.reactor.seconds()
 
     def _arm_watchdog(self, s: _Session) -> None:
-        due = s.last_received + self.deadline - self.reactor.seconds()
-        s.timers.append(self.reactor.callLater(max(due, 0.0), self._watchdog, s))
+        watchdog = SilenceWatchdog(self.reactor, self.deadline, lambda: s.last_received,
+                                   lambda silent: self._silent(s, silent))
+        watchdog.start()
+        s.timers.append(watchdog)
 
-    def _watchdog(self, s: _Session) -> None:
+    def _silent(self, s: _Session, silent: float) -> None:
         if s.ended:
             return
-        silent = self.reactor.seconds() - s.last_received
-        if silent >= self.deadline:
-            s.end_kind = "timeout"
-            s.end_reason = (f"the master at {self.description} sent nothing for {silent:.0f} s "
-                            f"(deadline {self.deadline:.0f} s); dropping the connection")
-            s.broker.transport.abortConnection()
-            return
-        self._arm_watchdog(s)
+        s.end_kind = "timeout"
+        s.end_reason = (f"the master at {self.description} sent nothing for {silent:.0f} s "
+                        f"(deadline {self.deadline:.0f} s); dropping the connection")
+        s.broker.transport.abortConnection()
 
     def _send_keepalive(self, s: _Session) -> None:
         if s.state is not State.ATTACHED:
@@ -392,7 +392,9 @@ class SlaveConnection:
         s.state = State.ENDED
         s.end_reason = reason
         for t in s.timers:
-            if t.active():
+            if isinstance(t, SilenceWatchdog):
+                t.stop()
+            elif t.active():
                 t.cancel()
         s.timers = []
         s.perspective = None
