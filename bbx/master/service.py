@@ -101,6 +101,8 @@ class _Broker(FastBroker):
         self.tls_done = True
 
     def connectionLost(self, reason):
+        if self.gate is not None:
+            self.gate.disconnected(self)
         if self.tls and not self.tls_done:
             why = tls_failure(self.transport, reason)
             if why:
@@ -124,11 +126,6 @@ class _Broker(FastBroker):
         super().connectionMade()
         if self.gate is not None:
             self.gate.connected(self)
-
-    def connectionLost(self, reason):
-        if self.gate is not None:
-            self.gate.disconnected(self)
-        super().connectionLost(reason)
 
     def _sendFailureOrError(self, fail, requestID):
         # A refused login is already logged by the Dispatcher (name and peer, never the
