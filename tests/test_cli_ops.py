@@ -17,7 +17,7 @@ from bbx.cli import client
 from bbx.cli.errors import UsageError
 from bbx.cli.run import run_exit
 from tests import fake_master
-from tests.support import BBX, Proc, run_bbx, wait_until
+from tests.support import BBX, Proc, refused_port, run_bbx, wait_until
 
 FAKE = Path(__file__).with_name("fake_master.py")
 USER, PASSWORD = "admin", "sekrit"
@@ -250,9 +250,8 @@ def test_run_exit_after_ctrl_c_is_130():
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    # Held bound until the process ends: no parallel test's master can be given it.
+    return refused_port()
 
 
 def test_unreachable_master_is_one_line_and_exit_3():

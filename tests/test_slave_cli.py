@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import stat
 import time
 
-from tests.support import BBX, Proc, file_contains, run_bbx, wait_until
+from tests.support import BBX, Proc, file_contains, refused_port, run_bbx, wait_until
 
 
 def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    # Held bound until the process ends: no parallel test's master can be given it.
+    return refused_port()
 
 
 def _one_clear_line(r):
