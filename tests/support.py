@@ -13,6 +13,11 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 BBX = str(BIN / "bbx")
 
+# How long a child may take to exit once told to (SIGINT, SIGTERM, Ctrl-C). A deadline against
+# hangs, not a speed claim: with the suite in parallel beside other work on 2 cores, a bbx
+# process's shutdown was seen to take more than 15 s.
+EXIT_DEADLINE = 60.0
+
 
 def wait_until(predicate, timeout: float = 20.0, interval: float = 0.02, what: str = "condition"):
     """Poll `predicate` until it returns a truthy value or `timeout` passes; return that value."""

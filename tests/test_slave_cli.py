@@ -7,7 +7,7 @@ import signal
 import stat
 import time
 
-from tests.support import BBX, Proc, file_contains, refused_port, run_bbx, wait_until
+from tests.support import BBX, EXIT_DEADLINE, Proc, file_contains, refused_port, run_bbx, wait_until
 
 
 def _free_port() -> int:
@@ -117,7 +117,7 @@ def test_foreground_slave_logs_writes_pid_and_stops_cleanly_on_sigterm(tmp_path)
         first = (d / "slave.log").read_text().splitlines()[0]
         assert first[:4].isdigit() and first[4] == "-", "log lines carry a timestamp"
         os.kill(proc.pid, signal.SIGTERM)
-        assert proc.popen.wait(15) == 0
+        assert proc.popen.wait(EXIT_DEADLINE) == 0
         assert not (d / "slave.pid").exists()
         assert file_contains(d / "slave.log", "slave stopped")
     finally:
@@ -130,7 +130,7 @@ def test_sigint_stops_a_foreground_slave(tmp_path):
     try:
         proc.wait_for_output("cannot connect to", 20)
         os.kill(proc.pid, signal.SIGINT)
-        assert proc.popen.wait(15) == 0
+        assert proc.popen.wait(EXIT_DEADLINE) == 0
         assert not (d / "slave.pid").exists()
     finally:
         proc.terminate()
@@ -221,7 +221,7 @@ def test_sighup_without_allow_shutdown_stops_the_slave_cleanly(tmp_path):
     try:
         proc.wait_for_output("cannot connect to", 20)
         os.kill(proc.pid, signal.SIGHUP)
-        assert proc.popen.wait(15) == 0
+        assert proc.popen.wait(EXIT_DEADLINE) == 0
         assert not (d / "slave.pid").exists()
         assert file_contains(d / "slave.log", "slave stopped")
     finally:
@@ -234,7 +234,7 @@ def test_graceful_shutdown_signal_while_not_attached_stops_at_once(tmp_path):
     try:
         proc.wait_for_output("cannot connect to", 20)
         os.kill(proc.pid, signal.SIGHUP)
-        assert proc.popen.wait(15) == 0
+        assert proc.popen.wait(EXIT_DEADLINE) == 0
         assert "graceful shutdown requested (SIGHUP received); not attached, stopping now" in proc.output()
     finally:
         proc.terminate()
