@@ -14,7 +14,21 @@ A module can still set its own group with `pytestmark = pytest.mark.xdist_group(
 
 from __future__ import annotations
 
+import signal
+
 import pytest
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Undo an ignored SIGINT before any test starts a child (runs in every xdist worker too).
+
+    A shell starts a background job (`make test &`, a script run by a CI runner) with SIGINT
+    ignored; ignored signals survive fork and exec, and Python and Twisted then leave SIGINT
+    ignored in every bbx process a test starts — so the tests that press Ctrl-C (SIGINT to a
+    foreground master, slave or CLI) waited for an exit that never came.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 # Fixture scopes set up once per module (or per class of a module), and so
 # shared by tests of one module only.

@@ -42,7 +42,8 @@ print("got", cached_dir("peer", build), flush=True)
 
 def _child(tmp_path: Path, n: int) -> Proc:
     return Proc([sys.executable, "-c", CHILD, str(ROOT), str(tmp_path)],
-                env={"BBX_TEST_CACHE": str(tmp_path / "cache")}, log_path=tmp_path / f"child{n}.out")
+                env={"BBX_TEST_CACHE": str(tmp_path / "cache")},
+                log_path=tmp_path / f"child{n}.out")
 
 
 def _builds(tmp_path: Path) -> list[str]:

@@ -70,8 +70,8 @@ def scanned_files(root: Path):
             yield path
         elif path.is_dir():
             for p in sorted(path.rglob("*")):
-                if (p.is_file() and p.suffix in TEXT_SUFFIXES
-                        and "__pycache__" not in p.parts and p.resolve() != Path(__file__).resolve()):
+                if (p.is_file() and p.suffix in TEXT_SUFFIXES and "__pycache__" not in p.parts
+                        and p.resolve() != Path(__file__).resolve()):
                     yield p
 
 

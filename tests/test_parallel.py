@@ -1,4 +1,4 @@
-"""The suite's parallel set-up works with the pytest and pytest-xdist that are installed.
+"""The suite's parallel set-up works with the installed pytest and pytest-xdist, and from any shell.
 
 `make test` relies on `--dist loadgroup` honouring the groups tests/conftest.py gives modules
 with module-scoped fixtures. pytest 9.2 with pytest-xdist 3.8 silently stops grouping
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,31 @@ def test_a_module_with_a_module_fixture_runs_on_one_worker_as_one_group(tmp_path
     assert {group for _, group in shared} == {"@test_shared"}, "the module is one xdist group"
     assert len({worker for worker, _ in shared}) == 1, "and runs on one worker"
     assert free == [None] * 4, "tests without a module fixture are scheduled one by one"
+
+
+CHILD_SIGINT = '''
+import subprocess, sys
+
+def test_a_child_gets_sigint_back():
+    probe = "import signal; print(signal.getsignal(signal.SIGINT))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60).stdout
+    assert "default_int_handler" in out, out
+'''
+
+
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_a_suite_started_with_sigint_ignored_still_gives_its_children_sigint(tmp_path):
+    # As `make test &` or a CI runner starts it; the Ctrl-C tests need their children to see it.
+    shutil.copy(HERE / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_child.py").write_text(CHILD_SIGINT)
+    for workers in ("0", "1"):
+        r = subprocess.run([sys.executable, "-m", "pytest", "-n", workers, "-q", "-p",
+                            "no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path)],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                           preexec_fn=_ignore_sigint)
+        assert r.returncode == 0, f"-n {workers}:\n" + r.stdout[-3000:] + r.stderr[-3000:]
