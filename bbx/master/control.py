@@ -78,7 +78,9 @@ class ControlPerspective(pb.Avatar):
         """What a slave reported about itself when it attached.
 
         Sends a slave name, or None for the only attached slave. Returns {"name", "dialect",
-        "connected_since", "peer", "info": {raw info dict}}. Raises UnknownSlave,
+        "connected_since", "peer", "info": {info dict, str keys and values}, "commands":
+        {command name: version}, whichever name the slave's generation gave that table}.
+        Raises UnknownSlave,
         NoSlaveAttached, or ControlError when None is ambiguous.
         """
         slaves = self.master.slaves
@@ -98,8 +100,9 @@ class ControlPerspective(pb.Avatar):
             if persp.link is None:
                 raise NoSlaveAttached(f"slave {slave} is not attached")
         link = persp.link
-        return {"name": persp.name, "dialect": link.dialect.value, "connected_since": link.connected_since,
-                "peer": link.peer, "info": link.info}
+        return {"name": persp.name, "dialect": link.dialect.value,
+                "connected_since": link.connected_since, "peer": link.peer, "info": link.info,
+                "commands": link.commands}
 
     def perspective_slaves(self):
         """No arguments. Returns one dict per configured slave: name, connected, connected_since,
