@@ -29,6 +29,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from . import metrics
 from . import store_queries as sql
 from .store_db import (CHUNK_BYTES, REQUEST_CLAIMED, REQUEST_DONE, REQUEST_QUEUED,
                        SCHEMA_VERSION, STATE_FINISHED, STATE_INTERRUPTED, STATE_RUNNING,
@@ -215,6 +216,7 @@ class Store:
         self._in_flight += 1
         d = deferToThreadPool(self._reactor, self._pool, self._db.append, batch,
                               self._reactor.seconds())
+        metrics.STORE_WRITE.time(d, self._reactor)
         d.addCallbacks(self._batch_done, self._batch_crashed, callbackArgs=(target,),
                        errbackArgs=(target,))
         return d
