@@ -158,7 +158,10 @@ class RealMaster:
         (self.basedir / "harness.json").write_text(json.dumps(dict(
             worker=worker, password=password, change_user=CHANGE_USER, change_pass=CHANGE_PASS)))
         try:
-            r = subprocess.run([BUILDBOT, "start", str(self.basedir)], capture_output=True, text=True,
+            # `buildbot start` gives up after 10 s by default, and on a loaded machine loading
+            # the tac alone was seen to take 9 s: let it wait as long as we do.
+            r = subprocess.run([BUILDBOT, "start", f"--start_timeout={timeout:g}", str(self.basedir)],
+                               capture_output=True, text=True,
                                timeout=timeout + 30, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                                stdin=subprocess.DEVNULL)
             pidfile = self.basedir / "twistd.pid"

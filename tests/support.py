@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +12,11 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 BBX = str(BIN / "bbx")
+
+# How long a child may take to exit once told to (SIGINT, SIGTERM, Ctrl-C). A deadline against
+# hangs, not a speed claim: with the suite in parallel beside other work on 2 cores, a bbx
+# process's shutdown was seen to take more than 15 s.
+EXIT_DEADLINE = 60.0
 
 
 def wait_until(predicate, timeout: float = 20.0, interval: float = 0.02, what: str = "condition"):
@@ -23,6 +29,23 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.02, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+# Sockets held by refused_port() until this test process ends.
+_HELD_PORTS: list[socket.socket] = []
+
+
+def refused_port() -> int:
+    """A loopback TCP port that refuses connections for the rest of this test process.
+
+    The socket stays bound but never listens, so a connect gets "connection refused" — and,
+    unlike a port that was bound and closed again, no other process (a master on port 0 in
+    another xdist worker) can be given it meanwhile.
+    """
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _HELD_PORTS.append(s)
+    return s.getsockname()[1]
 
 
 def file_contains(path, text: str) -> bool:

@@ -9,7 +9,7 @@ import signal
 import sqlite3
 
 from tests.buildfarm import Farm, build_row, master_toml, stored_log
-from tests.support import BBX, run_bbx, wait_until
+from tests.support import BBX, EXIT_DEADLINE, run_bbx, wait_until
 
 SLOW = '''
 [[builders]]
@@ -137,7 +137,7 @@ def test_sigterm_mid_build_stops_cleanly_and_records_the_build_as_interrupted(tm
         wait_until(lambda: "started-marker" in stored_log(farm.db, build["id"]), 20,
                    what="the step's output")
         os.kill(farm.master.pid, signal.SIGTERM)
-        assert farm.master.popen.wait(15) == 0
+        assert farm.master.popen.wait(EXIT_DEADLINE) == 0
         row = build_row(farm.db, build["id"])
         assert row["state"] == "interrupted" and row["interrupted_reason"] == "the master was stopped"
         assert row["finished_at"] is not None

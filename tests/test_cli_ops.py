@@ -17,7 +17,7 @@ from bbx.cli import client
 from bbx.cli.errors import UsageError
 from bbx.cli.run import run_exit
 from tests import fake_master
-from tests.support import BBX, Proc, run_bbx, wait_until
+from tests.support import BBX, EXIT_DEADLINE, Proc, refused_port, run_bbx, wait_until
 
 FAKE = Path(__file__).with_name("fake_master.py")
 USER, PASSWORD = "admin", "sekrit"
@@ -205,7 +205,7 @@ def test_ctrl_c_interrupts_the_command_and_exits_130_after_it_completes(fake, en
     try:
         wait_until(lambda: (tmp_path / "out").read_bytes() == b"started\n", 20, what="run started")
         popen.send_signal(signal.SIGINT)
-        assert popen.wait(20) == 130
+        assert popen.wait(EXIT_DEADLINE) == 130
     finally:
         popen.kill()
     assert proc.output().count("interrupt: interrupted by operator") == before + 1
@@ -220,7 +220,7 @@ def test_second_ctrl_c_leaves_without_waiting(env, tmp_path):
         popen.send_signal(signal.SIGINT)
         wait_until(lambda: "Ctrl-C again" in (tmp_path / "err").read_text(), 10, what="first Ctrl-C noted")
         popen.send_signal(signal.SIGINT)
-        assert popen.wait(20) == 130
+        assert popen.wait(EXIT_DEADLINE) == 130
     finally:
         popen.kill()
     assert "left without waiting" in (tmp_path / "err").read_text()
@@ -251,9 +251,8 @@ def test_run_exit_after_ctrl_c_is_130():
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    # Held bound until the process ends: no parallel test's master can be given it.
+    return refused_port()
 
 
 def test_unreachable_master_is_one_line_and_exit_3():
@@ -368,7 +367,7 @@ def test_ctrl_c_while_waiting_for_the_master_is_one_line_and_exit_130(tmp_path):
             conn, _ = silent.accept()  # bbx connected and is now waiting inside the reactor
             with conn:
                 popen.send_signal(signal.SIGINT)
-                assert popen.wait(20) == 130
+                assert popen.wait(EXIT_DEADLINE) == 130
         finally:
             popen.kill()
     assert one_line(err.read_text()) == "bbx: interrupted"
@@ -394,7 +393,7 @@ def test_run_on_a_terminal_shows_output_and_stderr_in_red(env):
             if not chunk:
                 break
             seen += chunk
-        assert popen.wait(20) == fake_master.RUN_RC
+        assert popen.wait(EXIT_DEADLINE) == fake_master.RUN_RC
     finally:
         popen.kill()
         os.close(controller)

@@ -8,7 +8,7 @@ import stat
 import tomllib
 
 from tests.realworker import Master, make_master
-from tests.support import BBX, Proc, run_bbx, wait_until
+from tests.support import BBX, EXIT_DEADLINE, Proc, run_bbx, wait_until
 
 
 def one_clear_line(result) -> str:
@@ -99,7 +99,7 @@ def test_foreground_master_writes_endpoint_and_pid_and_stops_cleanly(tmp_path):
         assert "listening on " + master.endpoint in (tmp_path / "m" / "master.log").read_text()
         result = run_bbx("master", "stop", tmp_path / "m")
         assert result.returncode == 0 and "stopped" in result.stdout
-        assert master.proc.popen.wait(15) == 0
+        assert master.proc.popen.wait(EXIT_DEADLINE) == 0
         assert not (tmp_path / "m" / "master.endpoint").exists()
         assert not (tmp_path / "m" / "master.pid").exists()
     finally:
@@ -180,7 +180,7 @@ def test_sigint_stops_a_foreground_master_with_exit_0(tmp_path):
     try:
         proc.wait_for_output("listening on")
         os.kill(proc.pid, 2)
-        assert proc.popen.wait(15) == 0
+        assert proc.popen.wait(EXIT_DEADLINE) == 0
         wait_until(lambda: not (tmp_path / "master.endpoint").exists(), 5)
     finally:
         proc.terminate()

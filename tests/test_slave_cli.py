@@ -6,19 +6,15 @@ import json
 import os
 import re
 import signal
-import socket
 import stat
 import time
 
-from tests.support import BBX, Proc, file_contains, run_bbx, wait_until
+from tests.support import BBX, EXIT_DEADLINE, Proc, file_contains, refused_port, run_bbx, wait_until
 
 
 def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    # Held bound until the process ends: no parallel test's master can be given it.
+    return refused_port()
 
 
 def _one_clear_line(r):
@@ -124,7 +120,7 @@ def test_foreground_slave_logs_writes_pid_and_stops_cleanly_on_sigterm(tmp_path)
         first = (d / "slave.log").read_text().splitlines()[0]
         assert first[:4].isdigit() and first[4] == "-", "log lines carry a timestamp"
         os.kill(proc.pid, signal.SIGTERM)
-        assert proc.popen.wait(15) == 0
+        assert proc.popen.wait(EXIT_DEADLINE) == 0
         assert not (d / "slave.pid").exists()
         assert file_contains(d / "slave.log", "slave stopped")
     finally:
@@ -137,7 +133,7 @@ def test_sigint_stops_a_foreground_slave(tmp_path):
     try:
         proc.wait_for_output("cannot connect to", 20)
         os.kill(proc.pid, signal.SIGINT)
-        assert proc.popen.wait(15) == 0
+        assert proc.popen.wait(EXIT_DEADLINE) == 0
         assert not (d / "slave.pid").exists()
     finally:
         proc.terminate()
@@ -233,7 +229,7 @@ def test_sighup_without_allow_shutdown_stops_the_slave_cleanly(tmp_path):
     try:
         proc.wait_for_output("cannot connect to", 20)
         os.kill(proc.pid, signal.SIGHUP)
-        assert proc.popen.wait(15) == 0
+        assert proc.popen.wait(EXIT_DEADLINE) == 0
         assert not (d / "slave.pid").exists()
         assert file_contains(d / "slave.log", "slave stopped")
     finally:
@@ -246,7 +242,7 @@ def test_graceful_shutdown_signal_while_not_attached_stops_at_once(tmp_path):
     try:
         proc.wait_for_output("cannot connect to", 20)
         os.kill(proc.pid, signal.SIGHUP)
-        assert proc.popen.wait(15) == 0
+        assert proc.popen.wait(EXIT_DEADLINE) == 0
         assert "graceful shutdown requested (SIGHUP received); not attached, stopping now" in proc.output()
     finally:
         proc.terminate()

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from bbx.slave.connection import backoff_ceiling, full_jitter_backoff
-from tests.support import Proc, file_contains, run_bbx, BBX, wait_until
+from tests.support import Proc, file_contains, refused_port, run_bbx, BBX, wait_until
 
 RETRY = re.compile(r"retrying in ([0-9.]+) s \(attempt (\d+), at most ([0-9.]+) s\)")
 
@@ -46,11 +46,8 @@ def test_backoff_never_exceeds_maxdelay():
 # -- real processes ---------------------------------------------------------------------------
 
 def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    # Held bound until the process ends: no parallel test's master can be given it.
+    return refused_port()
 
 
 def _slave(tmp_path, connection, *extra):

@@ -13,7 +13,7 @@ import pytest
 import bbx
 
 from tests.realmaster import RealMaster, real_master  # noqa: F401 (fixture)
-from tests.support import BBX, Proc, run_bbx, wait_until
+from tests.support import BBX, EXIT_DEADLINE, Proc, run_bbx, wait_until
 
 ATTACHED = "message from master: attached"
 LOGGED_IN = "attached to the master at"  # logged once the login (and so the attach sequence) is done
@@ -176,7 +176,7 @@ def test_sighup_asks_the_master_for_a_graceful_shutdown(tmp_path, master):
     try:
         proc.wait_for_output(LOGGED_IN, 20)
         os.kill(proc.pid, signal.SIGHUP)
-        assert proc.popen.wait(20) == 0
+        assert proc.popen.wait(EXIT_DEADLINE) == 0
         out = proc.output()
         assert "graceful shutdown requested" in out
         assert "the master asked this slave to shut down" in out
@@ -222,7 +222,7 @@ def test_sigterm_kills_the_running_command_and_the_master_retries_the_build(tmp_
         rev = real_master.send_change("b-slow")
         step_pid = _slow_step_pid(real_master)
         os.kill(proc.pid, signal.SIGTERM)
-        assert proc.popen.wait(20) == 0
+        assert proc.popen.wait(EXIT_DEADLINE) == 0
         assert _pid_gone(step_pid), "a clean stop kills the running command"
         wait_until(lambda: real_master.build_results(rev), 20, what="the interrupted build to end")
         assert real_master.build_results(rev)[0] == "RETRY"
