@@ -1,27 +1,32 @@
-"""The build-history store: one SQLite file holding requests, builds, steps and every log byte.
+"""The build-history store: requests, builds, steps and every log byte, in SQLite or PostgreSQL.
 
 Two halves, one per thread:
 
 - `Store` lives on the reactor thread. Its methods return Deferreds; `append_log` returns at
   once and only queues the text in memory.
-- `Database` (bbx/master/store_db.py) owns the sqlite3 connection and runs only on the
-  store's own one-thread pool. Every SQL statement of the master runs there, in the order the
-  reactor asked for it, so log chunks, step boundaries and reads never overtake each other.
-  The statements themselves are in bbx/master/store_queries.py.
+- A `Database` owns the connection and runs only on the store's own one-thread pool:
+  bbx/master/store_sqlite.py (the default: one file, one master) or bbx/master/store_pg.py
+  (one PostgreSQL database shared by several masters), both on bbx/master/store_db.py. Every
+  SQL statement of the master runs there, in the order the reactor asked for it, so log
+  chunks, step boundaries and reads never overtake each other. The statements themselves are
+  in bbx/master/store_queries.py, written once for both engines.
+
+Every commit's events (a request queued, a build started, new log rows) are fired on
+`store.events` (bbx/master/events.py) once committed; on PostgreSQL the other masters' events
+arrive there too, through LISTEN/NOTIFY (bbx/master/store_listen.py).
 
 Log appends are batched: the queue is handed to the writer every FLUSH_INTERVAL seconds or as soon
 as FLUSH_BYTES are queued, and the writer commits the whole batch in one transaction, merging
 small consecutive chunks of one stream into rows of up to CHUNK_BYTES.
 
-When a write fails (disk full, I/O error) the writer keeps the rows in memory, in order, retries
-every RETRY_INTERVAL and the master goes on serving; past MAX_HELD_BYTES the oldest held rows are
-dropped and a marker saying how much was lost takes their place in the log.
+When a write fails (disk full, I/O error, the database server gone) the writer keeps the rows in
+memory, in order, retries every RETRY_INTERVAL and the master goes on serving; past
+MAX_HELD_BYTES the oldest held rows are dropped and a marker saying how much was lost takes
+their place in the log.
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
 from typing import Callable
 
 from twisted.internet import defer
@@ -29,11 +34,12 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from . import store_location
 from . import store_queries as sql
+from .events import EventHub
 from .store_db import (CHUNK_BYTES, REQUEST_CLAIMED, REQUEST_DONE, REQUEST_QUEUED,
                        SCHEMA_VERSION, STATE_FINISHED, STATE_INTERRUPTED, STATE_RUNNING,
-                       Database, NoSuchBuild, NoSuchRequest, NoSuchStep, RequestNotQueued,
-                       StoreError)
+                       NoSuchBuild, NoSuchRequest, NoSuchStep, RequestNotQueued, StoreError)
 
 # Callers import the store's errors, states and schema version from here, wherever they live.
 __all__ = ["Store", "StoreError", "NoSuchBuild", "NoSuchStep", "NoSuchRequest", "RequestNotQueued",
@@ -54,23 +60,39 @@ MAX_HELD_BYTES = 64 * 1024 * 1024
 
 
 class Store:
-    """The master's build history in one SQLite file: requests, builds, steps, logs.
+    """The master's build history: requests, builds, steps, logs.
+
+    `db` is where it lives: a StoreLocation, a `db` setting ("bbx.sqlite", "sqlite:PATH",
+    "postgresql://...") or a path. `master` is this master's name, recorded with the builds
+    it runs and the requests it claims (and the sender of its events).
 
     Every method returns a Deferred except append_log, which queues and returns None. The
     caller must `yield open()` first and `yield close()` last (close also runs on reactor
     shutdown unless close_on_shutdown=False); Store makes its own writer thread and stops it.
     """
 
-    def __init__(self, path, reactor, *, flush_interval: float = FLUSH_INTERVAL,
+    def __init__(self, db, reactor, *, master: str = "", flush_interval: float = FLUSH_INTERVAL,
                  flush_bytes: int = FLUSH_BYTES, max_held_bytes: int = MAX_HELD_BYTES,
                  retry_interval: float = RETRY_INTERVAL, close_on_shutdown: bool = True):
         self._close_on_shutdown = close_on_shutdown
-        self.path = os.path.abspath(os.fspath(path))
+        self.location = store_location.parse(db)
+        self.master = master
+        self.shared = self.location.shared
+        self.path = self.location.display()  # what messages name (no password)
         self._reactor = reactor
         self._flush_interval = flush_interval
         self._flush_bytes = flush_bytes
         self._retry_interval = retry_interval
-        self._db = Database(self.path, max_held_bytes)
+        if self.shared:
+            from .store_pg import PostgresDatabase  # psycopg only for a PostgreSQL store
+
+            self._db = PostgresDatabase(self.location.url, max_held_bytes, master)
+        else:
+            from .store_sqlite import SqliteDatabase
+
+            self._db = SqliteDatabase(str(self.location.path), max_held_bytes, master)
+        self.events = EventHub()
+        self._listener = None
         self._pool: ThreadPool | None = None
         self._shutdown_trigger = None
         self._closing: defer.Deferred | None = None
@@ -86,6 +108,7 @@ class Store:
         self._in_flight = 0
         self._failing: str | None = None
         self._warned_closed = False
+        self._step_builds: dict[int, int] = {}  # step id -> build id, for log events
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -103,6 +126,18 @@ class Store:
             yield deferToThreadPool(self._reactor, pool, self._db.close)
             pool.stop()
             raise
+        if self.shared:
+            from .store_listen import EventListener
+
+            listener = EventListener(self.location.url, self._reactor, self.events, self.master)
+            try:
+                yield listener.start()
+            except BaseException:
+                self._pool = None
+                yield deferToThreadPool(self._reactor, pool, self._db.close)
+                pool.stop()
+                raise
+            self._listener = listener
         self._is_open = True
         # "before": only before-shutdown triggers may return a Deferred the reactor waits for.
         # An owner that must write last words first (the master) closes the store itself.
@@ -141,6 +176,9 @@ class Store:
             log.error("store: closing with log data that could not be saved: {error}",
                       error=error)
         self._cancel_timers()
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            await listener.stop()
         pool, self._pool = self._pool, None
         await deferToThreadPool(self._reactor, pool, self._db.close)
         pool.stop()
@@ -213,11 +251,21 @@ class Store:
         batch, self._pending, self._pending_bytes = self._pending, [], 0
         target = self._appended
         self._in_flight += 1
+        builds = sorted({self._step_builds[step] for step, _s, _t in batch
+                         if step in self._step_builds})
         d = deferToThreadPool(self._reactor, self._pool, self._db.append, batch,
-                              self._reactor.seconds())
+                              self._reactor.seconds(), builds)
+        if builds:
+            d.addCallback(self._logs_committed, builds)
         d.addCallbacks(self._batch_done, self._batch_crashed, callbackArgs=(target,),
                        errbackArgs=(target,))
         return d
+
+    def _logs_committed(self, status, builds):
+        if status["ok"]:
+            for build_id in builds:
+                self.events.fire("log", self.master, build_id)
+        return status
 
     def _batch_done(self, status, target):
         self._in_flight -= 1
@@ -281,12 +329,27 @@ class Store:
             return defer.fail(StoreError(f"store: {self.path} is not open"))
         self._submit_pending(force=False)
         d = deferToThreadPool(self._reactor, self._pool, self._db.transact, fn, args, write)
-        d.addErrback(self._sqlite_failed, "write to" if write else "read")
+        d.addCallbacks(self._committed, self._engine_failed,
+                       errbackArgs=("write to" if write else "read",))
         return d
 
-    def _sqlite_failed(self, failure, doing):
-        failure.trap(sqlite3.Error)
-        line = f"store: cannot {doing} {self.path}: {failure.value}"
+    def run_query(self, fn: Callable, *args, write: bool = True):
+        """Run fn(sql, *args) (an Sql of bbx/master/store_db.py) in one transaction on the
+        writer thread, after the log text queued before; fires with its result. For modules
+        with queries of their own (bbx/master/masters.py)."""
+        return self._call(fn, *args, write=write)
+
+    def _committed(self, answer):
+        result, events = answer
+        for kind, *args in events:
+            self.events.fire(kind, self.master, *args)
+        return result
+
+    def _engine_failed(self, failure, doing):
+        failure.trap(*self._db.errors)
+        from .store_db import one_line
+
+        line = f"store: cannot {doing} {self.path}: {one_line(failure.value)}"
         log.error("{line}", line=line)
         raise StoreError(line)
 
@@ -315,7 +378,12 @@ class Store:
 
     def start_step(self, build_id: int, number: int, name: str):
         """Record that step `number` (`name`) of a build started. Fires with the step id."""
-        return self._call(sql.start_step, build_id, number, name, self._reactor.seconds())
+        d = self._call(sql.start_step, build_id, number, name, self._reactor.seconds())
+
+        def remember(step_id):
+            self._step_builds[step_id] = build_id
+            return step_id
+        return d.addCallback(remember)
 
     def finish_step(self, step_id: int, result: int, rc: int | None = None):
         """Record a step's result (bbx.master.results) and its command's rc; comes after every
@@ -324,11 +392,17 @@ class Store:
 
     def finish_build(self, build_id: int, result: int, state: str = STATE_FINISHED,
                      reason: str | None = None):
-        """Record a build's result; state 'finished' or 'interrupted' (with `reason`)."""
+        """Record a build's result; state 'finished' or 'interrupted' (with `reason`). A build
+        already closed (by another master that declared this one dead) keeps its result."""
+        self._forget_steps({build_id})
         return self._call(sql.finish_build, build_id, result, state, reason,
                           self._reactor.seconds())
 
-    def mark_interrupted(self, reason: str, requeue: bool = True):
+    def _forget_steps(self, builds) -> None:
+        for step in [s for s, b in self._step_builds.items() if b in builds]:
+            del self._step_builds[step]
+
+    def mark_interrupted(self, reason: str, requeue: bool = True, master: str | None = None):
         """Close every build left unfinished (the master stopped under it), as Buildbot's
         master-deactivation housekeeping does. Fires with their ids.
 
@@ -336,13 +410,60 @@ class Store:
         the last time the master heard of the build (its last log chunk or step start). With
         `requeue`, their requests go back to the queue and the result is RETRY ("will be run
         again", Buildbot's choice); without, the result is EXCEPTION.
+
+        On a shared store only the builds (and pending claims) of `master` are touched — this
+        master's by default; on SQLite, every unfinished build (one master owns the file).
         """
-        return self._call(sql.mark_interrupted, reason, requeue)
+        if self.shared and master is None:
+            master = self.master
+        d = self._call(sql.mark_interrupted, reason, requeue, master if self.shared else None)
+
+        def forget(cut):
+            self._forget_steps(set(cut))
+            return cut
+        return d.addCallback(forget)
+
+    # -- several masters (a shared store) ------------------------------------------------------
+
+    def claim_request(self, builders):
+        """Claim the oldest queued request of one of `builders` for this master, skipping any
+        another master is claiming at that moment (FOR UPDATE SKIP LOCKED). Fires with the
+        request dict (id, builder, submitted_at, reason, retries) or None. The claim becomes
+        the build's in start_build, or goes back with unclaim_request."""
+        return self._call(sql.claim_request, tuple(builders), self._reactor.seconds())
+
+    def unclaim_request(self, request_id: int):
+        """Give back a claim that no build came of; fires with True if it was ours."""
+        return self._call(sql.unclaim_request, request_id)
+
+    def request_position(self, request_id: int):
+        """Fires with 1 for the oldest queued request, or None when it is not queued."""
+        return self._call(sql.request_position, request_id, write=False)
+
+    def cancel_queued_request(self, request_id: int):
+        """Take a queued request off the queue (any master's); fires with False if it is not
+        queued."""
+        return self._call(sql.cancel_queued_request, request_id)
+
+    def request(self, request_id: int):
+        """Fires with a request's dict (id, builder, state, claimed_by_build,
+        claimed_by_master, retries), or None."""
+        return self._call(sql.request, request_id, write=False)
+
+    def build_brief(self, build_id: int):
+        """Fires with a build (as in builds()) and its steps without log sizes; None if
+        unknown. For following a build another master runs."""
+        return self._call(sql.build_brief, build_id, write=False)
+
+    def request_cancel(self, build_id: int, who: str):
+        """Ask whichever master runs `build_id` to cancel it; fires with that master's name,
+        or None if the build is not running. NoSuchBuild."""
+        return self._call(sql.request_cancel, build_id, who)
 
     def builds(self, builder: str | None = None, limit: int = 20):
         """Fires with the most recent builds, newest first, as dicts: id, builder, number,
         slave, state, result, result_name, started_at, finished_at, duration, request_id,
-        reason, interrupted_reason."""
+        reason, interrupted_reason, master."""
         return self._call(sql.builds, builder, limit, write=False)
 
     def build(self, build_id: int):
@@ -364,6 +485,9 @@ class Store:
 
     def set_size_limit(self, max_bytes: int | None):
         """Cap the file's size (SQLite's max_page_count); None lifts the cap. Past it, writes
-        fail as on a full disk. Fires with the cap in bytes in force."""
+        fail as on a full disk. Fires with the cap in bytes in force. SQLite only."""
+        if self.shared:
+            return defer.fail(StoreError("store: a size limit is a SQLite setting; on "
+                                         "PostgreSQL use the server's own quotas"))
         return self._call(sql.set_size_limit, max_bytes, write=False)
 

@@ -1,0 +1,228 @@
+"""The PostgreSQL engine of the store: one database shared by several masters.
+
+Imported only when `db` is a PostgreSQL URL: psycopg is an optional dependency
+(`pip install 'bbx[postgres]'`), and a SQLite master never loads it.
+
+Why psycopg 3 and a thin layer of our own rather than SQLAlchemy Core + Alembic: the store has
+two dozen statements and a handful of migrations, which one `?`→`%s` translation and a type
+table (bbx/master/store_schema.py) serve on both engines. Measured on this machine (200 MB of
+64 KiB rows, batches of 32): both insert at the same rate, within noise (100–170 MB/s), but
+SQLAlchemy + Alembic add 48 MB to the master's RSS against psycopg's 24 MB.
+
+Every connection has deadlines (connect, statements, TCP keepalive). A connection that breaks
+is replaced before the next transaction; while it is down, log batches are held in memory
+exactly as on a full disk (bbx/master/store_db.py).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from .store_db import EVENT_CHANNEL, Database, Sql, StoreError, event_payload, one_line
+from .store_location import redact
+from .store_schema import SCHEMA_VERSION, script
+
+try:
+    import psycopg
+except ImportError:  # pragma: no cover - reported when a PostgreSQL store is opened
+    psycopg = None
+
+# Seconds: how long a connect may take, and the most one statement may run before the server
+# cancels it. A claim, a heartbeat and a 2 MiB log batch take milliseconds; a minute means
+# the server is in trouble, and the caller hears it instead of hanging.
+CONNECT_TIMEOUT = 10
+STATEMENT_TIMEOUT_MS = 60_000
+# TCP keepalive towards the server, so a vanished database host is noticed in ~25 s even
+# while the connection is idle (libpq's keepalives_* parameters; unix sockets ignore them).
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+             "keepalives_count": 3}
+# Advisory-lock key space of bbx (the first int4 of pg_advisory_lock(int4, int4)): 0x62627800
+# spells "bbx\0". The second int4 is 0 for schema migrations, hashtext(name) for a master.
+LOCK_SPACE = 0x62627800
+MIGRATION_LOCK = 0
+
+
+def require_psycopg():
+    if psycopg is None:
+        raise StoreError("store: db is a PostgreSQL URL but psycopg is not installed; "
+                         "install it with: pip install 'bbx[postgres]'")
+    return psycopg
+
+
+def connect(url: str, *, autocommit: bool = False):
+    """A psycopg connection to `url` with bbx's deadlines. StoreError, in one line, if it fails."""
+    pg = require_psycopg()
+    try:
+        conn = pg.connect(url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT,
+                          application_name="bbx master", **KEEPALIVE)
+    except pg.Error as error:
+        raise StoreError(f"store: cannot connect to {redact(url)}: {one_line(error)}; check "
+                         "the URL, that the server runs and that it accepts this user") from None
+    except Exception as error:  # a malformed URL raises ProgrammingError / ValueError
+        raise StoreError(f"store: cannot connect to {redact(url)}: {error}; check the URL") \
+            from None
+    try:
+        conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+        if not autocommit:
+            conn.commit()
+    except pg.Error as error:
+        conn.close()
+        raise StoreError(f"store: cannot use {redact(url)}: {one_line(error)}") from None
+    return conn
+
+
+@functools.lru_cache(maxsize=256)
+def _pg(query: str) -> str:
+    # Our SQL has no literal '?' or '%': placeholders translate one for one.
+    return query.replace("?", "%s")
+
+
+class PgSql(Sql):
+    """Sql on a psycopg connection: `?` becomes `%s`, new ids come from RETURNING, row locks
+    are real, and events are NOTIFYed within the transaction."""
+
+    engine = "postgresql"
+    for_update = " FOR UPDATE"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, conn, master, trace=None):
+        super().__init__(master)
+        self.conn = conn
+        self.trace = trace
+
+    def all(self, query, args=()):
+        if self.trace is not None:
+            self.trace(query)
+        return self.conn.execute(_pg(query), args).fetchall()
+
+    def one(self, query, args=()):
+        if self.trace is not None:
+            self.trace(query)
+        return self.conn.execute(_pg(query), args).fetchone()
+
+    def run(self, query, args=()):
+        if self.trace is not None:
+            self.trace(query)
+        return self.conn.execute(_pg(query), args).rowcount
+
+    def many(self, query, rows):
+        if self.trace is not None:
+            self.trace(query)
+        with self.conn.cursor() as cursor:
+            cursor.executemany(_pg(query), rows)
+
+    def insert(self, query, args=()):
+        if self.trace is not None:
+            self.trace(query)
+        return self.conn.execute(_pg(query) + " RETURNING id", args).fetchone()[0]
+
+    def event(self, kind, *args):
+        super().event(kind, *args)
+        self.conn.execute("SELECT pg_notify(%s, %s)",
+                          (EVENT_CHANNEL, event_payload(kind, self.master, args)))
+
+
+class PostgresDatabase(Database):
+    """The psycopg side of the store. Runs only on the store's writer thread."""
+
+    engine = "postgresql"
+    shared = True
+
+    def __init__(self, url: str, max_held_bytes: int, master: str = ""):
+        super().__init__(redact(url), max_held_bytes, master)
+        self.url = url
+        self.conn = None
+        pg = require_psycopg()
+        self.errors = (pg.Error,)
+
+    # -- open: check before touching anything, then migrate -------------------------------
+
+    def open(self) -> dict:
+        conn = self.conn = connect(self.url)
+        try:
+            # Two masters starting at once on an empty database: one migrates, the other
+            # waits for it here and then finds the schema current.
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_SPACE, MIGRATION_LOCK))
+            version = self._check_contents(conn)
+            for step in range(version, SCHEMA_VERSION):
+                conn.execute(script(step, "postgresql"))
+                conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
+                             "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                             (str(step + 1),))
+            conn.commit()
+        except StoreError:
+            conn.rollback()
+            raise
+        except psycopg.Error as error:
+            self._rollback()
+            raise StoreError(f"store: cannot set up {self.where}: {one_line(error)}; check "
+                             "that the user may create tables in that database") from None
+        return {"version": SCHEMA_VERSION, "created": version == 0, "migrated_from": version}
+
+    def _check_contents(self, conn) -> int:
+        tables = {row[0] for row in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+        if not tables:
+            return 0
+        if "meta" not in tables:
+            raise StoreError(f"store: {self.where} is a PostgreSQL database but not a bbx store "
+                             "(no meta table); it was left untouched — create an empty "
+                             "database for bbx and name it in master.toml")
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        try:
+            version = int(row[0])
+        except (TypeError, ValueError):
+            raise StoreError(f"store: {self.where} has a bad schema_version "
+                             f"{row and row[0]!r}; it was left untouched — restore it from a "
+                             "backup") from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"store: {self.where} has schema version {version}, newer than "
+                             f"this bbx understands ({SCHEMA_VERSION}); it was left untouched "
+                             "— run the newer bbx that wrote it on every master")
+        return version
+
+    def close(self):
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+    # -- transactions ---------------------------------------------------------------------
+
+    def _sql(self):
+        return PgSql(self.conn, self.master, self.trace)
+
+    def _begin(self, write):
+        # psycopg opens the transaction with the first statement. A connection the server
+        # or the network dropped is replaced first (StoreError when that fails too).
+        conn = self.conn
+        if conn is None or conn.closed or conn.broken:
+            self.close()
+            try:
+                self.conn = connect(self.url)
+            except StoreError as error:
+                raise psycopg.OperationalError(str(error)) from None
+
+    def _commit(self):
+        self.conn.commit()
+
+    def _rollback(self):
+        conn = self.conn
+        if conn is None:
+            return
+        if conn.broken or conn.closed:
+            self.close()
+            return
+        try:
+            conn.rollback()
+        except psycopg.Error:
+            self.close()
+
+    def _write_log_rows(self, sql, rows, markers, builds):
+        query = "INSERT INTO logs (step_id, stream, data, received_at) VALUES (?, ?, ?, ?)"
+        if markers:
+            sql.many(query, markers)
+        sql.many(query, rows)
+        for build_id in builds:
+            sql.event("log", build_id)
