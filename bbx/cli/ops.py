@@ -1,4 +1,4 @@
-"""Operator commands: bbx ping | info | slaves | builders (and, via run.py, run; via
+"""Operator commands: bbx ping | info | slaves | builders | masters (and, via run.py, run; via
 builds.py, build | builds | log | cancel).
 
 Each command parses its options, then imports Twisted, rich and the client inside its body,
@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
     app.command("info")(info)
     app.command("slaves")(slaves)
     app.command("builders")(builders)
+    app.command("masters")(masters)
     from . import builds, run
 
     run.register(app)
@@ -106,3 +107,21 @@ def builders(
     from .render import builders_table
 
     consoles()[0].print(builders_table(answer), highlight=False)
+
+
+def masters(
+    json: JsonOption = False,
+    master_dir: MasterDirOption = None, master: MasterOption = None,
+    user: UserOption = None, password: PasswordOption = None,
+) -> None:
+    """List the masters sharing this master's store, with the age of their last heartbeat."""
+    from .client import call
+
+    answer = call(conn(master_dir, master, user, password),
+                  lambda perspective, reactor: perspective.callRemote("masters"))
+    if json:
+        print_json(answer)
+        return
+    from .render import masters_table
+
+    consoles()[0].print(masters_table(answer), highlight=False)

@@ -157,20 +157,53 @@ def info_report(answer: dict, *, show_secrets: bool = False, now: float | None =
 
 
 def slaves_table(slaves: list[dict], *, now: float | None = None) -> Table:
-    """One row per configured slave: connected ✓/✗, since, builders, dialect, last message."""
+    """One row per configured slave: connected ✓/✗, since, builders, dialect, last message;
+    with several masters, a "master" column (✓ yellow: attached to another master)."""
     now = time.time() if now is None else now
     table = Table(title="slaves", title_justify="left", title_style="bold")
-    for column in ("name", "connected", "since", "builders", "dialect", "last message"):
+    elsewhere = any(not s.get("connected") and s.get("master") for s in slaves)
+    columns = ["name", "connected", "since", "builders", "dialect", "last message"]
+    if elsewhere:
+        columns.insert(2, "master")
+    for column in columns:
         table.add_column(column)
     for slave in slaves:
         connected = bool(slave.get("connected"))
-        table.add_row(
+        there = not connected and bool(slave.get("master"))
+        cells = [
             Text(str(slave.get("name"))),
-            Text("✓", style="green") if connected else Text("✗", style="red"),
-            relative_time(slave.get("connected_since"), now) if connected else "—",
+            Text("✓", style="green") if connected else
+            Text("✓", style="yellow") if there else Text("✗", style="red"),
+            relative_time(slave.get("connected_since"), now) if connected or there else "—",
             Text(", ".join(slave.get("builders") or [])),
             Text(str(slave.get("dialect") or "—")),
             relative_time(slave.get("last_message"), now),
+        ]
+        if elsewhere:
+            cells.insert(2, Text(str(slave.get("master") or "—")))
+        table.add_row(*cells)
+    return table
+
+
+def masters_table(masters: list[dict]) -> Table:
+    """One row per master of the store: state, heartbeat age, host and pid, endpoint."""
+    table = Table(title="masters", title_justify="left", title_style="bold")
+    for column in ("name", "state", "heartbeat", "host", "pid", "endpoint"):
+        table.add_column(column)
+    styles = {"active": "green", "stopped": "dim", "dead": "red"}
+    for master in masters:
+        age = master.get("heartbeat_age")
+        name = str(master.get("name")) + (" (this)" if master.get("this") else "")
+        state = str(master.get("state"))
+        if master.get("reason") and state != "active":
+            state += f": {master['reason']}"
+        table.add_row(
+            Text(name),
+            Text(state, style=styles.get(master.get("state"), "")),
+            Text("—" if age is None else f"{age:.1f}s ago"),
+            Text(str(master.get("host") or "—")),
+            Text(str(master.get("pid") or "—")),
+            Text(str(master.get("endpoint") or "—")),
         )
     return table
 

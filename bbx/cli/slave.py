@@ -36,6 +36,10 @@ Two forms:
 MASTER is host[:port] or \\[v6addr][:port] (port 9989 by default); ENDPOINT is any Twisted
 client endpoint string, e.g. tcp:host=ci.example.org:port=9989. Writes DIR/slave.toml
 (mode 0600), DIR/info/admin and DIR/info/host.
+
+Several masters sharing one farm: repeat --master HOST[:PORT] (or --connection-string) and
+give just NAME PASSWORD; the slave attaches to the first that answers and moves to the next
+when its master is gone.
 """
 
 
@@ -53,7 +57,8 @@ def _load(directory: Path):
         config = basedir.load(directory)
     except basedir.BasedirError as e:
         raise UsageError(str(e)) from None
-    _check_connection(config.connection, f"{config.path(basedir.CONFIG_NAME)}: connection")
+    for connection in config.masters:
+        _check_connection(connection, f"{config.path(basedir.CONFIG_NAME)}: connection")
     return config
 
 
@@ -74,9 +79,14 @@ def create(
     args: List[str] = typer.Argument(..., metavar="[MASTER] NAME PASSWORD",
                                      help="MASTER (host[:port]) unless --connection-string is given, "
                                           "then the slave's NAME and PASSWORD."),
-    connection_string: Optional[str] = typer.Option(
+    connection_string: Optional[List[str]] = typer.Option(
         None, "--connection-string", metavar="ENDPOINT",
-        help="A Twisted client endpoint string to reach the master; replaces MASTER."),
+        help="A Twisted client endpoint string to reach the master; replaces MASTER "
+             "(repeatable: several masters)."),
+    master_option: Optional[List[str]] = typer.Option(
+        None, "--master", metavar="HOST[:PORT]",
+        help="Another master of the same farm, tried in order after MASTER (repeatable; "
+             "with --master, MASTER may be left out)."),
     keepalive: int = typer.Option(600, "--keepalive", help="Seconds between keepalives to the master (0 = off)."),
     keepalive_timeout: float = typer.Option(
         0, "--keepalive-timeout", help="Seconds of master silence before reconnecting (0 = 2 x keepalive + 30)."),
@@ -90,28 +100,35 @@ def create(
     info_host: Optional[str] = typer.Option(None, "--info-host", help="Contents of DIR/info/host."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing slave.toml."),
 ) -> None:
+    from bbx.pb.endpoints import master_endpoint
     from bbx.slave import basedir
 
-    if connection_string is not None:
-        if len(args) != 2:
-            raise UsageError("with --connection-string give exactly NAME PASSWORD after DIR "
-                             f"(got {len(args)} argument(s))")
-        name, password = args
-        if use_tls:
-            raise UsageError("--use-tls applies to MASTER; with --connection-string use a tls: endpoint")
-        connection = connection_string
-        _check_connection(connection, "--connection-string")
-    else:
-        if len(args) != 3:
-            raise UsageError("give MASTER NAME PASSWORD after DIR (or --connection-string ENDPOINT "
-                             f"NAME PASSWORD); got {len(args)} argument(s)")
+    if use_tls and connection_string:
+        raise UsageError("--use-tls applies to MASTER; with --connection-string use a tls: endpoint")
+    extra = list(master_option or [])
+    if len(args) == 3:
         master, name, password = args
-        from bbx.pb.endpoints import master_endpoint
-
+        extra.insert(0, master)
+    elif len(args) == 2 and (connection_string or extra):
+        name, password = args
+    elif connection_string or extra:
+        raise UsageError("with --connection-string or --master give NAME PASSWORD after DIR "
+                         f"(got {len(args)} argument(s))")
+    else:
+        raise UsageError("give MASTER NAME PASSWORD after DIR (or --connection-string ENDPOINT "
+                         f"NAME PASSWORD); got {len(args)} argument(s)")
+    connections = []
+    for text in extra:
         try:
-            connection = master_endpoint(master, use_tls=use_tls)
+            connections.append(master_endpoint(text, use_tls=use_tls))
         except ValueError as e:
             raise UsageError(f"{e}; give MASTER as host or host:port, e.g. ci.example.org:9989") from None
+    for text in connection_string or []:
+        _check_connection(text, "--connection-string")
+        connections.append(text)
+    if len(set(connections)) != len(connections):
+        raise UsageError("the same master is given twice; list each master once")
+    connection = connections[0] if len(connections) == 1 else connections
     if allow_shutdown not in basedir.ALLOW_SHUTDOWN:
         raise UsageError(f"--allow-shutdown must be 'signal' or 'file', not {allow_shutdown!r}")
     for opt, value in (("--keepalive", keepalive), ("--maxdelay", maxdelay),
@@ -129,7 +146,8 @@ def create(
                                 info_admin=info_admin, info_host=info_host, force=force)
     except basedir.BasedirError as e:
         raise UsageError(str(e)) from None
-    typer.echo(f"created slave {config.name} in {config.basedir} (master {config.connection})")
+    typer.echo(f"created slave {config.name} in {config.basedir} "
+               f"(master{'s' if len(config.masters) > 1 else ''} {', '.join(config.masters)})")
     typer.echo(f"edit {config.path('info/admin')} and {config.path('info/host')}, then run: "
                f"bbx slave start {directory}")
 
@@ -274,7 +292,7 @@ def status(directory: Path = typer.Argument(..., metavar="DIR", help="The slave 
     pid = _running_pid(Path(config.basedir))
     typer.echo(f"slave {config.name} in {config.basedir}: "
                + (f"running (pid {pid})" if pid else "not running"))
-    typer.echo(f"master: {config.connection}")
+    typer.echo(f"master: {' or '.join(config.masters)}")
     try:
         text = Path(config.path(LOG_NAME)).read_text(encoding="utf-8", errors="replace")
     except OSError:

@@ -32,7 +32,7 @@ class Slave:
         self.reactor = reactor
         self.bot = Bot(config.basedir, reactor, shutdown=self._stop_reactor)
         self.connection = SlaveConnection(
-            reactor, config.connection, config.name, config.password, self.bot,
+            reactor, list(config.masters), config.name, config.password, self.bot,
             keepalive=config.keepalive, deadline=config.keepalive_deadline,
             policy=policy or full_jitter_backoff(cap=config.maxdelay))
         self._stamp_poll = None
@@ -43,7 +43,7 @@ class Slave:
 
         log = Logger(namespace="bbx.slave")
         log.info("slave {name} starting in {dir}; master {where}", name=self.config.name,
-                 dir=self.config.basedir, where=self.config.connection)
+                 dir=self.config.basedir, where=" or ".join(self.config.masters))
         if self.config.allow_shutdown == "file":
             from twisted.internet.task import LoopingCall
 

@@ -55,12 +55,19 @@ class SlaveConfig:
     basedir: str
     name: str
     password: str
-    connection: str
+    connection: str                 # the first master; `connections` lists them all
     keepalive: int = DEFAULT_KEEPALIVE
     keepalive_timeout: float = 0.0
     maxdelay: float = DEFAULT_MAXDELAY
     umask: int | None = None
     allow_shutdown: str = ""
+    connections: tuple[str, ...] = ()
+
+    @property
+    def masters(self) -> tuple[str, ...]:
+        """Every master to try, in order: the slave connects to the first that answers and
+        moves to the next when its master is gone (several masters on one store)."""
+        return self.connections or (self.connection,)
 
     @property
     def keepalive_deadline(self) -> float | None:
@@ -107,11 +114,16 @@ def _toml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def render_config(*, name: str, password: str, connection: str, keepalive: int,
+def render_config(*, name: str, password: str, connection, keepalive: int,
                   keepalive_timeout: float, maxdelay: float, umask: str, allow_shutdown: str) -> str:
-    """slave.toml text, commented so an operator can edit it by hand."""
+    """slave.toml text, commented so an operator can edit it by hand. `connection` is one
+    endpoint string or a list of them (several masters)."""
     kt = int(keepalive_timeout) if float(keepalive_timeout).is_integer() else keepalive_timeout
     md = int(maxdelay) if float(maxdelay).is_integer() else maxdelay
+    if isinstance(connection, str):
+        connection_value = _toml_str(connection)
+    else:
+        connection_value = "[" + ", ".join(_toml_str(c) for c in connection) + "]"
     return f"""\
 # bbx slave configuration. Edit, then restart: bbx slave stop DIR && bbx slave start DIR
 [slave]
@@ -119,8 +131,10 @@ def render_config(*, name: str, password: str, connection: str, keepalive: int,
 name = {_toml_str(name)}
 password = {_toml_str(password)}
 # Where the master listens: a Twisted client endpoint string, e.g.
-# "tcp:host=master.example.org:port=9989" or "tls:host=master.example.org:port=9989".
-connection = {_toml_str(connection)}
+# "tcp:host=master.example.org:port=9989" or "tls:host=master.example.org:port=9989";
+# or a list of them for several masters sharing one farm: the slave attaches to the first
+# that answers and moves on to the next when its master is gone.
+connection = {connection_value}
 # Seconds between keepalive calls to the master (0 = none).
 keepalive = {int(keepalive)}
 # Seconds of silence from the master before the connection is dropped and retried;
@@ -136,12 +150,17 @@ allow_shutdown = {_toml_str(allow_shutdown)}
 """
 
 
-def create(basedir: str | os.PathLike, *, name: str, password: str, connection: str,
+def create(basedir: str | os.PathLike, *, name: str, password: str, connection,
            keepalive: int = DEFAULT_KEEPALIVE, keepalive_timeout: float = 0,
            maxdelay: float = DEFAULT_MAXDELAY, umask: str = "", allow_shutdown: str = "",
            info_admin: str | None = None, info_host: str | None = None,
            force: bool = False) -> SlaveConfig:
-    """Create (or with force, overwrite) a slave directory; return its loaded configuration."""
+    """Create (or with force, overwrite) a slave directory; return its loaded configuration.
+    `connection` is one endpoint string, or a list of them (several masters)."""
+    if not isinstance(connection, str):
+        connection = list(connection)
+        if len(connection) == 1:
+            connection = connection[0]
     base = Path(basedir).absolute()
     config_path = base / CONFIG_NAME
     if config_path.exists() and not force:
@@ -240,11 +259,26 @@ def _check_values(path: str, v: dict, lines: dict[str, int]) -> dict:
         return BasedirError(f"{_where(path, lines, key)}: {key} {why}")
 
     out = {}
-    for key in ("name", "password", "connection"):
+    for key in ("name", "password"):
         value = v[key]
         if not isinstance(value, str) or not value.strip():
             raise bad(key, f"must be a non-empty string, got {value!r}; set {key} = \"...\"")
         out[key] = value
+    connection = v["connection"]
+    if isinstance(connection, list):
+        if not connection or not all(isinstance(c, str) and c.strip() for c in connection):
+            raise bad("connection", f"must be a non-empty list of endpoint strings, got "
+                      f"{connection!r}; write connection = [\"tcp:host=A:port=9989\", ...]")
+        if len(set(connection)) != len(connection):
+            raise bad("connection", "lists a master twice; list each master once")
+        out["connection"] = connection[0]
+        out["connections"] = tuple(connection)
+    elif not isinstance(connection, str) or not connection.strip():
+        raise bad("connection", f"must be a non-empty string or list of strings, got "
+                  f"{connection!r}; set connection = \"...\"")
+    else:
+        out["connection"] = connection
+        out["connections"] = (connection,)
     if any(c.isspace() for c in v["name"]):
         raise bad("name", f"{v['name']!r} contains white space; use a name without spaces")
     for key in ("keepalive",):

@@ -12,6 +12,10 @@ One small state machine (SlaveConnection) does that and nothing else:
   wrong password (e.g. "rejecting duplicate worker", PROTOCOL.md §2.3); bbx keeps trying,
   because the other connection usually goes away and an exited slave needs a human.
 * The attempt counter resets once a login succeeds.
+* With several masters (masters sharing one farm through a PostgreSQL store), each try goes to
+  the next master in the list once the current one has failed or gone: the slave attaches to
+  the first that answers and stays there until that master is gone. The backoff is the same
+  as with one master, counted across them.
 * While attached, `perspective.keepalive()` is called every `keepalive` seconds
   (PROTOCOL.md §4.4), and a watchdog drops the connection when nothing at all has been
   received from the master for `deadline` seconds.
@@ -137,16 +141,21 @@ def describe_failure(failure: Failure) -> str:
 class SlaveConnection:
     """Keeps the Bot logged in to the master at `description`, forever, until stop().
 
-    `bot` is the mind (a pb.Referenceable with `connection_lost(why)`); `policy(attempt)` gives
-    the seconds to wait before the next try; time comes from `reactor`.
+    `description` is one client endpoint string, or a list of them: then each retry goes to
+    the next master after the one that failed or went away. `bot` is the mind (a
+    pb.Referenceable with `connection_lost(why)`); `policy(attempt)` gives the seconds to wait
+    before the next try; time comes from `reactor`.
     """
 
-    def __init__(self, reactor, description: str, name: str, password: str, bot, *,
+    def __init__(self, reactor, description, name: str, password: str, bot, *,
                  keepalive: float = 600, deadline: float | None = None,
                  policy: Callable[[int], float] | None = None,
                  connect_timeout: float = CONNECT_TIMEOUT, login_timeout: float = LOGIN_TIMEOUT):
         self.reactor = reactor
-        self.description = description
+        self.descriptions = [description] if isinstance(description, str) else list(description)
+        if not self.descriptions:
+            raise ValueError("no master to connect to")
+        self._master_index = 0
         self.name = name
         self.password = password
         self.bot = bot
@@ -163,6 +172,11 @@ class SlaveConnection:
         self._stopped: defer.Deferred | None = None
 
     # -- public ------------------------------------------------------------------------------
+
+    @property
+    def description(self) -> str:
+        """The endpoint string of the master being tried or attached to."""
+        return self.descriptions[self._master_index]
 
     @property
     def perspective(self):
@@ -357,6 +371,10 @@ class SlaveConnection:
         ceiling = getattr(self.policy, "ceiling", None)
         bound = f", at most {ceiling(self.attempt):g} s" if ceiling else ""
         self.attempt += 1
+        if len(self.descriptions) > 1:
+            # This master failed or is gone: the next try goes to the next one.
+            self._master_index = (self._master_index + 1) % len(self.descriptions)
+            bound += f", next master {self.description}"
         log.info("{reason}; retrying in {delay:.1f} s (attempt {n}{bound})", reason=reason,
                  delay=delay, n=self.attempt, bound=bound)
         self._retry_timer = self.reactor.callLater(delay, self._connect)

@@ -1,0 +1,122 @@
+"""Several masters, one farm: real bbx masters and slaves on one real PostgreSQL database.
+
+Each test gets a fresh database on the session's server (tests/postgres.py) and its own
+masters (tests/pgfarm.py), all on loopback with port 0.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.pgfarm import MultiFarm
+from tests.support import wait_until
+
+SPREAD = """
+[[builders]]
+name = "both"
+slaves = ["s1", "s2"]
+[[builders.steps]]
+name = "work"
+command = "echo ran; sleep 0.5"
+
+[[builders]]
+name = "onb"
+slaves = ["s2"]
+[[builders.steps]]
+name = "count"
+command = "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo line $i; sleep 0.4; done"
+[[builders.steps]]
+name = "after"
+command = "echo second step >&2"
+"""
+
+
+@pytest.fixture
+def farm(tmp_path, pg_url):
+    made = []
+
+    def make(builders=SPREAD, **kwargs):
+        f = MultiFarm(tmp_path, pg_url, builders, **kwargs)
+        made.append(f)
+        return f
+    yield make
+    for f in made:
+        f.close()
+
+
+def _rows(pg_url, query, args=()):
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        return conn.execute(query, args).fetchall()
+
+
+def test_ten_requests_to_one_master_run_once_each_spread_over_both_masters_slaves(farm, pg_url):
+    f = farm()
+    f.start_master("a")
+    f.start_master("b")
+    f.start_slave("s1", ["a"])
+    f.start_slave("s2", ["b"])
+    requests = []
+    for _ in range(10):
+        answer = json.loads(f.bbx("a", "build", "both", "--no-wait", "--json").stdout)
+        requests.append(answer["request_id"])
+    assert len(set(requests)) == 10
+
+    def all_done():
+        builds = [b for b in f.builds("a") if b["request_id"] in requests]
+        return builds if len(builds) >= 10 and all(b["finished_at"] for b in builds) else None
+    builds = wait_until(all_done, 60, interval=0.2, what="ten builds finished")
+
+    assert sorted(b["request_id"] for b in builds) == sorted(requests), "none ran twice"
+    assert {b["result_name"] for b in builds} == {"success"}
+    assert {b["slave"] for b in builds} == {"s1", "s2"}
+    assert {b["master"] for b in builds} == {"a", "b"}
+    per_request = _rows(pg_url, "SELECT request_id, COUNT(*) FROM builds GROUP BY request_id")
+    assert all(n == 1 for _r, n in per_request)
+    assert _rows(pg_url, "SELECT COUNT(*) FROM requests WHERE state <> 'done'") == [(0,)]
+    # Build numbers were handed out under a lock: 1..10, none twice.
+    assert sorted(b["number"] for b in builds) == list(range(1, 11))
+
+
+def test_a_build_on_master_b_is_followed_live_through_master_a(farm):
+    f = farm()
+    f.start_master("a")
+    f.start_master("b")
+    f.start_slave("s2", ["b"])
+    answer = json.loads(f.bbx("a", "build", "onb", "--no-wait", "--json").stdout)
+
+    def started():
+        return next((b for b in f.builds("a") if b["request_id"] == answer["request_id"]), None)
+    build = wait_until(started, 30, what="the build to start on b")
+    assert build["master"] == "b"
+    follower = f.cli("a", "log", str(build["id"]), "--follow", name="follow")
+    follower.wait_for_output("line 3\n", timeout=30)
+    # Live: the follower printed line 3 while the build was still running on b.
+    assert next(b for b in f.builds("a") if b["id"] == build["id"])["finished_at"] is None
+    assert follower.popen.wait(30) == 0
+    out = follower.output()
+    lines = [ln for ln in out.splitlines() if ln.startswith("line ")]
+    assert lines == [f"line {i}" for i in range(1, 13)]
+    assert "second step" in out
+
+
+def test_bbx_build_through_master_a_shows_a_build_that_runs_on_master_b(farm):
+    f = farm()
+    f.start_master("a")
+    f.start_master("b")
+    f.start_slave("s2", ["b"])
+    started = time.monotonic()
+    proc = f.cli("a", "build", "onb", name="build")
+    proc.wait_for_output("line 2\n", timeout=30)
+    assert time.monotonic() - started < 20
+    assert proc.popen.wait(30) == 0, proc.output()
+    out = proc.output()
+    assert "started on slave s2" in out
+    assert [ln for ln in out.splitlines() if ln.startswith("line ")] == \
+        [f"line {i}" for i in range(1, 13)]
+    assert "second step" in out
+    assert "SUCCESS" in out.upper()
