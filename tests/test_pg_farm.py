@@ -120,3 +120,62 @@ def test_bbx_build_through_master_a_shows_a_build_that_runs_on_master_b(farm):
         [f"line {i}" for i in range(1, 13)]
     assert "second step" in out
     assert "SUCCESS" in out.upper()
+
+
+FAILOVER = """
+[[builders]]
+name = "long"
+slaves = ["s1", "s2"]
+[[builders.steps]]
+name = "work"
+command = "echo started-marker; sleep 4; echo finished-marker"
+"""
+# The test farm's heartbeat_timeout: short, so the test is quick; the bound is the same rule.
+DEADLINE = 6.0
+
+
+def test_sigkill_of_master_b_mid_build_is_noticed_in_time_and_the_build_runs_again(farm,
+                                                                                  pg_url):
+    f = farm(FAILOVER, heartbeat_timeout=DEADLINE)
+    f.start_master("a")
+    f.start_master("b")
+    f.start_slave("s2", ["b", "a"])
+    answer = json.loads(f.bbx("a", "build", "long", "--no-wait", "--json").stdout)
+    request = answer["request_id"]
+
+    def running_on_b():
+        rows = _rows(pg_url, "SELECT b.id, b.master FROM builds b JOIN steps s ON "
+                     "s.build_id = b.id JOIN logs l ON l.step_id = s.id WHERE b.request_id = %s "
+                     "AND position('started-marker' in convert_from(l.data, 'UTF8')) > 0",
+                     (request,))
+        return rows[0] if rows else None
+    first, master = wait_until(running_on_b, 30, what="the build to run on b")
+    assert master == "b"
+    f.start_slave("s1", ["a"])  # the slave that stays attached
+    killed = time.monotonic()
+    f.kill_master("b")
+
+    def cut():
+        build = next((b for b in f.builds("a") if b["id"] == first), None)
+        return build if build and build["finished_at"] is not None else None
+    build = wait_until(cut, DEADLINE + 10, interval=0.1, what="master a to notice b is dead")
+    noticed = time.monotonic() - killed
+    print(f"noticed after {noticed:.1f} s")
+    assert noticed <= DEADLINE + 1.0, f"noticed after {noticed:.1f} s"
+    assert (build["state"], build["result_name"]) == ("interrupted", "retry")
+    assert "master b stopped heartbeating" in build["interrupted_reason"]
+
+    def rerun():
+        builds = [b for b in f.builds("a") if b["request_id"] == request and b["id"] != first]
+        return builds[0] if builds and builds[0]["finished_at"] else None
+    again = wait_until(rerun, 40, interval=0.2, what="the request to run again")
+    assert (again["master"], again["result_name"]) == ("a", "success")
+    assert again["slave"] in ("s1", "s2")
+    # B's slave failed over to A and attached there.
+    wait_until(lambda: "s2" in f.attached("a"), 20, what="s2 attached to a")
+    slaves = {s["name"]: s for s in f.json("a", "slaves")}
+    assert slaves["s2"]["master"] == "a"
+    masters = {m["name"]: m for m in f.json("a", "masters")}
+    assert masters["b"]["state"] == "dead"
+    assert masters["a"]["state"] == "active" and masters["a"]["this"]
+    assert _rows(pg_url, "SELECT COUNT(*) FROM builds WHERE request_id = %s", (request,)) == [(2,)]

@@ -136,7 +136,7 @@ class MasterRegistry:
         self.seen.pop(name, None)
         if cut is None:
             return  # another master reaped it, or it beat again meanwhile
-        log.warn("master {name} has not heartbeaten for {s:.0f} s: declared dead; "
+        log.warn("master {name} sent no heartbeat for {s:.0f} s: declared dead; "
                  "{n} of its builds marked RETRY and their requests queued again{ids}",
                  name=name, s=silent, n=len(cut), ids=f" ({', '.join(map(str, cut))})" if cut else "")
 

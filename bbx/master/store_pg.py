@@ -132,8 +132,8 @@ class PostgresDatabase(Database):
         super().__init__(redact(url), max_held_bytes, master)
         self.url = url
         self.conn = None
-        pg = require_psycopg()
-        self.errors = (pg.Error,)
+        # Without psycopg, open() says how to install it (one line, through the master's start).
+        self.errors = (psycopg.Error,) if psycopg is not None else ()
 
     # -- open: check before touching anything, then migrate -------------------------------
 
