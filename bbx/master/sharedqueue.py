@@ -42,6 +42,10 @@ class SharedBuildQueue(BuildQueue):
         self._claim_again = False
         self._sweep: task.LoopingCall | None = None
         self._unsubscribe: list = []
+        # Builders whose last claim found nothing queued, until a request for them is queued
+        # (an event says so) or the sweep: a build ending here costs no query for nothing.
+        self._empty: set[str] = set()
+        self._positions: dict[int, int | None] = {}
 
     @defer.inlineCallbacks
     def resume(self):
@@ -53,13 +57,13 @@ class SharedBuildQueue(BuildQueue):
                      n=len(cut), ids=", ".join(map(str, cut)))
         hub = self.store.events
         self._unsubscribe = [
-            hub.subscribe("request", lambda *_a: self.maybe_start()),
-            hub.subscribe("resync", lambda *_a: self.maybe_start()),
+            hub.subscribe("request", self._request_event),
+            hub.subscribe("resync", lambda *_a: self._forget_empty()),
             hub.subscribe("build", self._build_event),
             hub.subscribe("cancel", self._cancel_event),
             hub.subscribe("cancelled", self._cancelled_event),
         ]
-        self._sweep = task.LoopingCall(self.maybe_start)
+        self._sweep = task.LoopingCall(self._forget_empty)
         self._sweep.clock = self.reactor
         self._sweep.start(SWEEP_INTERVAL, now=False)
         self.maybe_start()
@@ -75,23 +79,47 @@ class SharedBuildQueue(BuildQueue):
             feed.close()
         self.feeds.clear()
 
+    def _request_event(self, _sender, _request_id, state=None, builder=None, *_args) -> None:
+        if state == "queued" or state is None:
+            if builder is None:
+                self._empty.clear()
+            else:
+                self._empty.discard(builder)
+            self.maybe_start()
+
+    def _forget_empty(self, *_args) -> None:
+        self._empty.clear()
+        self.maybe_start()
+
     # -- requests ------------------------------------------------------------------------
 
     @defer.inlineCallbacks
     def submit(self, builder: str, reason: str = "", watcher=None):
-        """Queue a build of `builder` for any master; fires with the request id once this
-        master tried to claim it."""
-        request_id = yield self.store.queue_request(builder, reason)
+        """Queue a build of `builder` for any master, claiming one at once (in the same
+        transaction) when this master has an idle slave for it; fires with the request id."""
+        b = self.builders.get(builder)
+        claim = (not self.stopping and b is not None and b.free_slave_builder() is not None)
+        answer = yield self.store.queue_and_claim(builder, reason, claim)
+        request_id = answer["id"]
+        self._positions[request_id] = answer["position"]
         if watcher is not None:
             self.request_watchers.setdefault(request_id, []).append(watcher)
-        if not self.stopping:
-            yield self._claim_round()
+        claimed = answer["claimed"]
+        if claimed is not None:
+            sb = b.free_slave_builder()
+            if sb is None or self.stopping:
+                yield self.store.unclaim_request(claimed["id"])
+            else:
+                self.start_build(b, sb, b.config.steps, request=claimed)
         return request_id
 
     def queued(self, builder: str | None = None):
         return self.store.pending_requests(builder)
 
     def position(self, request_id: int):
+        """The position `submit` saw (None: claimed at once); asked once, right after."""
+        if request_id in self._positions:
+            return self._positions.pop(request_id)
         return self.store.request_position(request_id)
 
     @defer.inlineCallbacks
@@ -145,7 +173,8 @@ class SharedBuildQueue(BuildQueue):
 
     def _free_builders(self) -> list[str]:
         return sorted(name for name, b in self.builders.items()
-                      if b.config.steps and b.free_slave_builder() is not None)
+                      if b.config.steps and name not in self._empty
+                      and b.free_slave_builder() is not None)
 
     async def _claim(self) -> None:
         while not self.stopping:
@@ -154,6 +183,7 @@ class SharedBuildQueue(BuildQueue):
                 return
             request = await self.store.claim_request(free)
             if request is None:
+                self._empty.update(free)
                 return
             builder = self.builders.get(request["builder"])
             sb = builder.free_slave_builder() if builder is not None else None

@@ -425,6 +425,12 @@ class Store:
 
     # -- several masters (a shared store) ------------------------------------------------------
 
+    def queue_and_claim(self, builder: str, reason: str = "", claim: bool = True):
+        """Queue a request and, with `claim`, claim the builder's oldest queued request for
+        this master in the same transaction. Fires with {"id", "claimed": request dict or
+        None, "position": int or None}."""
+        return self._call(sql.queue_and_claim, builder, reason, self._reactor.seconds(), claim)
+
     def claim_request(self, builders):
         """Claim the oldest queued request of one of `builders` for this master, skipping any
         another master is claiming at that moment (FOR UPDATE SKIP LOCKED). Fires with the

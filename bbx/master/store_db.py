@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from contextlib import contextmanager
 
 from .store_schema import SCHEMA_VERSION  # noqa: F401  (callers import it from here too)
 
@@ -60,7 +61,8 @@ def event_payload(kind: str, sender: str, args) -> str:
 class Sql:
     """What a query function gets: one transaction on one engine, through `?` placeholders.
 
-    `all` / `one` fetch, `run` returns the row count, `insert` the new row's id; `for_update`
+    `all` / `one` fetch, `run` returns the row count, `write` returns nothing (so an engine
+    may send it on without waiting for its answer), `insert` the new row's id; `for_update`
     and `skip_locked` are the row-lock clauses to append to a SELECT ("" on SQLite, whose
     writer holds the whole file). `event(kind, *args)` records something other parts of the
     master (and, on PostgreSQL, other masters) should hear once this transaction commits.
@@ -85,6 +87,9 @@ class Sql:
     def run(self, query: str, args=()) -> int:
         raise NotImplementedError
 
+    def write(self, query: str, args=()) -> None:
+        self.run(query, args)
+
     def many(self, query: str, rows) -> None:
         raise NotImplementedError
 
@@ -97,8 +102,9 @@ class Sql:
 
 class Database:
     """The engine-independent part of the writer thread's store. Subclasses connect, migrate,
-    and provide `_sql()`, `_begin()`, `_commit()`, `_rollback()`, `_write_log_rows()` and
-    `errors` (the engine's exception classes)."""
+    and provide `_transaction(write)` (a context manager yielding an Sql, committing at its
+    end and rolling back on an exception), `_write_log_rows()` and `errors` (the engine's
+    exception classes)."""
 
     engine = ""
     shared = False
@@ -122,17 +128,10 @@ class Database:
     def close(self) -> None:
         raise NotImplementedError
 
-    def _sql(self) -> Sql:
+    @contextmanager
+    def _transaction(self, write: bool):
         raise NotImplementedError
-
-    def _begin(self, write: bool) -> None:
-        raise NotImplementedError
-
-    def _commit(self) -> None:
-        raise NotImplementedError
-
-    def _rollback(self) -> None:
-        raise NotImplementedError
+        yield
 
     def _write_log_rows(self, sql: Sql, rows, markers, builds) -> None:
         raise NotImplementedError
@@ -151,12 +150,9 @@ class Database:
             return status
         markers = [(step, "header", lost_marker(n), now) for step, n in self.dropped.items()]
         try:
-            self._begin(True)
-            sql = self._sql()
-            self._write_log_rows(sql, list(self.held), markers, builds)
-            self._commit()
+            with self._transaction(True) as sql:
+                self._write_log_rows(sql, list(self.held), markers, builds)
         except self.errors as error:
-            self._rollback()
             status.update(ok=False, error=one_line(error), dropped=self._drop_oldest())
             status.update(held=self.held_bytes, what=self._describe_held())
             return status
@@ -177,15 +173,12 @@ class Database:
     def _describe_held(self) -> str:
         steps = sorted({row[0] for row in self.held} | set(self.dropped))
         try:
-            self._begin(False)
-            sql = self._sql()
-            marks = ",".join("?" * len(steps))
-            builds = [row[0] for row in sql.all(
-                f"SELECT DISTINCT build_id FROM steps WHERE id IN ({marks}) ORDER BY build_id",
-                steps)]
-            self._commit()
+            with self._transaction(False) as sql:
+                marks = ",".join("?" * len(steps))
+                builds = [row[0] for row in sql.all(
+                    f"SELECT DISTINCT build_id FROM steps WHERE id IN ({marks}) "
+                    "ORDER BY build_id", steps)]
         except self.errors:
-            self._rollback()
             builds = []
         if builds:
             return ("build " if len(builds) == 1 else "builds ") + ", ".join(map(str, builds))
@@ -195,14 +188,8 @@ class Database:
 
     def transact(self, fn, args, write):
         """Run fn(sql, *args) in one transaction; return (its result, the events it raised)."""
-        self._begin(write)
-        try:
-            sql = self._sql()
+        with self._transaction(write) as sql:
             result = fn(sql, *args)
-            self._commit()
-        except BaseException:
-            self._rollback()
-            raise
         return result, sql.events
 
 

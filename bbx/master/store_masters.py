@@ -14,7 +14,7 @@ _MASTER_COLUMNS = ("name", "state", "started_at", "heartbeat_at", "beat", "host"
 def register(sql, incarnation, now, host, pid, endpoint):
     """Take (or take back) this master's row: active, a new incarnation, beat 0. Its old
     attachments are forgotten: a master that starts has no slave yet."""
-    sql.run("INSERT INTO masters (name, incarnation, state, started_at, heartbeat_at, beat, host, "
+    sql.write("INSERT INTO masters (name, incarnation, state, started_at, heartbeat_at, beat, host, "
             "pid, endpoint, stopped_reason) VALUES (?, ?, 'active', ?, ?, 0, ?, ?, ?, NULL) "
             "ON CONFLICT (name) DO UPDATE SET incarnation = excluded.incarnation, "
             "state = 'active', started_at = excluded.started_at, "
@@ -22,7 +22,7 @@ def register(sql, incarnation, now, host, pid, endpoint):
             "host = excluded.host, pid = excluded.pid, endpoint = excluded.endpoint, "
             "stopped_reason = NULL",
             (sql.master, incarnation, now, now, host, pid, endpoint))
-    sql.run("DELETE FROM slave_attachments WHERE master = ?", (sql.master,))
+    sql.write("DELETE FROM slave_attachments WHERE master = ?", (sql.master,))
     sql.event("master", sql.master)
 
 
@@ -37,7 +37,7 @@ def heartbeat(sql, incarnation, now, attached, detached):
                    "incarnation = ? AND state = 'active'", (now, sql.master, incarnation)) == 1
     if ours:
         for slave in detached:
-            sql.run("DELETE FROM slave_attachments WHERE slave = ? AND master = ?",
+            sql.write("DELETE FROM slave_attachments WHERE slave = ? AND master = ?",
                     (slave, sql.master))
         if attached:
             sql.many("INSERT INTO slave_attachments (slave, master, attached_at) VALUES (?, ?, ?) "
@@ -56,9 +56,9 @@ def masters(sql):
 
 def stopped(sql, incarnation, reason):
     """This master stops cleanly: its row says so and its attachments go."""
-    sql.run("UPDATE masters SET state = 'stopped', stopped_reason = ? WHERE name = ? AND "
+    sql.write("UPDATE masters SET state = 'stopped', stopped_reason = ? WHERE name = ? AND "
             "incarnation = ?", (reason, sql.master, incarnation))
-    sql.run("DELETE FROM slave_attachments WHERE master = ?", (sql.master,))
+    sql.write("DELETE FROM slave_attachments WHERE master = ?", (sql.master,))
     sql.event("master", sql.master)
 
 
@@ -70,10 +70,10 @@ def reap(sql, name, beat, reason):
     row = sql.one("SELECT state, beat FROM masters WHERE name = ?" + sql.for_update, (name,))
     if row is None or row[0] != "active" or row[1] != beat:
         return None
-    sql.run("UPDATE masters SET state = 'dead', stopped_reason = ? WHERE name = ?",
+    sql.write("UPDATE masters SET state = 'dead', stopped_reason = ? WHERE name = ?",
             (reason, name))
     cut = mark_interrupted(sql, reason, True, name)
-    sql.run("DELETE FROM slave_attachments WHERE master = ?", (name,))
+    sql.write("DELETE FROM slave_attachments WHERE master = ?", (name,))
     sql.event("master", name)
     return cut
 

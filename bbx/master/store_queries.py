@@ -2,9 +2,10 @@
 inside one transaction on the store's writer thread, on SQLite or PostgreSQL alike.
 
 Events a function raises (`sql.event`) reach the rest of the master after the commit, and
-the other masters of a shared store through NOTIFY: ("request", id) when a request is
-queued, claimed, requeued or done; ("build", id, request_id) when a build or one of its
-steps starts or ends; ("cancel", build_id, who) to ask a build's master to cancel it.
+the other masters of a shared store through NOTIFY: ("request", id, state, builder) when a
+request is queued, claimed, requeued or done (state is its new state, None when unknown);
+("build", id, request_id) when a build or one of its steps starts or ends; ("cancel",
+build_id, who) to ask a build's master to cancel it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from bbx.master import results
 
-from .store_db import (REQUEST_CLAIMED, REQUEST_QUEUED, STATE_RUNNING, NoSuchBuild,
+from .store_db import (REQUEST_CLAIMED, REQUEST_DONE, REQUEST_QUEUED, STATE_RUNNING, NoSuchBuild,
                        NoSuchRequest, NoSuchStep, RequestNotQueued)
 
 _BUILD_COLUMNS = """b.id, b.builder, b.number, b.slave, b.state, b.result, b.started_at,
@@ -42,8 +43,23 @@ def _build_dict(row) -> dict[str, Any]:
 def queue_request(sql, builder, reason, now):
     request_id = sql.insert("INSERT INTO requests (builder, submitted_at, reason) "
                             "VALUES (?, ?, ?)", (builder, now, reason))
-    sql.event("request", request_id)
+    sql.event("request", request_id, REQUEST_QUEUED, builder)
     return request_id
+
+
+def queue_and_claim(sql, builder, reason, now, claim):
+    """Queue a request and, when `claim` (this master has an idle slave for the builder),
+    claim the builder's oldest queued request in the same transaction — usually this very
+    one. Returns {"id", "claimed": request dict or None, "position": int or None}."""
+    request_id = sql.insert("INSERT INTO requests (builder, submitted_at, reason) "
+                            "VALUES (?, ?, ?)", (builder, now, reason))
+    claimed = _claim(sql, (builder,), now) if claim else None
+    position = None
+    if claimed is None or claimed["id"] != request_id:
+        sql.event("request", request_id, REQUEST_QUEUED, builder)
+        position = sql.one("SELECT COUNT(*) FROM requests WHERE state = 'queued' AND id <= ?",
+                           (request_id,))[0]
+    return {"id": request_id, "claimed": claimed, "position": position}
 
 
 def pending_requests(sql, builder):
@@ -68,6 +84,10 @@ def request_position(sql, request_id):
 def claim_request(sql, builders, now):
     """Claim the oldest queued request of one of `builders` for this master, skipping rows
     another master is claiming right now. Fires with the request dict, or None."""
+    return _claim(sql, builders, now)
+
+
+def _claim(sql, builders, now):
     if not builders:
         return None
     marks = ",".join("?" * len(builders))
@@ -76,9 +96,9 @@ def claim_request(sql, builders, now):
                   + sql.skip_locked, tuple(builders))
     if row is None:
         return None
-    sql.run("UPDATE requests SET state = 'claimed', claimed_by_master = ?, claimed_at = ?, "
-            "claimed_by_build = NULL WHERE id = ?", (sql.master, now, row[0]))
-    sql.event("request", row[0])
+    sql.write("UPDATE requests SET state = 'claimed', claimed_by_master = ?, claimed_at = ?, "
+              "claimed_by_build = NULL WHERE id = ?", (sql.master, now, row[0]))
+    sql.event("request", row[0], REQUEST_CLAIMED, row[1])
     return dict(zip(_REQUEST_COLUMNS, row))
 
 
@@ -89,7 +109,7 @@ def unclaim_request(sql, request_id):
                 "claimed_at = NULL WHERE id = ? AND state = 'claimed' AND claimed_by_build IS NULL "
                 "AND claimed_by_master = ?", (request_id, sql.master))
     if n:
-        sql.event("request", request_id)
+        sql.event("request", request_id, REQUEST_QUEUED, None)
     return bool(n)
 
 
@@ -109,14 +129,14 @@ def start_build(sql, request_id, builder, slave, now):
             raise RequestNotQueued(f"build request {request_id} is {state}, not queued; "
                                    "it cannot start another build")
     # The upsert holds the builder's row until commit: numbers never collide across masters.
-    sql.run("INSERT INTO builder_numbers (builder, last) VALUES (?, 1) "
+    sql.write("INSERT INTO builder_numbers (builder, last) VALUES (?, 1) "
             "ON CONFLICT (builder) DO UPDATE SET last = builder_numbers.last + 1", (builder,))
     number = sql.one("SELECT last FROM builder_numbers WHERE builder = ?", (builder,))[0]
     build_id = sql.insert(
         "INSERT INTO builds (request_id, builder, number, slave, started_at, master) "
         "VALUES (?, ?, ?, ?, ?, ?)", (request_id, builder, number, slave, now, sql.master))
     if request_id is not None:
-        sql.run("UPDATE requests SET state = 'claimed', claimed_by_build = ?, "
+        sql.write("UPDATE requests SET state = 'claimed', claimed_by_build = ?, "
                 "claimed_by_master = ? WHERE id = ?", (build_id, sql.master, request_id))
     sql.event("build", build_id, request_id)
     return build_id, number
@@ -124,15 +144,15 @@ def start_build(sql, request_id, builder, slave, now):
 
 def requeue_request(sql, request_id):
     _request_state(sql, request_id)
-    sql.run("UPDATE requests SET state = 'queued', claimed_by_build = NULL, "
+    sql.write("UPDATE requests SET state = 'queued', claimed_by_build = NULL, "
             "claimed_by_master = NULL, retries = retries + 1 WHERE id = ?", (request_id,))
-    sql.event("request", request_id)
+    sql.event("request", request_id, REQUEST_QUEUED, None)
 
 
 def finish_request(sql, request_id):
     _request_state(sql, request_id)
-    sql.run("UPDATE requests SET state = 'done' WHERE id = ?", (request_id,))
-    sql.event("request", request_id)
+    sql.write("UPDATE requests SET state = 'done' WHERE id = ?", (request_id,))
+    sql.event("request", request_id, REQUEST_DONE, None)
 
 
 def cancel_queued_request(sql, request_id):
@@ -140,7 +160,7 @@ def cancel_queued_request(sql, request_id):
     n = sql.run("UPDATE requests SET state = 'done' WHERE id = ? AND state = 'queued'",
                 (request_id,))
     if n:
-        sql.event("request", request_id)
+        sql.event("request", request_id, REQUEST_DONE, None)
         sql.event("cancelled", request_id)
     return bool(n)
 
@@ -177,7 +197,7 @@ def start_step(sql, build_id, number, name, now):
 def finish_step(sql, step_id, result, rc, now):
     row = sql.one("SELECT s.build_id, b.request_id FROM steps s JOIN builds b "
                   "ON b.id = s.build_id WHERE s.id = ?", (step_id,))
-    sql.run("UPDATE steps SET finished_at = ?, result = ?, rc = ? WHERE id = ?",
+    sql.write("UPDATE steps SET finished_at = ?, result = ?, rc = ? WHERE id = ?",
             (now, result, rc, step_id))
     if row is not None:
         sql.event("build", row[0], row[1])
@@ -186,7 +206,7 @@ def finish_step(sql, step_id, result, rc, now):
 def finish_build(sql, build_id, result, state, reason, now):
     request_id = _check_build(sql, build_id)
     # A build another master already closed (it declared this one dead) keeps that verdict.
-    sql.run("UPDATE builds SET finished_at = ?, result = ?, state = ?, "
+    sql.write("UPDATE builds SET finished_at = ?, result = ?, state = ?, "
             "interrupted_reason = ? WHERE id = ? AND finished_at IS NULL",
             (now, result, state, reason, build_id))
     sql.event("build", build_id, request_id)
@@ -208,27 +228,27 @@ def mark_interrupted(sql, reason, requeue, master=None):
             " UNION ALL SELECT MAX(l.received_at) FROM logs l JOIN steps s ON l.step_id = s.id"
             " WHERE s.build_id = ?) AS times", (build_id, build_id))[0]
         ended = max(started, last or started)
-        sql.run("UPDATE steps SET finished_at = ?, result = ? "
+        sql.write("UPDATE steps SET finished_at = ?, result = ? "
                 "WHERE build_id = ? AND finished_at IS NULL", (ended, result, build_id))
-        sql.run("UPDATE builds SET finished_at = ?, result = ?, state = 'interrupted', "
+        sql.write("UPDATE builds SET finished_at = ?, result = ?, state = 'interrupted', "
                 "interrupted_reason = ? WHERE id = ?", (ended, result, reason, build_id))
         if request_id is not None:
             if requeue:
-                sql.run("UPDATE requests SET state = 'queued', claimed_by_build = NULL, "
+                sql.write("UPDATE requests SET state = 'queued', claimed_by_build = NULL, "
                         "claimed_by_master = NULL, retries = retries + 1 WHERE id = ?",
                         (request_id,))
             else:
-                sql.run("UPDATE requests SET state = 'done' WHERE id = ?", (request_id,))
-            sql.event("request", request_id)
+                sql.write("UPDATE requests SET state = 'done' WHERE id = ?", (request_id,))
+            sql.event("request", request_id, REQUEST_QUEUED if requeue else REQUEST_DONE, None)
         sql.event("build", build_id, request_id)
     if master is not None:
         # Claims the master held without a build yet (it was pinging the slave).
         for (request_id,) in sql.all("SELECT id FROM requests WHERE state = 'claimed' AND "
                                      "claimed_by_build IS NULL AND claimed_by_master = ?",
                                      (master,)):
-            sql.run("UPDATE requests SET state = 'queued', claimed_by_master = NULL, "
+            sql.write("UPDATE requests SET state = 'queued', claimed_by_master = NULL, "
                     "claimed_at = NULL WHERE id = ?", (request_id,))
-            sql.event("request", request_id)
+            sql.event("request", request_id, REQUEST_QUEUED, None)
     return [row[0] for row in cut]
 
 

@@ -8,6 +8,7 @@ thread serialises everything, so no row locks are needed.
 from __future__ import annotations
 
 import sqlite3
+from contextlib import contextmanager
 
 from .store_db import Database, Sql, StoreError
 from .store_schema import SCHEMA_VERSION, script
@@ -158,15 +159,16 @@ class SqliteDatabase(Database):
 
     # -- transactions ---------------------------------------------------------------------
 
-    def _sql(self):
-        return SqliteSql(self.conn, self.master, self.trace)
-
-    def _begin(self, write):
+    @contextmanager
+    def _transaction(self, write):
         # IMMEDIATE for writes: the write lock is taken up front, no upgrade races.
         self.conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-
-    def _commit(self):
-        self.conn.execute("COMMIT")
+        try:
+            yield SqliteSql(self.conn, self.master, self.trace)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
 
     def _rollback(self):
         if self.conn is not None and self.conn.in_transaction:
