@@ -275,3 +275,27 @@ def test_a_master_on_postgresql_without_psycopg_says_how_to_install_it(tmp_path)
     line = done.stderr.strip()
     assert "pip install 'bbx[postgres]'" in line and "\n" not in line, done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+class SchemaOnPostgresTests(SharedStoreTestCase):
+    @defer.inlineCallbacks
+    def test_a_new_store_compresses_its_logs_with_lz4(self):
+        import psycopg
+
+        yield self.store("a")
+        with psycopg.connect(self.url) as conn:
+            method = conn.execute("SELECT attcompression FROM pg_attribute WHERE attrelid = "
+                                  "'logs'::regclass AND attname = 'data'").fetchone()[0]
+        self.assertEqual(method, "l")
+
+    @defer.inlineCallbacks
+    def test_two_masters_opening_an_empty_database_at_once_migrate_it_once(self):
+        a = Store(self.url, reactor, master="a")
+        b = Store(self.url, reactor, master="b")
+        versions = yield defer.gatherResults([a.open(), b.open()])
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        request = yield a.queue_request("x")
+        pending = yield b.pending_requests()
+        self.assertEqual(versions[0], versions[1])
+        self.assertEqual([r["id"] for r in pending], [request])
