@@ -299,3 +299,52 @@ class SchemaOnPostgresTests(SharedStoreTestCase):
         pending = yield b.pending_requests()
         self.assertEqual(versions[0], versions[1])
         self.assertEqual([r["id"] for r in pending], [request])
+
+
+def _terminate(url, role):
+    """Kill the server side of a store's connection (as a server restart or a network cut)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        killed = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                              "application_name LIKE %s", (f"bbx {role}%",)).fetchall()
+    assert killed, f"no {role} connection to kill"
+
+
+class ConnectionLossTests(SharedStoreTestCase):
+    @defer.inlineCallbacks
+    def test_a_broken_writer_connection_is_replaced_reads_go_on_and_logs_are_kept(self):
+        store = yield self.store("a")
+        build_id, _n = yield store.start_build(None, "x", "s")
+        step = yield store.start_step(build_id, 1, "s")
+        store.append_log(step, "stdout", "before\n")
+        yield store.flush()
+        _terminate(self.url, "writer")
+        listed = yield store.builds()  # a read: asked again on a new connection
+        _terminate(self.url, "writer")
+        store.append_log(step, "stdout", "after\n")
+        try:
+            yield store.flush()
+        except Exception:
+            pass  # held in memory and retried, as on a full disk
+        rows = []
+        for _ in range(200):
+            rows = yield store.log(build_id)
+            if len(rows) >= 2 or "".join(r[2] for r in rows).endswith("after\n"):
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual([b["id"] for b in listed], [build_id])
+        self.assertEqual("".join(r[2] for r in rows), "before\nafter\n")
+
+    @defer.inlineCallbacks
+    def test_a_broken_listener_reconnects_and_asks_everyone_to_resync(self):
+        a = yield self.store("a")
+        b = yield self.store("b")
+        resynced = defer.Deferred()
+        b.events.subscribe("resync", lambda *_a: resynced.called or resynced.callback(None))
+        _terminate(self.url, "listener b")
+        yield resynced
+        heard = b.events.wait(reactor, 10, {"request": lambda *_a: True})
+        request = yield a.queue_request("x")
+        event = yield heard
+        self.assertEqual(event[:3], ("request", "a", request))

@@ -14,6 +14,7 @@ backoff, and ("resync",) tells every subscriber to re-read what it follows.
 from __future__ import annotations
 
 import json
+import os
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
@@ -55,6 +56,7 @@ class EventListener:
         self.conn = None
         self._pool: ThreadPool | None = None
         self._reading = False
+        self._fd = -1
         self._stopped = False
         self._retry = None
         self._delay = RECONNECT_FIRST
@@ -77,7 +79,7 @@ class EventListener:
     def _setup(self):
         """Thread side: a new connection that LISTENs and holds the name lock."""
         pg = require_psycopg()
-        conn = connect(self.url, autocommit=True)
+        conn = connect(self.url, autocommit=True, role="listener", master=self.master)
         try:
             got = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
                                (LOCK_SPACE, self.master)).fetchone()[0]
@@ -116,6 +118,10 @@ class EventListener:
 
     def _watch(self):
         if self.conn is not None and not self._reading:
+            # A duplicate of libpq's socket, ours to close: libpq closes its own the moment
+            # it sees the connection lost, and the reactor must still be able to stop
+            # watching what it watched.
+            self._fd = os.dup(self.conn.pgconn.socket)
             self.reactor.addReader(self)
             self._reading = True
 
@@ -123,10 +129,12 @@ class EventListener:
         if self._reading:
             self.reactor.removeReader(self)
             self._reading = False
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1
 
     def fileno(self):
-        conn = self.conn
-        return conn.pgconn.socket if conn is not None else -1
+        return self._fd
 
     def logPrefix(self):
         return "bbx-store-listen"

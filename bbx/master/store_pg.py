@@ -50,12 +50,14 @@ def require_psycopg():
     return psycopg
 
 
-def connect(url: str, *, autocommit: bool = False):
-    """A psycopg connection to `url` with bbx's deadlines. StoreError, in one line, if it fails."""
+def connect(url: str, *, autocommit: bool = False, role: str = "writer", master: str = ""):
+    """A psycopg connection to `url` with bbx's deadlines, named in pg_stat_activity as
+    "bbx <role> <master>". StoreError, in one line, if it fails."""
     pg = require_psycopg()
+    name = f"bbx {role} {master}".strip()[:63]  # NAMEDATALEN - 1
     try:
         conn = pg.connect(url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT,
-                          application_name="bbx master", **KEEPALIVE)
+                          application_name=name, **KEEPALIVE)
     except pg.Error as error:
         raise StoreError(f"store: cannot connect to {redact(url)}: {one_line(error)}; check "
                          "the URL, that the server runs and that it accepts this user") from None
@@ -161,7 +163,7 @@ class PostgresDatabase(Database):
     # -- open: check before touching anything, then migrate -------------------------------
 
     def open(self) -> dict:
-        conn = self.conn = connect(self.url)
+        conn = self.conn = connect(self.url, master=self.master)
         try:
             # Two masters starting at once on an empty database: one migrates, the other
             # waits for it here and then finds the schema current.
@@ -234,10 +236,22 @@ class PostgresDatabase(Database):
         if conn is None or conn.closed or conn.broken:
             self.close()
             try:
-                self.conn = connect(self.url)
+                self.conn = connect(self.url, master=self.master)
             except StoreError as error:
                 raise psycopg.OperationalError(str(error)) from None
         return self.conn
+
+    def transact(self, fn, args, write):
+        try:
+            return super().transact(fn, args, write)
+        except psycopg.OperationalError:
+            # The connection broke (server restarted, a network blip): a read is asked again
+            # once, on a new connection. A write is not: its commit may have reached the
+            # server; the caller hears StoreError and decides (a build start is held and
+            # tried again; log batches are kept and retried).
+            if write or self.conn is not None:
+                raise
+            return super().transact(fn, args, write)
 
     @contextmanager
     def _transaction(self, write):
