@@ -189,3 +189,29 @@ def test_sigkill_of_master_b_mid_build_is_noticed_in_time_and_the_build_runs_aga
     assert masters["b"]["state"] == "dead"
     assert masters["a"]["state"] == "active" and masters["a"]["this"]
     assert _rows(pg_url, "SELECT COUNT(*) FROM builds WHERE request_id = %s", (request,)) == [(2,)]
+
+
+def test_cancels_reach_the_master_that_holds_the_build_or_the_request(farm):
+    f = farm()
+    f.start_master("a")
+    f.start_master("b")
+    # No slave for onb yet: a request waits in the shared queue, watched by a bbx build on a.
+    waiting = f.cli("a", "build", "onb", name="waiting")
+    waiting.wait_for_output("queued", timeout=30)
+    queued = f.json("b", "builds")["queued"]
+    assert [r["builder"] for r in queued] == ["onb"], "every master sees the shared queue"
+    removed = f.bbx("b", "cancel", "--request", str(queued[0]["id"]))
+    assert removed.returncode == 0, removed.stderr
+    assert waiting.popen.wait(30) == 1
+    assert "CANCELLED" in waiting.output().upper()
+    # A build running on b (its step waits for the gate forever), cancelled through a.
+    f.start_slave("s2", ["b"])
+    answer = json.loads(f.bbx("a", "build", "onb", "--no-wait", "--json").stdout)
+    build = wait_until(lambda: next((b for b in f.builds("a")
+                                     if b["request_id"] == answer["request_id"]), None), 30,
+                       what="the build to start on b")
+    cancelled = f.bbx("a", "cancel", str(build["id"]))
+    assert cancelled.returncode == 0, cancelled.stderr
+    done = wait_until(lambda: next((b for b in f.builds("a") if b["id"] == build["id"]
+                                    and b["finished_at"]), None), 30, what="the cancel")
+    assert (done["master"], done["result_name"]) == ("b", "cancelled")

@@ -186,6 +186,25 @@ class HeartbeatTests(SharedStoreTestCase):
         b._loop.stop()
 
     @defer.inlineCallbacks
+    def test_a_master_declared_dead_while_alive_gives_up_its_builds_and_registers_again(self):
+        import psycopg
+
+        store = yield self.store("a")
+        told = []
+        a = MasterRegistry(store, task.Clock(), "a", 30.0, {}, on_declared_dead=told.append)
+        yield a.start()
+        self.addCleanup(lambda: a._loop.running and a._loop.stop())
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute("UPDATE masters SET state = 'dead', stopped_reason = 'silent' "
+                         "WHERE name = 'a'")
+        yield a.beat()
+        yield a.beat()
+        listing = yield a.listing()
+        self.assertEqual(len(told), 1)
+        self.assertIn("declared dead (silent)", told[0])
+        self.assertEqual([(m["name"], m["state"]) for m in listing], [("a", "active")])
+
+    @defer.inlineCallbacks
     def test_attachments_are_recorded_with_the_beat_and_shown_to_other_masters(self):
         from bbx.master import store_masters
 

@@ -136,6 +136,13 @@ def checkconfig(directory: Path = typer.Argument(..., help="The master's directo
         print(f"    {b.name}: slaves {', '.join(b.slaves)}; builddir {b.builddir}")
     print(f"  control users: {', '.join(u.name for u in config.control_users) or 'none'}")
     print(f"  log: {directory / config.log}")
+    location = config.store_location
+    if location.shared:
+        print(f"  store: {location.display()} (PostgreSQL, shared); this master is "
+              f"{config.master_name!r}; a silent master is declared dead within "
+              f"{config.heartbeat_timeout:g} s")
+    else:
+        print(f"  store: {location.display()} (SQLite)")
 
 
 def _refuse_if_running(directory: Path) -> None:
