@@ -62,6 +62,11 @@ def test_ten_requests_to_one_master_run_once_each_spread_over_both_masters_slave
     f.start_master("b")
     f.start_slave("s1", ["a"])
     f.start_slave("s2", ["b"])
+    # Master a knows where s2 is attached (recorded with b's next heartbeat).
+    wait_until(lambda: {s["name"]: s["master"] for s in f.json("a", "slaves")}
+               == {"s1": "a", "s2": "b"}, 20, interval=0.2, what="s2 shown attached to b")
+    table = f.bbx("a", "slaves").stdout
+    assert "master" in table and " b " in table
     # Ten at once, faster than one slave can run them.
     clients = [f.cli("a", "build", "both", "--no-wait", "--json", name="submit")
                for _ in range(10)]
@@ -84,6 +89,8 @@ def test_ten_requests_to_one_master_run_once_each_spread_over_both_masters_slave
     assert _rows(pg_url, "SELECT COUNT(*) FROM requests WHERE state <> 'done'") == [(0,)]
     # Build numbers were handed out under a lock: 1..10, none twice.
     assert sorted(b["number"] for b in builds) == list(range(1, 11))
+    listed = f.bbx("b", "builds").stdout
+    assert "master" in listed, "bbx builds names the master of each build"
 
 
 def test_a_build_on_master_b_is_followed_live_through_master_a(farm, tmp_path):

@@ -367,3 +367,20 @@ class ConnectionLossTests(SharedStoreTestCase):
         request = yield a.queue_request("x")
         event = yield heard
         self.assertEqual(event[:3], ("request", "a", request))
+
+
+def test_bbx_masters_on_a_sqlite_master_lists_just_that_master(tmp_path):
+    import json
+
+    from tests.buildfarm import Farm, master_toml
+
+    farm = Farm(tmp_path, master_toml("", master_extra='name = "solo"'))
+    try:
+        farm.start_master()
+        result = farm.bbx("masters", "--json")
+        assert result.returncode == 0, result.stderr
+        [only] = json.loads(result.stdout)
+        assert (only["name"], only["state"], only["this"]) == ("solo", "active", True)
+        assert "solo (this)" in farm.bbx("masters").stdout
+    finally:
+        farm.stop()

@@ -293,20 +293,30 @@ def _clock(when: float | None) -> str:
 
 def builds_table(builds: list[dict], queued: list[dict] | None = None) -> Table:
     """Queued requests first, then builds newest first: id, builder, slave, result, started,
-    duration."""
+    duration; and the master that ran each, when builds come from several masters."""
     table = Table(title="builds", title_justify="left", title_style="bold")
-    for column in ("id", "builder", "#", "slave", "result", "started", "duration"):
+    several = len({b.get("master") for b in builds if b.get("master")}) > 1
+    columns = ["id", "builder", "#", "slave", "result", "started", "duration"]
+    if several:
+        columns.insert(4, "master")
+    for column in columns:
         table.add_column(column)
     for request in queued or []:
-        table.add_row(Text(f"r{request.get('id')}", style="dim"), Text(str(request.get("builder"))),
-                      "", "", result_text("queued"), _clock(request.get("submitted_at")), "")
+        cells = [Text(f"r{request.get('id')}", style="dim"), Text(str(request.get("builder"))),
+                 "", "", result_text("queued"), _clock(request.get("submitted_at")), ""]
+        if several:
+            cells.insert(4, "")
+        table.add_row(*cells)
     for build in builds:
         result = result_text(build.get("result_name"))
         if build.get("state") == "interrupted":
             result.append(" (interrupted)", style="dim")
         took = build.get("duration")
-        table.add_row(str(build.get("id")), Text(str(build.get("builder"))),
-                      str(build.get("number")), Text(str(build.get("slave") or "—")), result,
-                      _clock(build.get("started_at")),
-                      "—" if took is None else duration(float(took)))
+        cells = [str(build.get("id")), Text(str(build.get("builder"))),
+                 str(build.get("number")), Text(str(build.get("slave") or "—")), result,
+                 _clock(build.get("started_at")),
+                 "—" if took is None else duration(float(took))]
+        if several:
+            cells.insert(4, Text(str(build.get("master") or "—")))
+        table.add_row(*cells)
     return table
