@@ -131,3 +131,41 @@ def test_migrate_store_copies_a_50_mb_log_byte_for_byte_and_the_master_runs_on_i
         assert shown.returncode == 0 and "short" in shown.stdout
     finally:
         master.terminate()
+
+
+def test_a_version_1_history_is_moved_and_its_unfinished_build_is_closed_by_its_master(
+        tmp_path, pg_url):
+    import sqlite3
+
+    from bbx.master.store_schema import script
+
+    master_dir = tmp_path / "m"
+    master_dir.mkdir()
+    (master_dir / "master.toml").write_text(TOML.format(db="bbx.sqlite"))
+    os.chmod(master_dir / "master.toml", 0o600)
+    conn = sqlite3.connect(master_dir / "bbx.sqlite")
+    conn.executescript(
+        script(0, "sqlite") + ";INSERT INTO meta VALUES ('schema_version', '1');"
+        "INSERT INTO requests (builder, submitted_at, state, claimed_by_build) "
+        "VALUES ('big', 1.0, 'claimed', 1);"
+        "INSERT INTO builds (request_id, builder, number, slave, started_at) "
+        "VALUES (1, 'big', 3, 's1', 1.0);"
+        "INSERT INTO steps (build_id, number, name, started_at) VALUES (1, 1, 'write', 1.5);"
+        "INSERT INTO logs (step_id, stream, received_at, data) VALUES (1, 'stdout', 2.0, "
+        "X'68616c66207761790a');")
+    conn.close()
+    moved = run_bbx("master", "migrate-store", master_dir, "--to", pg_url, timeout=120)
+    assert moved.returncode == 0, moved.stderr
+    (master_dir / "master.toml").write_text(TOML.format(db=pg_url))
+    master = Proc([BBX, "master", "start", master_dir], log_path=tmp_path / "master.out")
+    try:
+        master.wait_for_output("listening on", timeout=60)
+        listed = json.loads(run_bbx("builds", "--json",
+                                    env={"BBX_MASTER_DIR": str(master_dir)}).stdout)
+        [build] = listed["builds"]
+        assert (build["master"], build["state"], build["result_name"]) == \
+            ("m1", "interrupted", "retry")
+        assert build["finished_at"] == 2.0, "closed at the last thing heard of it"
+        assert [(r["id"], r["retries"]) for r in listed["queued"]] == [(1, 1)]
+    finally:
+        master.terminate()

@@ -116,9 +116,11 @@ def _copy(source, target, master_name: str, progress) -> dict:
         have = set(_columns_sqlite(source, table))
         if not have:
             continue  # an older history without this table
-        columns = [c for c in _columns_pg(target, table) if c in have]
+        fillable = {"builds": "master", "requests": "claimed_by_master"}.get(table)
+        columns = [c for c in _columns_pg(target, table) if c in have or c == fillable]
         order = IDENTITY.get(table)
-        query = f"SELECT {', '.join(columns)} FROM {table}"
+        selected = [c if c in have else f"NULL AS {c}" for c in columns]
+        query = f"SELECT {', '.join(selected)} FROM {table}"
         if table == "meta":
             query += " WHERE key != 'schema_version'"  # the target keeps its own
         if order:
