@@ -90,10 +90,11 @@ def main() -> int:
                 results[engine] = json.loads(out.read_text())
             out.unlink()
         print()
-        print(f"{'engine':<12} {'ms/build':>9} {'p50 ms':>8} {'p99 ms':>8} {'log MB/s':>9}")
+        print(f"{'engine':<12} {'ms/build':>9} {'p50 ms':>8} {'p99 ms':>8} {'log MB/s':>9} "
+              f"{'master RSS MB':>14}")
         for engine, r in results.items():
             print(f"{engine:<12} {r['per_build_ms']:>9.1f} {r['p50_ms']:>8.1f} "
-                  f"{r['p99_ms']:>8.1f} {r['log_mb_s']:>9.0f}")
+                  f"{r['p99_ms']:>8.1f} {r['log_mb_s']:>9.0f} {r['rss_mb']:>14.0f}")
         return 0
     engine = engines[0]
     print(f"== {engine}", flush=True)
@@ -139,7 +140,7 @@ def run_farm(db: str, options) -> dict:
                                       stderr=subprocess.STDOUT, start_new_session=True))
         wait_for(lambda: b"message from master: attached" in (root / "slave.out").read_bytes(),
                  30, "the slave")
-        return run_client(endpoint, options)
+        return run_client(endpoint, options, procs[0].pid)
     finally:
         import signal
 
@@ -152,7 +153,15 @@ def run_farm(db: str, options) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def run_client(endpoint: str, options) -> dict:
+def rss_mb(pid: int) -> float:
+    """A process's resident set size in MB (Linux /proc)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_client(endpoint: str, options, master_pid: int) -> dict:
     from twisted.internet import defer, reactor, task
     from twisted.spread import pb
 
@@ -218,8 +227,10 @@ def run_client(endpoint: str, options) -> dict:
         print(f"big log: {stored / 1e6:.1f} MB stored in {seconds:.2f} s = "
               f"{stored / 1e6 / seconds:.0f} MB/s into the store (Buildbot 4.3: ~8 MB/s); "
               f"result {build['result_name']}")
+        rss = rss_mb(master_pid)
+        print(f"master RSS after the run: {rss:.0f} MB")
         numbers.update(per_build_ms=total / options.builds * 1000, p50_ms=p50 * 1000,
-                       p99_ms=p99 * 1000, log_mb_s=stored / 1e6 / seconds)
+                       p99_ms=p99 * 1000, log_mb_s=stored / 1e6 / seconds, rss_mb=rss)
         if options.result_file:
             Path(options.result_file).write_text(json.dumps(numbers))
         broker.transport.loseConnection()
