@@ -62,7 +62,8 @@ class Sql:
     """What a query function gets: one transaction on one engine, through `?` placeholders.
 
     `all` / `one` fetch, `run` returns the row count, `write` returns nothing (so an engine
-    may send it on without waiting for its answer), `insert` the new row's id; `for_update`
+    may send it on without waiting for its answer), `insert` the new row's id (None when an
+    INSERT ... SELECT added no row); `for_update`
     and `skip_locked` are the row-lock clauses to append to a SELECT ("" on SQLite, whose
     writer holds the whole file). `event(kind, *args)` records something other parts of the
     master (and, on PostgreSQL, other masters) should hear once this transaction commits.

@@ -37,7 +37,8 @@ class StoreOperations:
         return self._call(sql.requeue_request, request_id)
 
     def finish_request(self, request_id: int):
-        """Mark a request done: no build will be started for it again."""
+        """Mark a request done: no build will be started for it again (an unknown id changes
+        nothing)."""
         return self._call(sql.finish_request, request_id)
 
     def start_step(self, build_id: int, number: int, name: str):
@@ -52,7 +53,8 @@ class StoreOperations:
     def finish_step(self, step_id: int, result: int, rc: int | None = None):
         """Record a step's result (bbx.master.results) and its command's rc; comes after every
         log append made before it."""
-        return self._call(sql.finish_step, step_id, result, rc, self._reactor.seconds())
+        return self._call(sql.finish_step, step_id, result, rc, self._reactor.seconds(),
+                          self._step_builds.get(step_id))
 
     def finish_build(self, build_id: int, result: int, state: str = STATE_FINISHED,
                      reason: str | None = None):

@@ -136,7 +136,8 @@ class PgSql(Sql):
     def insert(self, query, args=()):
         if self.trace is not None:
             self.trace(query)
-        return self.conn.execute(_pg(query) + " RETURNING id", args).fetchone()[0]
+        row = self.conn.execute(_pg(query) + " RETURNING id", args).fetchone()
+        return row[0] if row is not None else None  # INSERT ... SELECT may add none
 
     def send_events(self):
         """NOTIFY every event of this transaction, in one statement (sent at commit)."""

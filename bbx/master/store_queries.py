@@ -150,7 +150,6 @@ def requeue_request(sql, request_id):
 
 
 def finish_request(sql, request_id):
-    _request_state(sql, request_id)
     sql.write("UPDATE requests SET state = 'done' WHERE id = ?", (request_id,))
     sql.event("request", request_id, REQUEST_DONE, None)
 
@@ -186,30 +185,38 @@ def _check_build(sql, build_id):
     return row[0]
 
 
+# The statements of a running build are few and their answers mostly unneeded: on PostgreSQL
+# each answer waited for is a round trip, so these check nothing they need not.
+
 def start_step(sql, build_id, number, name, now):
-    request_id = _check_build(sql, build_id)
+    # INSERT ... SELECT: the build's existence is checked by the insert itself.
     step_id = sql.insert("INSERT INTO steps (build_id, number, name, started_at) "
-                         "VALUES (?, ?, ?, ?)", (build_id, number, name, now))
-    sql.event("build", build_id, request_id)
+                         "SELECT id, ?, ?, ? FROM builds WHERE id = ?",
+                         (number, name, now, build_id))
+    if step_id is None:
+        _check_build(sql, build_id)  # raises NoSuchBuild, in its words
+    sql.event("build", build_id, None)
     return step_id
 
 
-def finish_step(sql, step_id, result, rc, now):
-    row = sql.one("SELECT s.build_id, b.request_id FROM steps s JOIN builds b "
-                  "ON b.id = s.build_id WHERE s.id = ?", (step_id,))
+def finish_step(sql, step_id, result, rc, now, build_id=None):
+    """`build_id`, when the caller knows it, spares a lookup for the event."""
+    if build_id is None:
+        row = sql.one("SELECT build_id FROM steps WHERE id = ?", (step_id,))
+        build_id = row[0] if row is not None else None
     sql.write("UPDATE steps SET finished_at = ?, result = ?, rc = ? WHERE id = ?",
-            (now, result, rc, step_id))
-    if row is not None:
-        sql.event("build", row[0], row[1])
+              (now, result, rc, step_id))
+    if build_id is not None:
+        sql.event("build", build_id, None)
 
 
 def finish_build(sql, build_id, result, state, reason, now):
-    request_id = _check_build(sql, build_id)
-    # A build another master already closed (it declared this one dead) keeps that verdict.
+    """Close a running build. An unknown id, or a build another master already closed (it
+    declared this one dead), is left as it is."""
     sql.write("UPDATE builds SET finished_at = ?, result = ?, state = ?, "
-            "interrupted_reason = ? WHERE id = ? AND finished_at IS NULL",
-            (now, result, state, reason, build_id))
-    sql.event("build", build_id, request_id)
+              "interrupted_reason = ? WHERE id = ? AND finished_at IS NULL",
+              (now, result, state, reason, build_id))
+    sql.event("build", build_id, None)
 
 
 def mark_interrupted(sql, reason, requeue, master=None):

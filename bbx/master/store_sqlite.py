@@ -49,7 +49,8 @@ class SqliteSql(Sql):
     def insert(self, query, args=()):
         if self.trace is not None:
             self.trace(query)
-        return self.conn.execute(query, args).lastrowid
+        cursor = self.conn.execute(query, args)
+        return cursor.lastrowid if cursor.rowcount else None  # INSERT ... SELECT may add none
 
 
 class SqliteDatabase(Database):
