@@ -55,8 +55,13 @@ def running(path: Path) -> int | None:
 
 
 def write(path: Path) -> None:
-    """Record this process's pid in `path`."""
-    Path(path).write_text(f"{os.getpid()}\n")
+    """Record this process's pid in `path` (mode 0600: a file of the role's own)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
 
 
 def remove_if_mine(path: Path) -> None:

@@ -1,7 +1,7 @@
 """How fast `bbx run` streams a command's stdout end to end: MB/s (not a test).
 
     .venv/bin/python bench/stream.py [--mb 200] [--repeat 3] [--worker-mb N] [--no-worker]
-                                     [--profile DIR]
+                                     [--profile DIR] [--tls]
 
 Sets up, in a temporary directory, a `bbx master start` listening on tcp:0:interface=127.0.0.1
 with two slaves: a `bbx slave start` (builder s1) and a real `buildbot-worker start --nodaemon`
@@ -25,6 +25,9 @@ the wall time says whether the path is CPU-bound or waiting on round trips.
 --profile DIR runs the master, the bbx slave and each bbx-slave CLI run under cProfile
 (`python -m cProfile -o DIR/ROLE.prof -m bbx ...`) and prints each role's top functions by
 own time at the end; the worker runs are skipped then.
+
+--tls makes the master `bbx master create --tls`: the bbx slave pins its certificate
+(--fingerprint), the worker trusts it through trustRoots=, and the CLI pins it from master.toml.
 
 Everything started here is stopped in `finally` blocks, each child by its own pid/session.
 """
@@ -239,6 +242,7 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", type=Path, default=None,
                         help="write cProfile data of master, slave and CLI to this directory")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--tls", action="store_true", help="every connection over TLS")
     parser.add_argument("--bbx", default=BBX,
                         help="the bbx executable for master, slave and CLI (default: %(default)s), "
                              "e.g. a wrapper trying other tuning constants")
@@ -260,7 +264,8 @@ def main(argv=None) -> int:
     try:
         created = subprocess.run(
             [BBX, "master", "create", tmp / "m", "--listen", "tcp:0:interface=127.0.0.1",
-             "--slave", "s1:pw-s", "--slave", "w1:pw-w"], capture_output=True, text=True, env=env)
+             "--slave", "s1:pw-s", "--slave", "w1:pw-w", *(["--tls"] if args.tls else [])],
+            capture_output=True, text=True, env=env)
         if created.returncode:
             raise SystemExit(f"bench: bbx master create: {created.stderr}")
         master = Child(bbx_argv(args.profile, "master", "master", "start", tmp / "m"),
@@ -272,8 +277,15 @@ def main(argv=None) -> int:
                             START_DEADLINE, "master.endpoint")
         port = int(endpoint.rsplit("=", 1)[1])
 
-        created = subprocess.run([BBX, "slave", "create", tmp / "s", f"127.0.0.1:{port}", "s1", "pw-s"],
-                                 capture_output=True, text=True, env=env)
+        pin = []
+        if args.tls:
+            from bbx.pb.tls import fingerprint_of_file
+
+            pin = ["--fingerprint", fingerprint_of_file(tmp / "m" / "master.crt")]
+            (tmp / "roots").mkdir()
+            shutil.copy(tmp / "m" / "master.crt", tmp / "roots" / "master.pem")
+        created = subprocess.run([BBX, "slave", "create", tmp / "s", f"127.0.0.1:{port}", "s1", "pw-s",
+                                  *pin], capture_output=True, text=True, env=env)
         if created.returncode:
             raise SystemExit(f"bench: bbx slave create: {created.stderr}")
         slave = Child(bbx_argv(args.profile, "slave", "slave", "start", tmp / "s"), tmp / "slave.out", env)
@@ -282,8 +294,12 @@ def main(argv=None) -> int:
         master.wait_output("slave s1 attached")
 
         if with_worker:
-            subprocess.run([WORKER, "create-worker", "-q", str(worker_dir), f"127.0.0.1:{port}",
-                            "w1", "pw-w"], check=True, capture_output=True, timeout=60)
+            tls_worker = (["--connection-string",
+                           f"tls:host=127.0.0.1:port={port}:trustRoots={tmp / 'roots'}"]
+                          if args.tls else [])
+            subprocess.run([WORKER, "create-worker", "-q", *tls_worker, str(worker_dir),
+                            f"127.0.0.1:{port}", "w1", "pw-w"], check=True, capture_output=True,
+                           timeout=60)
             worker = Child([WORKER, "start", "--nodaemon", worker_dir], tmp / "worker.out", env)
             children.append(worker)
             wait_for(lambda: ATTACHED in (worker_dir / "twistd.log").read_text(errors="replace")

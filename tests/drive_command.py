@@ -1,13 +1,17 @@
 """Run one slave command outside any connection and print what it reports, as JSON lines.
 
     python tests/drive_command.py BUILDER_DIR NAME ARGS_JSON [--interrupt-after S]
-                                  [--interrupt-on-output TEXT]
+                                  [--interrupt-on-output TEXT] [--contain cgroup|subreaper]
+                                  [--secret-glob GLOB]
 
 Each update pair the command sends is printed as {"update": [key, value]}; the end as
 {"complete": null} or {"complete": "<failure text>"}. Transfer commands get local stand-ins
 for the master's writer/reader: a writer named in ARGS_JSON as {"writer": "<path>"} appends
 to that file (and "unpack" extracts a tar there), a reader {"reader": "<path>"} reads it.
-Used by the command tests: real processes and files, only the PB hop left out.
+With --contain the command runs under a Containment (bbx/slave/containment.py) as in a slave,
+without a guard: in a cgroup, or with this process as the subreaper; it is stopped (what the
+command left is killed) before {"complete": ...} is printed. Used by the command tests: real
+processes and files, only the PB hop left out.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import tarfile
 from twisted.internet import defer, task
 
 from bbx.pb import dialect
+from bbx.pb.secrets import SecretNames
 from bbx.pb.updates import UpdateBatcher, iter_updates
 from bbx.slave.commands import registry
+from bbx.slave.commands.base import CommandContext
 
 
 class _Local:
@@ -84,11 +90,24 @@ def main(reactor, builder_dir, name, args_json, *rest):
     # Interrupt once TEXT shows up in stdout: lets a test interrupt a child exactly when it is ready.
     interrupt_on = rest[rest.index("--interrupt-on-output") + 1] if "--interrupt-on-output" in rest else None
     holder = {}
+    containment = None
+    if "--contain" in rest:
+        from bbx.slave.containment import Containment
+
+        mode = rest[rest.index("--contain") + 1]
+        containment = Containment(reactor, key=f"driver-{os.getpid()}", cgroups=mode == "cgroup",
+                                  guard=False)
+        containment.start()
+        out_mode = containment.mode
+    globs = tuple(rest[i + 1] for i, a in enumerate(rest) if a == "--secret-glob")
+    context = CommandContext(secret_names=SecretNames(globs), containment=containment)
     if isinstance(args.get("writer"), str):
         args["writer"] = FileWriter(args["writer"])
     if isinstance(args.get("reader"), str):
         args["reader"] = FileReader(args["reader"])
     out = sys.stdout
+    if containment is not None:
+        out.write(json.dumps({"containment": out_mode}) + "\n")
 
     def send(pairs):
         for key, value in iter_updates(pairs):
@@ -102,7 +121,7 @@ def main(reactor, builder_dir, name, args_json, *rest):
     args = dialect.args_from_master(name, args)
     try:
         cmd = registry.lookup(name)(reactor=reactor, builder_dir=builder_dir, command_id="0",
-                                    args=args, updates=batcher)
+                                    args=args, updates=batcher, context=context)
     except Exception as e:
         out.write(json.dumps({"refused": f"{type(e).__name__}: {e}"}) + "\n")
         return defer.succeed(None)
@@ -118,6 +137,8 @@ def main(reactor, builder_dir, name, args_json, *rest):
         except Exception as e:
             failure = f"{type(e).__name__}: {e}"
         yield batcher.flush()
+        if containment is not None:
+            yield containment.stop()
         for peer in (args.get("writer"), args.get("reader")):
             if isinstance(peer, _Local):
                 out.write(json.dumps({"peer_calls": getattr(peer, "calls", [])}) + "\n")

@@ -7,9 +7,14 @@ PB control client run as a child process.
         prints {"started": {...}}, one {"update": envelope} per update call, then {"complete": result};
         with --interrupt-on it calls handle.interrupt once TEXT appears in the output
         ("@start": as soon as the command has started)
-    python tests/realworker.py slave08 ENDPOINT NAME PASSWORD
-        a stand-in for a Buildbot 0.8 buildslave (slave-era names, command versions 2.16); prints
-        one line per call it gets from the master
+    python tests/realworker.py malformed ENDPOINT NAME PASSWORD
+        a slave-era peer whose answers are malformed (what no real Buildbot sends); prints one
+        line per call it gets from the master
+    python tests/realworker.py login ENDPOINT NAME PASSWORD LOGIN_TIMEOUT
+        bbx's one login routine (bbx/pb/endpoints.login) once; prints "login ended: <why>"
+    python tests/realworker.py stall ENDPOINT NAME PASSWORD
+        logs in as slave NAME with the right password, then never answers the master's first
+        call (print): prints "print received", then "login ended: <why>" when the master gives up
 """
 
 from __future__ import annotations
@@ -62,10 +67,11 @@ def admin(config: dict) -> tuple[str, str]:
 class Master:
     """A `bbx master start DIR` child in the foreground, stopped on cleanup."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, *, env: dict | None = None):
         self.dir = Path(directory)
         self.config = __import__("tomllib").loads((self.dir / "master.toml").read_text())
-        self.proc = Proc([BBX, "master", "start", self.dir], log_path=self.dir.parent / f"{self.dir.name}.out")
+        self.proc = Proc([BBX, "master", "start", self.dir], env=env,
+                         log_path=self.dir.parent / f"{self.dir.name}.out")
         self.proc.wait_for_output("listening on", timeout=30)
         self.endpoint = (self.dir / "master.endpoint").read_text().strip()
         self.port = int(self.endpoint.rsplit("=", 1)[1])
@@ -246,13 +252,10 @@ def _client_main(argv: list[str]) -> int:
     return 0
 
 
-# The command table a buildbot-slave 0.8.14 reports (PROTOCOL.md §5.6).
-SLAVE08_COMMANDS = {name: "2.16" for name in ("shell", "uploadFile", "uploadDirectory", "downloadFile",
-                                              "mkdir", "rmdir", "cpdir", "stat", "glob", "listdir")}
-
-
-def _slave08_main(argv: list[str]) -> int:
-    """Log in like a 0.8 buildslave: no getWorkerInfo, info without slave_commands, bytes output."""
+def _malformed_main(argv: list[str]) -> int:
+    """Log in like a slave-era peer whose answers no real Buildbot gives: info that is not a
+    dict, a command table that is a string, builders nobody asked for, output that is not
+    UTF-8. (The real buildslave 0.8.14 is in tests/peers08.py; this covers what it cannot.)"""
     from twisted.internet import defer, reactor, task
     from twisted.spread import pb
 
@@ -269,20 +272,21 @@ def _slave08_main(argv: list[str]) -> int:
             self.name = name
 
         def remote_setMaster(self, remote):
-            say("setMaster", self.name, type(remote).__name__)
+            say("setMaster", self.name)
 
         def remote_print(self, message):
             say("builder message:", message)
 
         def remote_startBuild(self):
-            say("startBuild", self.name)
+            pass
 
         def remote_startCommand(self, step_ref, command_id, command, args):
-            say("startCommand", command_id, command, json.dumps(args, sort_keys=True))
+            say("startCommand", command_id, command)
 
             async def run():
-                await step_ref.callRemote("update", [[{b"header": b"running\n"}, 0]])
-                await step_ref.callRemote("update", [({"stdout": b"hi\n", "rc": 0}, 0)])
+                # Python 2 peers send bytes; these are not even UTF-8.
+                await step_ref.callRemote("update", [[{b"stdout": b"caf\xe9 \xff\n"}, 0]])
+                await step_ref.callRemote("update", [({b"rc": 0}, 0)])
                 await step_ref.callRemote("complete", None)
             reactor.callLater(0, defer.ensureDeferred, run())
 
@@ -291,18 +295,19 @@ def _slave08_main(argv: list[str]) -> int:
             say("message from master:", message)
 
         def remote_getSlaveInfo(self):
-            return {"admin": "someone", "host": "old box", "environ": {}, "system": "posix",
-                    "basedir": "/old/slave"}
+            return ["not", "a", "dict"]
 
         def remote_getCommands(self):
-            return SLAVE08_COMMANDS
+            return "not a table"
 
         def remote_getVersion(self):
-            return "0.8.14"
+            return 12345
 
         def remote_setBuilderList(self, wanted):
             say("setBuilderList", json.dumps([list(w) for w in wanted]))
-            return {w[0]: Builder(w[0]) for w in wanted}
+            refs = {w[0]: Builder(w[0]) for w in wanted}
+            refs.update({"intruder": Builder("intruder"), 7: "not a reference"})
+            return refs
 
     async def main(_reactor):
         persp, broker = await login(reactor, endpoint, name, password, mind=Bot())
@@ -315,7 +320,60 @@ def _slave08_main(argv: list[str]) -> int:
     return 0
 
 
+def _stall_main(argv: list[str]) -> int:
+    """A peer that logs in properly and then stalls the attach sequence."""
+    from twisted.internet import defer, reactor, task
+    from twisted.spread import pb
+
+    from bbx.pb.endpoints import login
+
+    endpoint, name, password = argv[:3]
+
+    def say(text):
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    class StalledBot(pb.Referenceable):
+        def remote_print(self, message=""):
+            say("print received")
+            return defer.Deferred()  # never answered
+
+    async def main(_reactor):
+        try:
+            await login(reactor, endpoint, name, password, mind=StalledBot(), timeout=10,
+                        login_timeout=60)  # the master must be the one giving up
+            say("login ended: attached (unexpected)")
+        except Exception as e:
+            say(f"login ended: {e}")
+
+    task.react(lambda r: defer.ensureDeferred(main(r)))
+    return 0
+
+
+def _login_main(argv: list[str]) -> int:
+    from twisted.internet import defer, reactor, task
+
+    from bbx.pb.endpoints import LoginFailed, login
+
+    endpoint, name, password, login_timeout = argv[:4]
+
+    async def main(_reactor):
+        try:
+            await login(reactor, endpoint, name, password, timeout=10,
+                        login_timeout=float(login_timeout))
+            print("login ended: logged in", flush=True)
+        except LoginFailed as e:
+            print(f"login ended: {e.stage}: {e.reason}", flush=True)
+
+    task.react(lambda r: defer.ensureDeferred(main(r)))
+    return 0
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["slave08"]:
-        sys.exit(_slave08_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["login"]:
+        sys.exit(_login_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["malformed"]:
+        sys.exit(_malformed_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["stall"]:
+        sys.exit(_stall_main(sys.argv[2:]))
     sys.exit(_client_main(sys.argv[1:]))

@@ -336,7 +336,7 @@ def test_no_master_at_all_says_how_to_name_one(tmp_path):
     (r"tcp6:9989:interface=\:\:", r"tcp:host=\:\:1:port=9989"),
     ("unix:/run/bbx.sock", "unix:path=/run/bbx.sock"),
     ("unix:address=/run/bbx.sock:mode=600", "unix:path=/run/bbx.sock"),
-    ("ssl:9990:privateKey=k.pem:interface=m.example.org", "ssl:host=m.example.org:port=9990"),
+    ("ssl:9990:privateKey=k.pem:interface=m.example.org", "tls:host=m.example.org:port=9990"),
 ])
 def test_client_endpoint_for_listen_string(listen, expected):
     assert client.client_for_listen(listen) == expected

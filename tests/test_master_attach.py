@@ -210,35 +210,6 @@ def test_worker_stop_detaches_it(tmp_path):
         master.stop()
 
 
-def test_a_slave_era_peer_gets_the_legacy_attach_sequence_and_builder_pings(tmp_path):
-    import sys
-
-    from tests.realworker import __file__ as fixture
-    from tests.support import Proc
-
-    make_master(tmp_path / "m", slaves=("old:pw",))
-    master = Master(tmp_path / "m")
-    slave = Proc([sys.executable, fixture, "slave08", master.endpoint, "old", "pw"],
-                 log_path=tmp_path / "slave08.out")
-    try:
-        slave.wait_for_output("logged in")
-        out = slave.output()
-        # getWorkerInfo is NoSuchMethod, so the 4.3 fallback chain ran (PROTOCOL.md §4.1, §4.3).
-        assert "buildbot-slave detected" in out
-        assert "setMaster old" in out and "builder message: attached" in out
-        assert out.index("setBuilderList") < out.index("setMaster")
-        info = control(master.endpoint, *admin(master.config), "info", "old")["result"]
-        assert info["dialect"] == "slave" and info["info"]["version"] == "0.8.14"
-        assert info["info"]["worker_commands"]["shell"] == "2.16"
-        control(master.endpoint, *admin(master.config), "ping", "old")
-        assert "builder message: ping" in slave.output()
-        master.wait_log("slave old attached from 127.0.0.1:")
-        assert "(slave-era" in master.log()
-    finally:
-        slave.terminate()
-        master.stop()
-
-
 # -- the same rules with the clock driven by the test (no network) --------------------------------
 
 class _FakeTransport:
@@ -282,7 +253,8 @@ def _clocked_slave(tmp_path):
 
     from bbx.master.builder import Builder, SlaveBuilder
     from bbx.master.config import load_config
-    from bbx.master.slave import SlaveLink, SlavePerspective
+    from bbx.master.link import SlaveLink
+    from bbx.master.slave import SlavePerspective
     from bbx.pb.dialect import Dialect
 
     make_master(tmp_path, keepalive=(10, 30))
@@ -290,9 +262,9 @@ def _clocked_slave(tmp_path):
     clock = task.Clock()
     builders = {b.name: Builder(b) for b in config.builders}
     slave = SlavePerspective(config.slaves[0], config, builders, clock)
-    link = SlaveLink(_FakeBroker(), _SilentMind(), clock)
+    link = SlaveLink(_FakeBroker(), _SilentMind(), clock, slave="w1")
     link.dialect = Dialect.WORKER
-    link.slave_builders["w1"] = SlaveBuilder(builders["w1"], slave, _SilentMind(), clock)
+    link.slave_builders["w1"] = SlaveBuilder(builders["w1"], slave, link, clock)
     slave._accept(link)
     return clock, slave, link
 

@@ -27,6 +27,7 @@ INFO = {
         "os_release": "6.1.0", "admin": "Ops <ops@example.org>", "host": "rack 7",
         "worker_commands": {"shell": "3.3", "mkdir": "3.1"},
     },
+    "commands": {"shell": "3.3", "mkdir": "3.1"},
 }
 
 

@@ -11,13 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bbx.slave.runprocess import (
-    build_environment,
-    command_argv,
-    environment_header,
-    is_secret_name,
-    signal_number,
-)
+from bbx.pb.secrets import is_secret_name
+from bbx.slave.shellargs import build_environment, command_argv, environment_header, signal_number
 from tests.support import wait_until
 
 DRIVER = Path(__file__).with_name("drive_command.py")
@@ -62,7 +57,8 @@ def test_secret_looking_names_are_recognised_case_insensitively():
 
 
 def test_environment_header_is_sorted_and_masked():
-    assert environment_header({"B": "2", "A_TOKEN": "t", "A": "1"}) == " environment:\n  A=1\n  A_TOKEN=***\n  B=2\n"
+    assert environment_header({"B": "2", "A_TOKEN": "t", "A": "1"}) == \
+        " environment:\n  A=1\n  A_TOKEN=<redacted>\n  B=2\n"
 
 
 def test_string_command_goes_to_bin_sh():
@@ -261,7 +257,7 @@ def test_process_that_will_not_die_fails_the_command_after_the_backup_timeout(tm
     runner.write_text(
         "import runpy, sys\n"
         "import bbx.slave.runprocess as rp\n"
-        "rp.ProcessTree.signal = lambda self, sig, include_root=True: 0\n"
+        "rp.ProcessTree.signal = lambda self, sig, **kw: {}\n"
         f"sys.argv = [{str(DRIVER)!r}] + sys.argv[1:]\n"
         "runpy.run_path(sys.argv[0], run_name='__main__')\n")
     pidfile = tmp_path / "child.pid"

@@ -81,10 +81,14 @@ def test_string_command_runs_through_bin_sh(tmp_path):
 
 
 def test_obfuscated_argument_runs_real_value_and_shows_fake(tmp_path):
-    run = drive(tmp_path, shell(["echo", ["obfuscated", "s3cr3t", "XXXX"]]))
-    assert run.text("stdout") == "s3cr3t\n"
+    out = tmp_path / "builder" / "wd" / "seen"
+    run = drive(tmp_path, shell(["sh", "-c", f'echo "$1" > {out}; echo "$1"', "sh",
+                                 ["obfuscated", "s3cr3t", "XXXX"]]))
+    assert out.read_text() == "s3cr3t\n"  # the real word ran...
+    assert run.text("stdout") == "<redacted>\n"  # ...and is a secret in the output
     assert "s3cr3t" not in run.text("header")
-    assert run.text("header").startswith("echo XXXX\n")
+    assert run.text("header").startswith("sh -c")
+    assert " XXXX\n" in run.text("header")
 
 
 def test_headers_come_first_in_worker_order_then_rc_elapsed(tmp_path):
@@ -305,9 +309,9 @@ def test_environment_header_masks_secret_looking_values(tmp_path):
                            "env": {"API_TOKEN": "tok123", "db_password": "pw456", "AWS_SECRET_ACCESS_KEY": "k",
                                    "PLAIN": "visible"}})
     header = run.text("header")
-    assert "  API_TOKEN=***\n" in header
-    assert "  db_password=***\n" in header
-    assert "  AWS_SECRET_ACCESS_KEY=***\n" in header
+    assert "  API_TOKEN=<redacted>\n" in header
+    assert "  db_password=<redacted>\n" in header
+    assert "  AWS_SECRET_ACCESS_KEY=<redacted>\n" in header
     assert "  PLAIN=visible\n" in header
     assert "tok123" not in header and "pw456" not in header
 

@@ -242,3 +242,33 @@ def test_graceful_shutdown_signal_while_not_attached_stops_at_once(tmp_path):
         assert "graceful shutdown requested (SIGHUP received); not attached, stopping now" in proc.output()
     finally:
         proc.terminate()
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_the_slaves_own_files_are_private_whatever_the_umask(tmp_path):
+    from tests.buildfarm import Farm, master_toml
+
+    farm = Farm(tmp_path, master_toml('[[builders]]\nname = "b"\nslaves = ["s1"]\n'))
+    try:
+        farm.start_master()
+        d = tmp_path / "s1"
+        # An old bbx left a world-readable log: the slave makes it private on start.
+        d.mkdir(mode=0o755)
+        (d / "slave.log").write_text("")
+        os.chmod(d / "slave.log", 0o644)
+        r = run_bbx("slave", "create", d, f"127.0.0.1:{farm.port}", "s1", "pw-s1", "--umask", "0o000",
+                    "--maxdelay", "1")
+        assert r.returncode == 0, r.stderr
+        farm.start_slave()
+        assert {p: _mode(d / p) for p in ("", "info")} == {"": 0o700, "info": 0o700}
+        for name in ("slave.toml", "info/admin", "info/host", "slave.log", "slave.pid"):
+            assert _mode(d / name) == 0o600, name
+        # What a command creates is the build's business: the configured umask applies.
+        run = farm.bbx("run", "b", "--", "sh", "-c", "echo x > made-by-the-build")
+        assert run.returncode == 0, run.stderr
+        assert _mode(d / "b" / "build" / "made-by-the-build") == 0o666
+    finally:
+        farm.stop()

@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from .client import JsonOption, MasterDirOption, MasterOption, PasswordOption, UserOption
+from .client import (CaOption, FingerprintOption, InsecureOption, JsonOption,
+                     MasterDirOption, MasterOption, PasswordOption, UserOption)
 from .output import conn, consoles, json_line, print_json
 
 # Exit codes of `bbx build`.
@@ -61,13 +62,14 @@ def build(
         "--show-secrets", help="Do not mask secret-looking NAME=value lines of headers.")] = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """Queue a build (the operator-facing help is BUILD_HELP)."""
     from .client import call
 
     out, err = consoles()
     session = BuildSession(out, err, json=json, show_secrets=show_secrets)
-    call(conn(master_dir, master, user, password),
+    call(conn(master_dir, master, user, password, ca, fingerprint, insecure),
          lambda perspective, reactor: session.run(perspective, reactor, builder, not no_wait))
     raise typer.Exit(session.report())
 
@@ -290,6 +292,7 @@ def builds(
     json: JsonOption = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """List recent builds (newest first) and the requests waiting in the queue."""
     from .client import call
@@ -299,7 +302,7 @@ def builds(
         queued = await perspective.callRemote("queue", builder)
         return {"builds": found, "queued": queued}
 
-    answer = call(conn(master_dir, master, user, password), conversation)
+    answer = call(conn(master_dir, master, user, password, ca, fingerprint, insecure), conversation)
     if json:
         print_json(answer)
         return
@@ -321,6 +324,7 @@ def log(
         "--show-secrets", help="Do not mask secret-looking NAME=value lines of headers.")] = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """Print a build's stored log (every step, or one), live with --follow while it runs."""
     from .client import call
@@ -347,7 +351,7 @@ def log(
             if page["finished"] or not follow:
                 return page
 
-    final = call(conn(master_dir, master, user, password), conversation)
+    final = call(conn(master_dir, master, user, password, ca, fingerprint, insecure), conversation)
     printer.end(final)
 
 
@@ -416,12 +420,13 @@ def cancel(
     json: JsonOption = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """Cancel a running build (its step is interrupted; result CANCELLED) or a queued request."""
     from .client import call
 
     args = (None, build_id) if request else (build_id,)
-    answer = call(conn(master_dir, master, user, password),
+    answer = call(conn(master_dir, master, user, password, ca, fingerprint, insecure),
                   lambda perspective, reactor: perspective.callRemote("cancel", *args))
     if json:
         print_json(answer)

@@ -63,6 +63,22 @@ PasswordOption = Annotated[
     typer.Option("--password", envvar="BBX_PASSWORD", rich_help_panel=_CONN_PANEL,
                  help="Control user password."),
 ]
+CaOption = Annotated[
+    Path | None,
+    typer.Option("--ca", envvar="BBX_CA", dir_okay=False, rich_help_panel=_CONN_PANEL,
+                 help="TLS: trust the master's certificate if this PEM CA file signed it."),
+]
+FingerprintOption = Annotated[
+    str | None,
+    typer.Option("--fingerprint", envvar="BBX_FINGERPRINT", rich_help_panel=_CONN_PANEL,
+                 help="TLS: trust only the master certificate with this SHA-256 fingerprint "
+                 "(default in the master's directory: its own certificate's)."),
+]
+InsecureOption = Annotated[
+    bool,
+    typer.Option("--insecure", envvar="BBX_INSECURE", rich_help_panel=_CONN_PANEL,
+                 help="TLS: do not check the master's certificate at all."),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print plain JSON instead of tables.")]
 
 
@@ -74,15 +90,20 @@ class ConnOptions:
     master: str | None = None
     user: str | None = None
     password: str | None = None
+    ca: Path | None = None
+    fingerprint: str | None = None
+    insecure: bool = False
 
 
 @dataclass(frozen=True)
 class Target:
-    """A resolved master: the client endpoint string and the control credentials."""
+    """A resolved master: the client endpoint string, the control credentials, and how its TLS
+    certificate is checked (a bbx.pb.tls.TlsTrust, or None for the defaults)."""
 
     endpoint: str
     user: str
     password: str
+    tls: Any = None
 
 
 # ---------------------------------------------------------------------------- master.toml
@@ -175,7 +196,7 @@ def client_for_listen(listen: str) -> str:
 
     `tcp:9989:interface=10.0.0.5` → `tcp:host=10.0.0.5:port=9989`; a wildcard or missing
     interface becomes loopback; `unix:PATH` / `unix:address=PATH` → `unix:path=PATH`;
-    `ssl:PORT...` → `ssl:host=...:port=PORT`. ValueError for anything else.
+    `ssl:PORT...` → `tls:host=...:port=PORT`. ValueError for anything else.
     """
     parts = _split_endpoint(listen.strip())
     kind = parts[0].lower() if len(parts) > 1 else "tcp"
@@ -193,7 +214,8 @@ def client_for_listen(listen: str) -> str:
             raise ValueError(f"listen endpoint {listen!r} has no port number")
         interface = _unescape(keywords.get("interface", ""))
         host = _WILDCARD.get(interface, interface)
-        client_kind = "ssl" if kind == "ssl" else "tcp"
+        # tls: rather than ssl: because a tls: client string checks the certificate.
+        client_kind = "tls" if kind == "ssl" else "tcp"
         return f"{client_kind}:host={_escape(host)}:port={_unescape(port)}"
     if kind == "unix":
         address = keywords.get("address") or (positional[0] if positional else "")
@@ -222,7 +244,8 @@ def resolve(options: ConnOptions, cwd: Path | None = None) -> Target:
             try:
                 from bbx.pb.endpoints import master_endpoint
 
-                endpoint = master_endpoint(endpoint)
+                endpoint = master_endpoint(endpoint, use_tls=bool(
+                    options.ca or options.fingerprint or options.insecure))
             except ValueError as e:
                 raise UsageError(f"--master: {e}; use host[:port] or an endpoint like "
                                  "tcp:host=H:port=P") from None
@@ -251,7 +274,52 @@ def resolve(options: ConnOptions, cwd: Path | None = None) -> Target:
             user = _control_users(master_dir / CONFIG_FILE)[0][0]
         else:
             raise UsageError("no control user: pass --user (or set BBX_USER)")
-    return Target(endpoint=endpoint, user=user, password=password)
+    from_dir = master_dir if options.master is None else None
+    return Target(endpoint=endpoint, user=user, password=password,
+                  tls=_trust(options, endpoint, from_dir))
+
+
+def _trust(options: ConnOptions, endpoint: str, master_dir: Path | None):
+    """How to check the master's certificate: --ca / --fingerprint / --insecure, else (in the
+    master's directory) a pin of the certificate its master.toml serves; UsageError (one line)
+    when a TLS endpoint would not be checked or the options do not fit it."""
+    from bbx.pb import tls
+
+    pin = None
+    if options.fingerprint:
+        try:
+            pin = tls.normalize_fingerprint(options.fingerprint)
+        except ValueError as e:
+            raise UsageError(f"--fingerprint: {e}") from None
+    try:
+        trust = tls.TlsTrust(ca=str(options.ca) if options.ca else None, fingerprint=pin,
+                             insecure=options.insecure)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if not trust.given and master_dir is not None and tls.kind_of(endpoint) in tls.TLS_KINDS:
+        trust = tls.TlsTrust(fingerprint=_own_pin(master_dir))
+    try:
+        tls.check(endpoint, trust)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return trust
+
+
+def _own_pin(master_dir: Path) -> str:
+    """The fingerprint of the certificate the master in `master_dir` serves (it knows its own)."""
+    from bbx.pb import tls
+
+    config = master_dir / CONFIG_FILE
+    listen = tls.resolve_files(_listen(config), master_dir.absolute())
+    path = tls.certificate_file(listen)
+    if path is None:
+        raise UsageError(f"{config}: [master] listen is not an ssl: string, so the master's "
+                         "certificate is unknown; pass --ca FILE or --fingerprint SHA256")
+    try:
+        return tls.fingerprint_of_file(path)
+    except ValueError as e:
+        raise UsageError(f"cannot pin the master's certificate: {e}; pass --ca FILE or "
+                         "--fingerprint SHA256") from None
 
 
 def _endpoint_of_dir(master_dir: Path) -> str:
@@ -300,9 +368,13 @@ def run_reactor(main: Callable[[Any], Any]):
         defer.maybeDeferred(main, reactor).addCallback(
             lambda r: defer.ensureDeferred(r) if _is_coroutine(r) else r).addBoth(finished)
 
+    # Stopped before `main` finished means interrupted, even if `main` then fails because the
+    # shutdown closed its connection.
+    stopped_early: list[bool] = []
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: stopped_early.append(not outcome))
     reactor.callWhenRunning(start)
     reactor.run()
-    if not outcome:
+    if not outcome or stopped_early[:1] == [True]:
         raise Interrupted()
     result = outcome[0]
     if isinstance(result, Failure):
@@ -347,15 +419,18 @@ def call(options: ConnOptions, fn: Callable[[Any, Any], Any], *, mind=None):
 
     from bbx.pb import endpoints
 
-    from .errors import Refused, Unreachable
+    from .errors import Refused, Unreachable, Untrusted
 
     target = resolve(options)
 
     async def conversation(reactor):
         try:
             perspective, broker = await endpoints.login(
-                reactor, target.endpoint, target.user, target.password, mind, timeout=LOGIN_TIMEOUT)
+                reactor, target.endpoint, target.user, target.password, mind, timeout=LOGIN_TIMEOUT,
+                tls=target.tls)
         except endpoints.LoginFailed as e:
+            if e.untrusted:
+                raise Untrusted(e.reason) from None
             if e.unauthorized:
                 raise Refused("the master refused the login: wrong control user name or password "
                               "(check --user/--password or [control] users in master.toml)") from None

@@ -39,6 +39,12 @@ class Refused(BbxError):
     exit_code = 4
 
 
+class Untrusted(BbxError):
+    """The master's TLS certificate did not pass the check (wrong CA, name or fingerprint)."""
+
+    exit_code = 6
+
+
 def from_failure(failure) -> BbxError:
     """Map a Twisted Failure from a control call or a login to a BbxError."""
     from bbx.pb import control, endpoints
@@ -47,6 +53,8 @@ def from_failure(failure) -> BbxError:
     if isinstance(value, BbxError):
         return value
     if isinstance(value, endpoints.LoginFailed):
+        if value.untrusted:
+            return Untrusted(value.reason)
         if value.unauthorized:
             return Refused(value.reason)
         if value.unreachable:

@@ -63,13 +63,23 @@ def create(
                                               "Default: one slave 'local' with a random password."),
     builder: Optional[List[str]] = typer.Option(None, "--builder", help="NAME=SLAVE[,SLAVE...] "
                                                 "(repeatable). Default: one builder per slave."),
+    tls: bool = typer.Option(False, "--tls", help="Listen with TLS: write a private key (0600) and a "
+                             "self-signed certificate to DIR and print its SHA-256 fingerprint."),
+    tls_name: Optional[List[str]] = typer.Option(
+        None, "--tls-name", metavar="HOST", help="A host name or address slaves dial, added to the "
+        "certificate (repeatable). The listen interface (and loopback names) are always in it."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing master.toml."),
 ) -> None:
     """Write a commented DIR/master.toml (mode 0600)."""
     from bbx.master.config import (CONFIG_NAME, DEFAULT_SLAVE, BuilderConfig, ConfigError,
                                    new_password, safe_builddir, write_config)
 
+    if tls and listen.split(":", 1)[0].lower() == "ssl":
+        raise UsageError("--listen is already an ssl: string with its own certificate; drop --tls, "
+                         "or give a tcp: --listen for --tls to turn into ssl:")
     _check_listen(listen)
+    if tls_name and not tls:
+        raise UsageError("--tls-name names hosts for the --tls certificate; add --tls")
     path = directory / CONFIG_NAME
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; use --force to overwrite it")
@@ -85,6 +95,9 @@ def create(
             builders.append(BuilderConfig(name, tuple(names), safe_builddir(name)))
     else:
         builders = [BuilderConfig(s.name, (s.name,), safe_builddir(s.name)) for s in slaves]
+    certificate = _make_certificate(directory, listen, tls_name or [], force) if tls else None
+    if certificate:
+        listen = certificate[0]
     try:
         written = write_config(directory, listen, slaves, builders, force=force)
     except ConfigError as e:
@@ -98,7 +111,38 @@ def create(
     for s in slaves:
         print(f"  slave {s.name}: password {s.password}")
     print("control user and password: see [control] in that file")
+    if certificate:
+        _, key_path, cert_path, pin, names = certificate
+        print(f"TLS: key {key_path} (mode 0600), self-signed certificate {cert_path} for "
+              f"{', '.join(names)}")
+        print(f"  certificate SHA-256 fingerprint: {pin}")
+        print(f"  slaves check it with: bbx slave create DIR HOST[:PORT] NAME PASSWORD "
+              f"--fingerprint {pin}")
+        print(f"  (or copy {cert_path.name} to the slave and give --ca {cert_path.name})")
     print(f"next: bbx master start {directory}   (check it first: bbx master checkconfig {directory})")
+
+
+def _make_certificate(directory: Path, listen: str, extra_names: list[str], force: bool):
+    """Generate DIR/master.key and DIR/master.crt for `listen`; return (ssl: listen string,
+    key path, certificate path, fingerprint, names)."""
+    from bbx.master import tlscert
+    from bbx.pb.tls import resolve_files
+
+    try:
+        names = tlscert.names_for(listen, extra_names)
+        tls_listen = tlscert.tls_listen(listen)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    try:
+        key_path, cert_path, pin = tlscert.generate(directory, names, force=force)
+    except FileExistsError as e:
+        raise UsageError(f"{e} already exists; use --force to replace the key and certificate "
+                         "(slaves that pinned the old one must be told the new fingerprint)") from None
+    except OSError as e:
+        raise BbxError(f"cannot write the TLS key in {directory}: {e.strerror}; check the "
+                       "directory's permissions") from None
+    _check_listen(resolve_files(tls_listen, directory.absolute()))
+    return tls_listen, key_path, cert_path, pin, names
 
 
 def _check_listen(listen: str, config=None) -> None:
@@ -128,6 +172,7 @@ def checkconfig(directory: Path = typer.Argument(..., help="The master's directo
     _check_listen(config.listen, config)
     print(f"{config.path}: valid")
     print(f"  listen: {config.listen}")
+    _print_certificate(config.listen)
     print(f"  keepalive: every {config.keepalive_interval:g} s; a slave silent for "
           f"{config.keepalive_timeout:g} s is declared gone")
     print(f"  slaves ({len(config.slaves)}): {', '.join(s.name for s in config.slaves) or 'none'}")
@@ -143,6 +188,29 @@ def checkconfig(directory: Path = typer.Argument(..., help="The master's directo
               f"{config.heartbeat_timeout:g} s")
     else:
         print(f"  store: {location.display()} (SQLite)")
+
+
+def _print_certificate(listen: str) -> None:
+    from bbx.pb import tls
+
+    path = tls.certificate_file(listen)
+    if path is None:
+        return
+    try:
+        about = tls.describe(tls.load_certificates(path)[0])
+    except ValueError as e:
+        print(f"  tls: {e}")
+        return
+    names = ", ".join(about["san"]) or "no host (no subjectAltName)"
+    print(f"  tls: certificate {path}: {about['subject']}, for {names}")
+    print(f"       expires {about['not_after']}; SHA-256 fingerprint {about['fingerprint']}")
+    if not about["san"]:
+        print("  warning: without a subjectAltName, slaves that check the host name (--ca, "
+              "--use-tls) refuse this certificate; reissue it (bbx master create --tls) or have "
+              "them pin it (--fingerprint)")
+    if about["expired"]:
+        print("  warning: the certificate has expired; slaves that check it (--ca, --use-tls) "
+              "refuse it until it is renewed")
 
 
 def _refuse_if_running(directory: Path) -> None:

@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from .client import JsonOption, MasterDirOption, MasterOption, PasswordOption, UserOption
+from .client import (CaOption, FingerprintOption, InsecureOption, JsonOption,
+                     MasterDirOption, MasterOption, PasswordOption, UserOption)
 from .output import conn, consoles, print_json
 
 
@@ -38,11 +39,12 @@ def ping(
     json: JsonOption = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """Ping the slave attached to BUILDER and print round-trip times."""
     from .client import call
 
-    answer = call(conn(master_dir, master, user, password),
+    answer = call(conn(master_dir, master, user, password, ca, fingerprint, insecure),
                   lambda perspective, reactor: perspective.callRemote("ping", builder, count))
     if json:
         print_json(answer)
@@ -59,11 +61,12 @@ def info(
     json: JsonOption = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """Show what an attached slave reported about itself: system, admin, environment, commands."""
     from .client import call
 
-    answer = call(conn(master_dir, master, user, password),
+    answer = call(conn(master_dir, master, user, password, ca, fingerprint, insecure),
                   lambda perspective, reactor: perspective.callRemote("info", slave))
     from .render import info_report, masked_info
 
@@ -77,11 +80,12 @@ def slaves(
     json: JsonOption = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """List the configured slaves and whether they are connected."""
     from .client import call
 
-    answer = call(conn(master_dir, master, user, password),
+    answer = call(conn(master_dir, master, user, password, ca, fingerprint, insecure),
                   lambda perspective, reactor: perspective.callRemote("slaves"))
     if json:
         print_json(answer)
@@ -95,11 +99,12 @@ def builders(
     json: JsonOption = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """List the configured builders, their slaves and which of those are attached."""
     from .client import call
 
-    answer = call(conn(master_dir, master, user, password),
+    answer = call(conn(master_dir, master, user, password, ca, fingerprint, insecure),
                   lambda perspective, reactor: perspective.callRemote("builders"))
     if json:
         print_json(answer)

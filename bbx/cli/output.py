@@ -10,11 +10,12 @@ import sys
 from typing import Any
 
 
-def conn(master_dir, master, user, password):
+def conn(master_dir, master, user, password, ca=None, fingerprint=None, insecure=False):
     """The connection options every operator command takes, as one object."""
     from .client import ConnOptions
 
-    return ConnOptions(master_dir=master_dir, master=master, user=user, password=password)
+    return ConnOptions(master_dir=master_dir, master=master, user=user, password=password,
+                       ca=ca, fingerprint=fingerprint, insecure=insecure)
 
 
 def consoles():

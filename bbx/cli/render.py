@@ -111,7 +111,6 @@ def ping_report(answer: dict) -> RenderableType:
 # ---------------------------------------------------------------------------- info
 
 _SYSTEM_KEYS = ("system", "numcpus", "basedir", "version")
-_COMMAND_KEYS = ("worker_commands", "slave_commands", "commands")
 
 
 def _kv_table(title: str, rows: Iterable[tuple[str, Any]]) -> Table:
@@ -145,7 +144,8 @@ def info_report(answer: dict, *, show_secrets: bool = False, now: float | None =
     sections.append(_kv_table("admin / host", [(k, info.get(k)) for k in ("admin", "host")]))
     environ = info.get("environ") or {}
     sections.append(_kv_table("environ", sorted(environ.items())))
-    commands = next((info[k] for k in _COMMAND_KEYS if isinstance(info.get(k), dict)), {})
+    # The master names the command table whatever the slave's generation called it.
+    commands = answer.get("commands") if isinstance(answer.get("commands"), dict) else {}
     sections.append(_kv_table("commands", sorted(commands.items())))
     spaced: list[RenderableType] = []
     for section in sections:

@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from .client import MasterDirOption, MasterOption, PasswordOption, UserOption
+from .client import (CaOption, FingerprintOption, InsecureOption, MasterDirOption,
+                     MasterOption, PasswordOption, UserOption)
 from .output import conn, consoles, json_line
 
 # Exit codes of `bbx run` besides the command's own rc (documented in its --help).
@@ -76,6 +77,7 @@ def run(
         "(as Buildbot steps do; off by default for bbx run).")] = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """Run a command on a slave (the operator-facing help is RUN_HELP)."""
     from .errors import UsageError
@@ -99,7 +101,7 @@ def run(
     session = RunSession(out, err, json=json, show_secrets=show_secrets)
     request = dict(builder=builder, command=argv, workdir=workdir, env=environment,
                    timeout=timeout, max_time=max_time, log_environ=log_environ)
-    call(conn(master_dir, master, user, password),
+    call(conn(master_dir, master, user, password, ca, fingerprint, insecure),
          lambda perspective, reactor: session.run(perspective, reactor, **request))
     exit_code = session.report()
     raise typer.Exit(exit_code)

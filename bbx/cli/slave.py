@@ -40,6 +40,10 @@ client endpoint string, e.g. tcp:host=ci.example.org:port=9989. Writes DIR/slave
 Several masters sharing one farm: repeat --master HOST[:PORT] (or --connection-string) and
 give just NAME PASSWORD; the slave attaches to the first that answers and moves to the next
 when its master is gone.
+
+TLS: --use-tls checks the master's certificate against the system's CAs; --ca FILE against
+your CA; --fingerprint SHA256 pins the master's own certificate (as printed by
+`bbx master create --tls`). A failed check means no connection, and a retry.
 """
 
 
@@ -58,19 +62,38 @@ def _load(directory: Path):
     except basedir.BasedirError as e:
         raise UsageError(str(e)) from None
     for connection in config.masters:
-        _check_connection(connection, f"{config.path(basedir.CONFIG_NAME)}: connection")
+        _check_connection(connection, f"{config.path(basedir.CONFIG_NAME)}: connection",
+                          config.tls)
     return config
 
 
-def _check_connection(description: str, where: str) -> None:
+def _trust(ca: Optional[Path], fingerprint: Optional[str], insecure: bool):
+    """The --ca / --fingerprint / --insecure options as a TlsTrust; UsageError when they clash."""
+    from bbx.pb.tls import TlsTrust, normalize_fingerprint
+
+    pin = None
+    if fingerprint:
+        try:
+            pin = normalize_fingerprint(fingerprint)
+        except ValueError as e:
+            raise UsageError(f"--fingerprint: {e}") from None
+    try:
+        return TlsTrust(ca=str(ca.absolute()) if ca else None, fingerprint=pin, insecure=insecure)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _check_connection(description: str, where: str, trust=None) -> None:
     from twisted.internet import reactor
 
     from bbx.pb.endpoints import client_endpoint
 
     try:
-        client_endpoint(reactor, description)
+        client_endpoint(reactor, description, trust)
     except ValueError as e:
-        raise UsageError(f"{where}: {e}; use e.g. tcp:host=HOST:port=9989") from None
+        text = str(e)
+        fix = "" if ";" in text else "; use e.g. tcp:host=HOST:port=9989"
+        raise UsageError(f"{where}: {text}{fix}") from None
 
 
 @app.command(help=CREATE_HELP)
@@ -95,7 +118,27 @@ def create(
     allow_shutdown: str = typer.Option("", "--allow-shutdown", metavar="signal|file",
                                        help="Allow graceful shutdown by SIGHUP (signal) or by touching "
                                             "DIR/shutdown.stamp (file)."),
-    use_tls: bool = typer.Option(False, "--use-tls", help="Connect to MASTER with TLS."),
+    use_tls: bool = typer.Option(False, "--use-tls", help="Connect to MASTER with TLS, checking its "
+                                 "certificate against the system's CAs unless --ca or --fingerprint."),
+    ca: Optional[Path] = typer.Option(None, "--ca", metavar="FILE",
+                                      help="Trust the master's certificate if this PEM CA file signed it "
+                                           "(and it names the host). Implies --use-tls."),
+    fingerprint: Optional[str] = typer.Option(
+        None, "--fingerprint", metavar="SHA256",
+        help="Trust only the master certificate with this SHA-256 fingerprint (printed by "
+             "`bbx master create --tls`). Implies --use-tls."),
+    insecure: bool = typer.Option(False, "--insecure", help="Use TLS without checking the master's "
+                                  "certificate (anyone in the middle can read everything)."),
+    redact: List[str] = typer.Option(
+        [], "--redact", metavar="GLOB",
+        help="Also treat variables matching GLOB (e.g. DEPLOY_*; any case) as secret: hidden in "
+             "what the slave reports, replaced by <redacted> in command output. Repeatable."),
+    commands: str = typer.Option(
+        "all", "--commands", metavar="LIST",
+        help="Commands to advertise and accept, comma-separated (e.g. uploadFile,downloadFile,stat); "
+             "default all."),
+    cgroup: bool = typer.Option(True, "--cgroup/--no-cgroup",
+                                help="Run each command in its own cgroup where the host allows it."),
     info_admin: Optional[str] = typer.Option(None, "--info-admin", help="Contents of DIR/info/admin."),
     info_host: Optional[str] = typer.Option(None, "--info-host", help="Contents of DIR/info/host."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing slave.toml."),
@@ -117,14 +160,17 @@ def create(
     else:
         raise UsageError("give MASTER NAME PASSWORD after DIR (or --connection-string ENDPOINT "
                          f"NAME PASSWORD); got {len(args)} argument(s)")
+    trust = _trust(ca, fingerprint, insecure)
+    tls_wanted = use_tls or bool(ca or fingerprint or insecure)
     connections = []
     for text in extra:
         try:
-            connections.append(master_endpoint(text, use_tls=use_tls))
+            connections.append(master_endpoint(text, use_tls=tls_wanted))
         except ValueError as e:
             raise UsageError(f"{e}; give MASTER as host or host:port, e.g. ci.example.org:9989") from None
+        _check_connection(connections[-1], "MASTER", trust)
     for text in connection_string or []:
-        _check_connection(text, "--connection-string")
+        _check_connection(text, "--connection-string", trust)
         connections.append(text)
     if len(set(connections)) != len(connections):
         raise UsageError("the same master is given twice; list each master once")
@@ -139,15 +185,33 @@ def create(
         basedir.parse_umask(umask)
     except ValueError as e:
         raise UsageError(f"--umask: {e}") from None
+    from bbx.pb.secrets import check_glob
+    from bbx.slave.commands import check_allowed
+
+    try:
+        globs = [check_glob(g) for g in redact]
+    except ValueError as e:
+        raise UsageError(f"--redact: {e}") from None
+    allowed = None
+    if commands.strip().lower() != "all":
+        try:
+            allowed = check_allowed(commands.split(","))
+        except ValueError as e:
+            raise UsageError(f"--commands: {e}") from None
     try:
         config = basedir.create(directory, name=name, password=password, connection=connection,
                                 keepalive=keepalive, keepalive_timeout=keepalive_timeout,
                                 maxdelay=maxdelay, umask=umask, allow_shutdown=allow_shutdown,
-                                info_admin=info_admin, info_host=info_host, force=force)
+                                redact=globs, commands=allowed, cgroup=cgroup,
+                                info_admin=info_admin, info_host=info_host,
+                                tls_ca=str(trust.ca or ""), tls_fingerprint=trust.fingerprint or "",
+                                tls_insecure=trust.insecure, force=force)
     except basedir.BasedirError as e:
         raise UsageError(str(e)) from None
     typer.echo(f"created slave {config.name} in {config.basedir} "
                f"(master{'s' if len(config.masters) > 1 else ''} {', '.join(config.masters)})")
+    if config.tls_insecure:
+        typer.echo("warning: the master's TLS certificate will not be checked (--insecure)")
     typer.echo(f"edit {config.path('info/admin')} and {config.path('info/host')}, then run: "
                f"bbx slave start {directory}")
 
@@ -198,7 +262,7 @@ def _start_daemon(config, directory: Path) -> None:
             fresh = ""
         if ATTACHED_LINE in fresh:
             typer.echo(f"slave {config.name} started (pid {child.pid}) and attached to the master "
-                       f"at {config.connection}")
+                       f"at {' or '.join(config.masters)}")
             return
         rc = child.poll()
         if rc is not None:
@@ -264,6 +328,7 @@ _STATE_MARKERS = (
     (ATTACHED_LINE, "attached"),
     ("attached to the master", "attached"),
     ("unauthorized", "refused: wrong name or password"),
+    ("refused the master at", "refused the master's TLS certificate"),
     ("cannot connect to", "cannot connect"),
     ("login to", "login failed"),
     ("lost the connection", "disconnected"),

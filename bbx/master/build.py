@@ -18,6 +18,7 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from . import results
+from .clients import ClientRef
 from .command import ICommandObserver, RemoteCommand, StoreLog
 from .config import DEFAULT_STEP_WORKDIR, StepConfig
 from .transfer import (DOWNLOAD_BLOCKSIZE, TRANSFER_DECODE_RC, UPLOAD_BLOCKSIZE, FileReader,
@@ -53,35 +54,14 @@ def _policy(step: StepConfig) -> results.FailurePolicy:
                                  warn_on_failure=step.warn_on_failure)
 
 
-class BuildWatcher:
+class BuildWatcher(ClientRef):
     """A CLI watching a build: a PB reference with remote_buildStarted(info),
     remote_stepStarted(info), remote_update(updates), remote_stepFinished(info) and
     remote_buildFinished(info). Calls are one-way except `update`, whose answer the build
     waits for (flow control). A watcher that goes away is dropped; the build goes on."""
 
     def __init__(self, ref):
-        self.ref = ref
-        self.gone = False
-        try:
-            ref.notifyOnDisconnect(self._disconnected)
-        except Exception:  # a local object in tests
-            pass
-
-    def _disconnected(self, _ref=None) -> None:
-        self.gone = True
-
-    def call(self, method: str, *args):
-        if self.gone:
-            return None
-        d = self.ref.callRemote(method, *args)
-        d.addErrback(self._failed, method)
-        return d
-
-    def _failed(self, failure, method):
-        if not failure.check(pb.PBConnectionLost, pb.DeadReferenceError):
-            log.warn("build watcher failed on {m}: {f}", m=method, f=failure.getErrorMessage())
-        self.gone = True
-        return None
+        super().__init__(ref, "build watcher")
 
 
 @implementer(ICommandObserver)
@@ -192,9 +172,8 @@ class Build:
                     log.warn("build of {builder}: slave {slave} failed its ping ({why}); "
                              "dropping it", builder=self.builder.name, slave=self.slave_name,
                              why=str(e))
-                    link = sb.slave.link
-                    if link is not None and not sb.detached:
-                        link.drop()
+                    if not sb.detached:
+                        sb.link.drop()
                     self.result = None
                     self._fail_first(e)
                     return None
@@ -226,7 +205,7 @@ class Build:
         sb = self.slave_builder
         if self.lost is None:
             try:
-                yield sb.remote.callRemote("startBuild")
+                yield sb.link.start_build(sb.name)
             except Exception as e:
                 self.lost = self.lost or f"slave {self.slave_name} did not start the build: {e}"
         for number, step in enumerate(self.steps, 1):

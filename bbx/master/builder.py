@@ -6,21 +6,16 @@ from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.spread import pb
 
-from bbx.pb import dialect
-from bbx.pb.control import NoSlaveAttached, SlaveBusy, SlaveTimeout
+from bbx.pb.control import NoSlaveAttached, SlaveBusy
 
 from .config import BuilderConfig
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .link import SlaveLink
     from .slave import SlavePerspective
 
 log = Logger()
-
-# Buildbot's PING_TIMEOUT for duplicate arbitration is 10 s (PROTOCOL.md §2.4); bbx uses the
-# same deadline for every ping, since Buildbot's own build-time ping has none (§6).
-PING_TIMEOUT = 10.0
 
 
 class SlaveLoad:
@@ -100,22 +95,26 @@ class Builder:
                         f"({', '.join(sb.slave.name for sb in candidates)}); try again when it ends")
 
 
-class SlaveBuilder(pb.Referenceable):
+class SlaveBuilder:
     """The master's side of one builder on one attached slave.
 
-    Holds the slave's builder reference (from setBuilderList) and the one command that may run
-    on it. Slave-era peers receive it through `setMaster` (PROTOCOL.md §4.3); it offers them no
-    remote methods — they only watch it for disconnect.
+    Knows the connection (`link`, a SlaveLink) that reaches the slave's builder of the same
+    name, and holds the one command and the one build that may run on it.
     """
 
-    def __init__(self, builder: Builder, slave: "SlavePerspective", remote, reactor):
+    def __init__(self, builder: Builder, slave: "SlavePerspective", link: "SlaveLink", reactor):
         self.builder = builder
         self.slave = slave
-        self.remote = remote
+        self.link = link
         self.reactor = reactor
         self.command = None  # the RemoteCommand running here, if any
         self.build = None    # the Build holding this slave builder, if any
         self.detached = False
+
+    @property
+    def name(self) -> str:
+        """The builder's name, which is also its name on the slave."""
+        return self.builder.name
 
     @property
     def busy(self) -> bool:
@@ -124,32 +123,11 @@ class SlaveBuilder(pb.Referenceable):
     def ping(self) -> defer.Deferred:
         """Ping the slave once; fire with the round-trip time in seconds.
 
-        Worker-era peers are pinged with Bot.print, slave-era peers with the builder's print
-        (PROTOCOL.md §4.2, §4.3). Errbacks with SlaveTimeout after PING_TIMEOUT.
+        Errbacks with NoSlaveAttached or SlaveTimeout (the link's deadline, PING_TIMEOUT).
         """
-        start = self.reactor.seconds()
-        link = self.slave.link
-        if self.detached or link is None:
+        if self.detached or self.link.gone:
             return defer.fail(NoSlaveAttached(f"slave {self.slave.name} is not attached"))
-        if link.dialect is dialect.Dialect.WORKER:
-            d = link.mind.callRemote("print", message=dialect.PING_MESSAGE)
-        else:
-            d = self.remote.callRemote("print", dialect.PING_MESSAGE)
-        d.addTimeout(PING_TIMEOUT, self.reactor)
-
-        def answered(_):
-            return self.reactor.seconds() - start
-
-        def failed(failure):
-            if failure.check(defer.TimeoutError, defer.CancelledError):
-                raise SlaveTimeout(f"slave {self.slave.name} did not answer a ping within "
-                                   f"{PING_TIMEOUT:g} s")
-            if failure.check(pb.PBConnectionLost, pb.DeadReferenceError):
-                raise NoSlaveAttached(f"lost the connection to slave {self.slave.name}")
-            raise SlaveTimeout(f"ping of slave {self.slave.name} failed: {failure.getErrorMessage()}")
-
-        d.addCallbacks(answered, failed)
-        return d
+        return self.link.ping(self.name)
 
     def lost(self) -> None:
         """The slave went away: fail the running command as lost, and tell the build."""

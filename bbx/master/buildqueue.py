@@ -18,6 +18,7 @@ from bbx.pb.control import UnknownBuild
 from . import results
 from .build import Build
 from .builder import Builder, SlaveLoad
+from .clients import ClientRef
 from .config import MasterConfig
 
 log = Logger()
@@ -216,8 +217,4 @@ class BuildQueue:
 
 
 def _tell(ref, method: str, info: dict) -> None:
-    try:
-        d = ref.callRemote(method, info)
-        d.addErrback(lambda f: None)
-    except Exception:
-        pass
+    ClientRef(ref, "build watcher").call(method, info)

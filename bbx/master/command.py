@@ -22,8 +22,9 @@ from twisted.python.failure import Failure
 from twisted.spread import pb
 from zope.interface import Interface, implementer
 
-from bbx.pb import dialect
 from bbx.pb.updates import iter_updates
+
+from .clients import ClientRef
 
 log = Logger()
 
@@ -80,46 +81,23 @@ class RemoteObserver:
     """An observer living on the far end of a PB connection (the CLI's Referenceable)."""
 
     def __init__(self, ref, on_gone=None):
-        self.ref = ref
-        self.gone = False
-        self._on_gone = on_gone
-        if on_gone is not None:
-            ref.notifyOnDisconnect(self._disconnected)
+        self.client = ClientRef(ref, "watching client", on_gone=on_gone)
 
-    def _disconnected(self, _ref=None) -> None:
-        self.gone = True
-        if self._on_gone is not None:
-            callback, self._on_gone = self._on_gone, None
-            callback()
+    @property
+    def gone(self) -> bool:
+        return self.client.gone
 
     def update(self, updates):
-        if self.gone:
-            return None
-        d = self.ref.callRemote("update", updates)
-        d.addErrback(self._failed, "update")
-        return d
+        return self.client.call("update", updates)
 
     def complete(self, result):
-        if self._on_gone is not None:
-            try:
-                self.ref.dontNotifyOnDisconnect(self._disconnected)
-            except ValueError:
-                pass
-            self._on_gone = None
-        if self.gone:
-            return None
-        d = self.ref.callRemote("complete", result)
-        d.addErrback(self._failed, "complete")
-        return d
-
-    def _failed(self, failure, what):
-        if not failure.check(pb.PBConnectionLost, pb.DeadReferenceError):
-            log.warn("watching client failed on {what}: {f}", what=what, f=failure.getErrorMessage())
-        return None
+        self.client.forget_on_gone()
+        return self.client.call("complete", result)
 
 
-class RemoteCommand(pb.Referenceable):
-    """One command on one slave builder; passed to the slave as its stepRef.
+class RemoteCommand:
+    """One command on one slave builder. The slave reports to it through the stepRef its link
+    made (bbx/master/link.py), which calls `remote_update` and `remote_complete` here.
 
     Create it, add observers, `start()` it; `done` fires with the result dict
     `{"rc": int|None, "failure": str|None, "interrupted": bool, "lost": bool}`.
@@ -154,15 +132,14 @@ class RemoteCommand(pb.Referenceable):
         Errbacks with the slave's error (unknown command, bad args) and releases the builder.
         """
         sb = self.slave_builder
-        link = sb.slave.link
-        if sb.detached or link is None:
+        link = sb.link
+        if sb.detached or link.gone:
             raise pb.PBConnectionLost(f"slave {sb.slave.name} is not attached")
-        wire_args = dialect.args_for_peer(self.name, self.args, link.commands)
         sb.command = self
         try:
             if start_build:
-                yield sb.remote.callRemote("startBuild")
-            yield sb.remote.callRemote("startCommand", self, self.command_id, self.name, wire_args)
+                yield link.start_build(sb.name)
+            yield link.start_command(sb.name, self, self.command_id, self.name, self.args)
         except Exception:
             if sb.command is self:
                 sb.command = None
@@ -231,7 +208,8 @@ class RemoteCommand(pb.Referenceable):
         self.interrupted = True
         log.info("interrupting command {id} on slave {slave}: {why}", id=self.command_id,
                  slave=self.slave_builder.slave.name, why=why)
-        d = self.slave_builder.remote.callRemote("interruptCommand", self.command_id, str(why))
+        sb = self.slave_builder
+        d = sb.link.interrupt_command(sb.name, self.command_id, str(why))
         d.addErrback(lambda f: log.warn("interruptCommand failed: {f}", f=f.getErrorMessage()))
         return d
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from bbx.pb.tls import resolve_files
+
 from .tomlcheck import ConfigError, Loader, parse_toml
 
 CONFIG_NAME = "master.toml"
@@ -196,6 +198,8 @@ def parse_config(text: str, path: Path) -> MasterConfig:
                         "retry_lost", "name", "heartbeat_timeout"), "[master]")
     listen = ld.string(master, "listen", "[master]", required=False, default=DEFAULT_LISTEN,
                        label="master.listen")
+    # An ssl: listen string's key and certificate files are relative to the master's directory.
+    listen = resolve_files(listen, Path(path).parent.absolute())
     interval = ld.positive(master, "keepalive_interval", "[master]", DEFAULT_KEEPALIVE_INTERVAL)
     timeout = ld.positive(master, "keepalive_timeout", "[master]", DEFAULT_KEEPALIVE_TIMEOUT)
     if timeout <= interval:

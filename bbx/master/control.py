@@ -81,7 +81,9 @@ class ControlPerspective(pb.Avatar):
         """What a slave reported about itself when it attached.
 
         Sends a slave name, or None for the only attached slave. Returns {"name", "dialect",
-        "connected_since", "peer", "info": {raw info dict}}. Raises UnknownSlave,
+        "connected_since", "peer", "info": {info dict, str keys and values}, "commands":
+        {command name: version}, whichever name the slave's generation gave that table}.
+        Raises UnknownSlave,
         NoSlaveAttached, or ControlError when None is ambiguous.
         """
         slaves = self.master.slaves
@@ -101,8 +103,9 @@ class ControlPerspective(pb.Avatar):
             if persp.link is None:
                 raise NoSlaveAttached(f"slave {slave} is not attached")
         link = persp.link
-        return {"name": persp.name, "dialect": link.dialect.value, "connected_since": link.connected_since,
-                "peer": link.peer, "info": link.info}
+        return {"name": persp.name, "dialect": link.dialect.value,
+                "connected_since": link.connected_since, "peer": link.peer, "info": link.info,
+                "commands": link.commands}
 
     def perspective_slaves(self):
         """No arguments. Returns one dict per configured slave: name, connected, connected_since,
@@ -242,7 +245,10 @@ class ControlPerspective(pb.Avatar):
         """
         build_id = _build_id(build_id)
         store = self.master.store
-        wait = max(0.0, min(float(wait or 0), MAX_LOG_WAIT))
+        try:
+            wait = max(0.0, min(float(wait or 0), MAX_LOG_WAIT))
+        except (TypeError, ValueError):
+            wait = 0.0  # not a number: answer at once, as an older CLI asks
         # Subscribed before reading, so a row committed between the read and the wait wakes us.
         woken = store.events.wait(self.master.reactor, wait, {
             "log": lambda _s, b, *a: b == build_id,

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
-from .slave import peer_text
+from .link import peer_text
 
 log = Logger()
 

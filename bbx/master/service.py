@@ -95,7 +95,8 @@ def client_endpoint_for(address, listen: str) -> str:
     if isinstance(address, UNIXAddress):
         name = address.name.decode() if isinstance(address.name, bytes) else address.name
         return "unix:path=" + name.replace(":", r"\:")
-    kind = "ssl" if listen.split(":", 1)[0] in ("ssl", "tls") else "tcp"
+    # tls: rather than ssl: because a tls: client string checks the certificate by default.
+    kind = "tls" if listen.split(":", 1)[0] in ("ssl", "tls") else "tcp"
     if isinstance(address, IPv6Address):
         host = address.host if address.host not in ("::", "") else "::1"
         return f"{kind}:host={host.replace(':', chr(92) + ':')}:port={address.port}"

@@ -7,84 +7,26 @@ The attach sequence runs inside the realm's requestAvatar, before the login answ
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.spread import pb
 
 from bbx.pb import dialect
-from bbx.pb.dialect import Dialect
 
-from .builder import PING_TIMEOUT, Builder, SlaveBuilder
+from .builder import Builder, SlaveBuilder
 from .config import MasterConfig, SlaveConfig
+from .link import PeerTimeout, SlaveLink
 
 log = Logger()
 
-# Duplicate arbitration gives the old connection 10 s to answer (PROTOCOL.md §2.4 PING_TIMEOUT).
-DUPLICATE_PING_TIMEOUT = PING_TIMEOUT
 # Sent to the newcomer while the old connection is checked, as 0.8 masters do (§2.4).
 DUPLICATE_NEW_MESSAGE = "master already has a connection named '{name}' - checking its liveness"
-# The 0.8 fallback notice a 4.3 master prints before using getSlaveInfo (§4.1 step 2.3).
-LEGACY_NOTICE = "buildbot-slave detected, failing back to deprecated buildslave API."
 # How often silence is checked, as a fraction of keepalive_timeout.
 SILENCE_CHECKS_PER_TIMEOUT = 4
 
 
-def _is_no_such_method(failure) -> bool:
-    return bool(failure.check(dialect.NO_SUCH_METHOD, "twisted.spread.flavors.NoSuchMethod"))
-
-
 class RejectedDuplicate(pb.Error, RuntimeError):
     """Raised into a newcomer's login when the slave of that name is alive elsewhere."""
-
-
-class SlaveLink:
-    """The state of one connection of a slave: the Bot (mind), its info and builder refs."""
-
-    def __init__(self, broker, mind, reactor):
-        self.broker = broker
-        self.mind = mind
-        self.reactor = reactor
-        self.info: dict[str, Any] = {}
-        self.dialect: Dialect | None = None
-        self.connected_since = reactor.seconds()
-        self.builder_refs: dict[str, Any] = {}
-        self.slave_builders: dict[str, SlaveBuilder] = {}
-        self.gone = False
-        self.graceful = False  # the slave asked to shut down: it gets no new builds (§4.5)
-        self.loops: list[task.LoopingCall] = []
-        peer = broker.transport.getPeer() if broker.transport else None
-        self.peer = peer_text(peer)
-
-    @property
-    def commands(self) -> dict:
-        return self.info.get("worker_commands") or {}
-
-    @property
-    def last_message(self) -> float:
-        return getattr(self.broker, "last_received", None) or self.connected_since
-
-    def drop(self) -> None:
-        transport = self.broker.transport
-        if transport is None:
-            return
-        abort = getattr(transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            transport.loseConnection()
-
-
-def peer_text(peer) -> str:
-    """A peer address for the log: host:port, [v6]:port or unix:path."""
-    if peer is None:
-        return "?"
-    host = getattr(peer, "host", None)
-    if host is not None:
-        return f"[{host}]:{peer.port}" if ":" in host else f"{host}:{peer.port}"
-    name = getattr(peer, "name", None)
-    return f"unix:{name.decode() if isinstance(name, bytes) else name or '?'}"
 
 
 class SlavePerspective(pb.Avatar):
@@ -139,8 +81,9 @@ class SlavePerspective(pb.Avatar):
         def stop(_=None):
             if not link.gone:
                 log.info("slave {name} is idle; telling it to shut down", name=self.name)
-                d = link.mind.callRemote("shutdown")
-                d.addErrback(lambda f: None)  # the slave stopping mid-call is success (§4.5)
+                link.shutdown().addErrback(
+                    lambda f: log.warn("shutting slave {name} down failed: {why}",
+                                       name=self.name, why=f.getErrorMessage()))
         if running:
             defer.DeferredList(running, consumeErrors=True).addCallback(stop)
         else:
@@ -155,31 +98,47 @@ class SlavePerspective(pb.Avatar):
 
     @defer.inlineCallbacks
     def _attach(self, mind, broker):
-        link = SlaveLink(broker, mind, self.reactor)
-        if self.link is not None:
-            yield self._arbitrate(link)
-        yield mind.callRemote("print", message=dialect.ATTACHED_MESSAGE)
-        yield self._fetch_info(link)
-        wanted = [(name, b.config.builddir) for name, b in self.builders.items()]
-        refs = yield mind.callRemote("setBuilderList", wanted)
-        link.builder_refs = dict(refs or {})
-        for name, ref in link.builder_refs.items():
-            builder = self.builders.get(name)
-            if builder is None:
-                continue
-            link.slave_builders[name] = SlaveBuilder(builder, self, ref, self.reactor)
-        if link.dialect is Dialect.SLAVE:
-            for sb in link.slave_builders.values():
-                yield sb.remote.callRemote("setMaster", sb)
-                yield sb.remote.callRemote("print", dialect.ATTACHED_MESSAGE)
-        for _ in link.slave_builders:
-            yield mind.callRemote("print", message=dialect.ATTACHED_MESSAGE)
-        if not link.slave_builders:
-            yield mind.callRemote("print", message=dialect.ATTACHED_MESSAGE)
+        link = SlaveLink(broker, mind, self.reactor, slave=self.name)
+        try:
+            if self.link is not None:
+                yield self._arbitrate(link)
+            yield link.print(dialect.ATTACHED_MESSAGE)
+            yield link.fetch_info()
+            yield self._set_builders(link, self.builders)
+            if not link.slave_builders:
+                yield link.print(dialect.ATTACHED_MESSAGE)
+        except PeerTimeout as e:
+            # A peer that logged in and then stalls must not hold this slave's name: drop it,
+            # so the lock frees and the real slave (waiting behind it, or retrying) attaches.
+            log.warn("slave {name} from {peer} stalled while attaching ({why}); dropping it",
+                     name=self.name, peer=link.peer, why=str(e))
+            link.drop()
+            link.close()
+            raise
         if broker.disconnected:
             raise pb.PBConnectionLost("the slave went away while attaching")
         self._accept(link)
         return link
+
+    @defer.inlineCallbacks
+    def _set_builders(self, link: SlaveLink, builders: dict[str, Builder]):
+        """Give the slave of `link` exactly these builders (setBuilderList) and keep one
+        master-side SlaveBuilder per builder it runs. Builders it no longer runs are lost
+        (their command fails as lost). Used at attach; a live connection's builders change the
+        same way (reconfiguration)."""
+        wanted = [(name, b.config.builddir) for name, b in builders.items()]
+        refs = yield link.set_builder_list(wanted)
+        for name, sb in list(link.slave_builders.items()):
+            if name not in refs or builders.get(name) is not sb.builder:
+                del link.slave_builders[name]
+                sb.lost()
+        for name in refs:
+            if name in link.slave_builders:
+                continue
+            sb = link.slave_builders[name] = SlaveBuilder(builders[name], self, link, self.reactor)
+            if self.link is link:  # already accepted: the builder may use it at once
+                sb.builder.attach(sb)
+        return sorted(refs)
 
     @defer.inlineCallbacks
     def _arbitrate(self, new: SlaveLink):
@@ -187,12 +146,9 @@ class SlavePerspective(pb.Avatar):
         old = self.link
         log.info("slave {name}: a second connection from {new} while attached from {old}; "
                  "checking the old one", name=self.name, new=new.peer, old=old.peer)
-        note = new.mind.callRemote("print", message=DUPLICATE_NEW_MESSAGE.format(name=self.name))
-        note.addErrback(lambda f: None)
-        ping = old.mind.callRemote("print", message=dialect.DUPLICATE_MESSAGE)
-        ping.addTimeout(DUPLICATE_PING_TIMEOUT, self.reactor)
+        new.tell(DUPLICATE_NEW_MESSAGE.format(name=self.name)).addErrback(lambda f: None)
         try:
-            yield ping
+            yield old.check_duplicate()
         except Exception:
             log.info("slave {name}: the old connection from {old} did not answer; dropping it "
                      "and accepting the new one from {new}", name=self.name, old=old.peer, new=new.peer)
@@ -203,34 +159,13 @@ class SlavePerspective(pb.Avatar):
                  "from {new}", name=self.name, old=old.peer, new=new.peer)
         raise RejectedDuplicate("rejecting duplicate slave")
 
-    @defer.inlineCallbacks
-    def _fetch_info(self, link: SlaveLink):
-        """getWorkerInfo, else the legacy chain getSlaveInfo -> getCommands -> getVersion (§4.1)."""
-        mind = link.mind
-        found, info = yield _call_if_known(mind, dialect.INFO_METHOD[Dialect.WORKER])
-        had_worker_info = found
-        if not found:
-            notice = mind.callRemote("print", message=LEGACY_NOTICE)
-            notice.addErrback(lambda f: None)
-            _, info = yield _call_if_known(mind, dialect.INFO_METHOD[Dialect.SLAVE])
-            info = dict(info or {})
-            if "slave_commands" in info:
-                info["worker_commands"] = info.pop("slave_commands")
-            else:
-                for method, key in zip(dialect.LEGACY_INFO_FALLBACKS, ("worker_commands", "version")):
-                    found, value = yield _call_if_known(mind, method)
-                    if found:
-                        info[key] = value
-        link.info = _plain(dict(info or {}))
-        link.dialect = dialect.dialect_from_info(link.info, had_worker_info=had_worker_info)
-
     def _accept(self, link: SlaveLink) -> None:
         self.link = link
         link.broker.notifyOnDisconnect(lambda: self.detach(link, "connection closed"))
         for sb in link.slave_builders.values():
             sb.builder.attach(sb)
         cfg = self.master_config
-        keepalive = task.LoopingCall(self._send_keepalive, link)
+        keepalive = task.LoopingCall(link.keepalive)
         keepalive.clock = self.reactor
         keepalive.start(cfg.keepalive_interval, now=False)
         watch = task.LoopingCall(self._check_silence, link)
@@ -243,12 +178,6 @@ class SlavePerspective(pb.Avatar):
                  builders=", ".join(link.slave_builders) or "none")
 
     # -- liveness and detach -------------------------------------------------------------------
-
-    def _send_keepalive(self, link: SlaveLink) -> None:
-        if link.gone:
-            return
-        d = link.mind.callRemote("print", message=dialect.KEEPALIVE_MESSAGE[link.dialect])
-        d.addErrback(lambda f: None)  # silence is judged by _check_silence, not by this call
 
     def _check_silence(self, link: SlaveLink) -> None:
         if link.gone:
@@ -263,10 +192,7 @@ class SlavePerspective(pb.Avatar):
         """Forget `link`: stop its timers, detach its builders, fail its commands as lost."""
         if link.gone:
             return
-        link.gone = True
-        for loop in link.loops:
-            if loop.running:
-                loop.stop()
+        link.close()
         for sb in link.slave_builders.values():
             sb.lost()
         if self.link is link:
@@ -305,32 +231,3 @@ class SlavePerspective(pb.Avatar):
             "peer": link.peer if link else None,
             "version": str(link.info.get("version")) if link and link.info.get("version") else None,
         }
-
-
-def _call_if_known(ref, method: str):
-    """callRemote that fires (True, result), or (False, None) when the peer lacks the method.
-
-    Only NoSuchMethod (and the AttributeError a perspective gives) means "older peer"; any other
-    error fails the attach (PROTOCOL.md §10.2 item 2).
-    """
-    d = ref.callRemote(method)
-
-    def missing(failure):
-        if _is_no_such_method(failure) or failure.check(AttributeError, "exceptions.AttributeError",
-                                                        "builtins.AttributeError"):
-            return (False, None)
-        return failure
-
-    d.addCallbacks(lambda result: (True, result), missing)
-    return d
-
-
-def _plain(value):
-    """Info as plain Python values: Python 2 peers send bytes (PROTOCOL.md §1.2)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, dict):
-        return {_plain(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

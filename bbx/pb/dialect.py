@@ -55,6 +55,33 @@ KEEPALIVE_MESSAGE = {Dialect.WORKER: "keepalive", Dialect.SLAVE: "Received keepa
 DUPLICATE_MESSAGE = "master got a duplicate connection"
 
 
+def plain(value: Any) -> Any:
+    """A value from a peer with Python 2's byte strings made str (PROTOCOL.md §1.2).
+
+    A Python 2 peer (every Buildbot 0.8) sends its `str` as raw bytes; a Python 3 peer sends
+    str. Recurses into dicts (keys too), lists and tuples (as lists); undecodable bytes
+    become U+FFFD, as Buildbot's own `decode` does not (it raises).
+    """
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def has_bytes(value: Any) -> bool:
+    """True when `value` holds a byte string anywhere (a Python 2 peer's text)."""
+    if isinstance(value, bytes):
+        return True
+    if isinstance(value, dict):
+        return any(has_bytes(k) or has_bytes(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(has_bytes(v) for v in value)
+    return False
+
+
 def parse_version(text: Any) -> tuple[int, ...]:
     """'3.3' -> (3, 3); anything unparsable -> (0,)."""
     try:

@@ -46,8 +46,20 @@ def master_endpoint(master: str, *, use_tls: bool = False) -> str:
     return f"{'tls' if use_tls else 'tcp'}:host={host}:port={port}"
 
 
-def client_endpoint(reactor, description: str):
-    """A client endpoint from a Twisted endpoint string; ValueError names a bad string."""
+def client_endpoint(reactor, description: str, tls=None):
+    """A client endpoint from a Twisted endpoint string; ValueError names a bad string.
+
+    `tls:` and `ssl:` strings get bbx's own TLS client, which checks the master's certificate
+    as the TlsTrust `tls` says (bbx/pb/tls.py); a TlsTrust given for any other string is a
+    ValueError too.
+    """
+    from bbx.pb import tls as tls_rules
+
+    if tls_rules.kind_of(description) in tls_rules.TLS_KINDS:
+        from bbx.pb.tlsclient import tls_endpoint
+
+        return tls_endpoint(reactor, description, tls)
+    tls_rules.check(description, tls)
     try:
         return clientFromString(reactor, description)
     except Exception as e:  # Twisted raises ValueError, KeyError, TypeError... for bad strings
@@ -84,18 +96,34 @@ def enable_tcp_keepalive(transport) -> None:
 
 
 class LoginFailed(Exception):
-    """A login that did not succeed, with a reason an operator can act on."""
+    """A login that did not succeed, with a reason an operator can act on.
 
-    def __init__(self, reason: str, *, unauthorized: bool = False, unreachable: bool = False):
+    `stage` names the step that failed: "connect" (resolve + TCP/TLS connect), "login" (the
+    PB handshake and the login answer), or "" when unknown; `timed_out` says a deadline ended
+    it; `failure` is what failed, for callers that word it their own way (the slave).
+    """
+
+    def __init__(self, reason: str, *, unauthorized: bool = False, unreachable: bool = False,
+                 untrusted: bool = False, stage: str = "", timed_out: bool = False,
+                 failure: Failure | None = None):
         super().__init__(reason)
         self.reason = reason
         self.unauthorized = unauthorized
         self.unreachable = unreachable
+        self.untrusted = untrusted
+        self.stage = stage
+        self.timed_out = timed_out
+        self.failure = failure
 
 
 def explain(failure: Failure, description: str = "") -> LoginFailed:
     """Turn a connect or login failure into a LoginFailed with one clear sentence."""
+    from bbx.pb.tls import TlsVerifyError
+
     where = f" {description}" if description else ""
+    if failure.check(TlsVerifyError):
+        return LoginFailed(f"refused the master at{where}: {failure.getErrorMessage()}",
+                           untrusted=True)
     if failure.check(error.ConnectionRefusedError):
         return LoginFailed(f"nothing is listening at{where} (connection refused)", unreachable=True)
     if failure.check(error.DNSLookupError):
@@ -138,13 +166,29 @@ def is_unauthorized(failure: Failure) -> bool:
     return remote_type(failure) in UNAUTHORIZED or bool(failure.check(*UNAUTHORIZED))
 
 
+class ClientBroker(FastBroker):
+    """A client Broker whose lost connection fails a login still waiting for the root object.
+
+    PBClientFactory learns of a lost connection only through clientConnectionLost, which
+    Twisted calls for connectors but never for endpoints; without this, a connection dropped
+    before PB's version exchange (a refused TLS certificate, a peer that hangs up) would leave
+    the login waiting forever instead of failing with the reason.
+    """
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        factory = getattr(self, "factory", None)
+        if isinstance(factory, pb.PBClientFactory):
+            factory.clientConnectionLost(None, reason)
+
+
 class KeepaliveClientFactory(pb.PBClientFactory):
     """A PBClientFactory that turns on TCP keepalive as soon as the connection is made.
 
     Its brokers use the faster Banana codec of bbx/pb/banana.py (same wire format).
     """
 
-    protocol = FastBroker
+    protocol = ClientBroker
 
     def clientConnectionMade(self, broker):
         enable_tcp_keepalive(broker.transport)
@@ -152,28 +196,68 @@ class KeepaliveClientFactory(pb.PBClientFactory):
 
 
 @defer.inlineCallbacks
-def login(reactor, description: str, username: str, password: str, mind=None, *, timeout: float = 10.0):
+def login(reactor, description: str, username: str, password: str, mind=None, *,
+          timeout: float = 10.0, login_timeout: float | None = None, factory=None,
+          connected=None, tls=None):
     """Connect to `description` and log in; fire with (perspective, broker).
+
+    The one login routine of bbx: the CLI and the slave (bbx/slave/connection.py) both use it.
+    `timeout` bounds the connect (name resolution, TCP, TLS); `login_timeout` (default: the
+    same) bounds the PB handshake and the login answer, so a port that accepts connections
+    but never speaks PB cannot hold the caller forever. `factory` is the KeepaliveClientFactory
+    to use (the slave's notes what it receives); `connected(broker)` is called once the
+    connection is up, before the login goes out.
 
     The mind (a Referenceable or None) is serviced by the reactor while the login call is
     still pending — the master calls it inside `respond` (PROTOCOL.md §4.1).
+    `tls` (a bbx.pb.tls.TlsTrust) says how a `tls:` / `ssl:` master's certificate is checked.
     Errbacks with LoginFailed for every expected failure.
     """
-    endpoint = client_endpoint(reactor, description)
-    factory = KeepaliveClientFactory()
+    endpoint = client_endpoint(reactor, description, tls)
+    factory = factory if factory is not None else KeepaliveClientFactory()
     connecting = endpoint.connect(factory)
     timer = reactor.callLater(timeout, connecting.cancel)
     try:
         broker = yield connecting
     except Exception:
-        raise explain(Failure(), description) from None
+        failure = Failure()
+        failed = explain(failure, description)
+        failed.stage, failed.failure = "connect", failure
+        if not timer.active():
+            failed.timed_out = True
+            failed.reason = f"no connection to {description} within {timeout:g} s (connect)"
+        raise failed from None
     finally:
         if timer.active():
             timer.cancel()
+    if connected is not None:
+        connected(broker)
     creds = UsernamePassword(username.encode("utf-8"), password.encode("utf-8"))
+    answering = factory.login(creds, client=mind)
+    deadline = timeout if login_timeout is None else login_timeout
+    expired = []
+
+    def expire():
+        expired.append(True)
+        answering.cancel()
+
+    login_timer = reactor.callLater(deadline, expire)
     try:
-        perspective = yield factory.login(creds, client=mind)
+        perspective = yield answering
     except Exception:
+        failure = Failure()
+        if expired:
+            broker.transport.abortConnection()
+            raise LoginFailed(
+                f"{description} accepted the connection but did not answer the PB login within "
+                f"{deadline:g} s (login); is it a bbx or Buildbot PB port? (a TLS port needs an "
+                "ssl: endpoint)", unreachable=True, stage="login", timed_out=True,
+                failure=failure) from None
         broker.transport.loseConnection()
-        raise explain(Failure(), description) from None
+        failed = explain(failure, description)
+        failed.stage, failed.failure = "login", failure
+        raise failed from None
+    finally:
+        if login_timer.active():
+            login_timer.cancel()
     return perspective, broker

@@ -4,7 +4,11 @@
     connection.py  stay logged in: connect, log in, keepalive, reconnect with backoff
     bot.py         the Bot the master calls (info, builders, print, shutdown)
     builder.py     one SlaveBuilder per builder; runs the master's commands
-    commands/      the commands themselves
+    commands/      the commands themselves (and the allow-list, commands/registry.py)
+    containment.py where commands' processes are kept (cgroups, subreaper) and the guard
+                   that kills them if the slave dies (guard.py, cgroup.py, proctree.py)
+    runprocess.py  one child process: output, limits, kills (spawn.py, shellargs.py,
+                   logfiles.py, redact.py)
 
 `Slave` wires them together for one process; `run` is what `bbx slave start` calls.
 Heavy imports stay inside functions so that `import bbx.slave.basedir` stays cheap.
@@ -24,17 +28,26 @@ SHUTDOWN_STAMP_POLL = 10.0
 class Slave:
     """One running slave: a Bot, its connection, and the ways to ask it to stop."""
 
-    def __init__(self, config, reactor, *, policy=None):
+    def __init__(self, config, reactor, *, policy=None, guard: bool = True):
+        from bbx.pb.secrets import SecretNames
+        from bbx.slave.basedir import LOG_NAME
         from bbx.slave.bot import Bot
+        from bbx.slave.commands.base import CommandContext
         from bbx.slave.connection import SlaveConnection, full_jitter_backoff
+        from bbx.slave.containment import Containment, slave_key
 
         self.config = config
         self.reactor = reactor
-        self.bot = Bot(config.basedir, reactor, shutdown=self._stop_reactor)
+        self.containment = Containment(reactor, key=slave_key(config.basedir), cgroups=config.cgroup,
+                                       guard=guard, log_path=config.path(LOG_NAME))
+        context = CommandContext(slave_name=config.name, allowed=config.commands,
+                                 secret_names=SecretNames(config.redact),
+                                 containment=self.containment)
+        self.bot = Bot(config.basedir, reactor, shutdown=self._stop_reactor, context=context)
         self.connection = SlaveConnection(
             reactor, list(config.masters), config.name, config.password, self.bot,
             keepalive=config.keepalive, deadline=config.keepalive_deadline,
-            policy=policy or full_jitter_backoff(cap=config.maxdelay))
+            policy=policy or full_jitter_backoff(cap=config.maxdelay), tls=config.tls)
         self._stamp_poll = None
         self._stamp_mtime = None
 
@@ -44,6 +57,9 @@ class Slave:
         log = Logger(namespace="bbx.slave")
         log.info("slave {name} starting in {dir}; master {where}", name=self.config.name,
                  dir=self.config.basedir, where=" or ".join(self.config.masters))
+        if self.config.commands is not None:
+            log.info("commands allowed: {names}", names=", ".join(self.config.commands))
+        self.containment.start()
         if self.config.allow_shutdown == "file":
             from twisted.internet.task import LoopingCall
 
@@ -93,6 +109,7 @@ class Slave:
     def stop(self):
         """Kill running commands and disconnect; fires when done (bounded by STOP_GRACE)."""
         from twisted.internet import defer
+        from twisted.logger import Logger
 
         if self._stamp_poll is not None and self._stamp_poll.running:
             self._stamp_poll.stop()
@@ -107,6 +124,9 @@ class Slave:
             return self.connection.stop()
 
         first.addCallback(disconnect)
+        # Last, once the commands are dead: what they left behind, the cgroups, the guard.
+        first.addBoth(lambda _: self.containment.stop())
+        first.addErrback(lambda f: Logger(namespace="bbx.slave").failure("cleaning up failed", f))
         return first
 
     def _stop_reactor(self) -> None:
@@ -138,7 +158,9 @@ def start_logging(log_path: str, *, console: bool = True) -> None:
     from twisted.logger import (FileLogObserver, FilteringLogObserver, LogLevel,
                                 LogLevelFilterPredicate, globalLogBeginner)
 
-    log_file = open(log_path, "a", encoding="utf-8", buffering=1)
+    from bbx.slave.basedir import private_file
+
+    log_file = private_file(log_path, "a", buffering=1)
     observers = [FileLogObserver(log_file, _format_event)]
     if console:
         observers.append(FileLogObserver(sys.stdout, _format_event))

@@ -1,11 +1,13 @@
 """A slave's base directory: create it, load and validate its configuration.
 
-    DIR/slave.toml     the configuration (mode 0600: it holds the password)
+    DIR/               mode 0700, as is info/; the slave's own files are 0600:
+    DIR/slave.toml     the configuration (it holds the password)
     DIR/info/admin     who runs this slave; sent to the master verbatim
     DIR/info/host      what this machine is; sent to the master verbatim
     DIR/slave.log      written while running
     DIR/slave.pid      present while running
-    DIR/<builddir>/    one per builder the master assigns
+    DIR/<builddir>/    one per builder the master assigns; what commands create there follows
+                       the configured umask (Buildbot's rule: that is the build's business)
 
 Loading turns slave.toml into a frozen SlaveConfig once; every problem is reported as a
 BasedirError whose message names the file, the line and key where known, and the fix.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import platform
 import re
 import socket
@@ -41,7 +44,13 @@ KEEPALIVE_DEADLINE_MARGIN = 30.0
 _UMASK_RE = re.compile(r"^(0o[0-7]+|0[0-7]*|[1-9][0-9]*)$")
 
 _KEYS = ("name", "password", "connection", "keepalive", "keepalive_timeout", "maxdelay", "umask",
-         "allow_shutdown")
+         "allow_shutdown", "tls_ca", "tls_fingerprint", "tls_insecure", "redact", "commands",
+         "cgroup")
+
+# What the slave creates for itself: only its user may read it (slave.toml holds the password,
+# the log may hold paths and names).
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
 
 
 class BasedirError(Exception):
@@ -61,6 +70,21 @@ class SlaveConfig:
     maxdelay: float = DEFAULT_MAXDELAY
     umask: int | None = None
     allow_shutdown: str = ""
+    redact: tuple[str, ...] = ()  # extra secret-name globs (--redact)
+    commands: tuple[str, ...] | None = None  # the allow-list (--commands); None = all
+    cgroup: bool = True  # run commands in cgroups where the host allows it
+    tls_ca: str = ""
+    tls_fingerprint: str = ""
+    tls_insecure: bool = False
+
+    @property
+    def tls(self):
+        """How the master's TLS certificate is checked (a bbx.pb.tls.TlsTrust)."""
+        from bbx.pb.tls import TlsTrust
+
+        return TlsTrust(ca=self.tls_ca or None, fingerprint=self.tls_fingerprint or None,
+                        insecure=self.tls_insecure)
+
     connections: tuple[str, ...] = ()
 
     @property
@@ -115,11 +139,16 @@ def _toml_str(value: str) -> str:
 
 
 def render_config(*, name: str, password: str, connection, keepalive: int,
-                  keepalive_timeout: float, maxdelay: float, umask: str, allow_shutdown: str) -> str:
+                  keepalive_timeout: float, maxdelay: float, umask: str, allow_shutdown: str,
+                  tls_ca: str = "", tls_fingerprint: str = "", tls_insecure: bool = False,
+                  redact=(), commands=None, cgroup: bool = True) -> str:
     """slave.toml text, commented so an operator can edit it by hand. `connection` is one
     endpoint string or a list of them (several masters)."""
     kt = int(keepalive_timeout) if float(keepalive_timeout).is_integer() else keepalive_timeout
     md = int(maxdelay) if float(maxdelay).is_integer() else maxdelay
+    redact_text = "[" + ", ".join(_toml_str(g) for g in redact) + "]"
+    commands_text = _toml_str("all") if commands is None else \
+        "[" + ", ".join(_toml_str(c) for c in commands) + "]"
     if isinstance(connection, str):
         connection_value = _toml_str(connection)
     else:
@@ -135,6 +164,14 @@ password = {_toml_str(password)}
 # or a list of them for several masters sharing one farm: the slave attaches to the first
 # that answers and moves on to the next when its master is gone.
 connection = {connection_value}
+# How a tls: connection checks the master's certificate, one of:
+#   tls_ca: a PEM file of the CA(s) that signed it ("" with a tls: connection = the system's CAs);
+#   tls_fingerprint: the SHA-256 fingerprint of the master's own certificate (exactly that
+#     certificate is accepted, for any host name);
+#   tls_insecure = true: accept any certificate (no protection against interception).
+tls_ca = {_toml_str(tls_ca)}
+tls_fingerprint = {_toml_str(tls_fingerprint)}
+tls_insecure = {"true" if tls_insecure else "false"}
 # Seconds between keepalive calls to the master (0 = none).
 keepalive = {int(keepalive)}
 # Seconds of silence from the master before the connection is dropped and retried;
@@ -147,13 +184,24 @@ umask = {_toml_str(umask)}
 # How an operator may ask for a graceful shutdown: "" (never), "signal" (SIGHUP) or
 # "file" (touch DIR/{SHUTDOWN_STAMP}).
 allow_shutdown = {_toml_str(allow_shutdown)}
+# More environment variable names (shell patterns, any case) whose values are secret, on top
+# of *TOKEN*, *SECRET*, *PASSWORD*, *PASSWD*, *KEY*, *CREDENTIAL*: hidden in the info and
+# headers the slave sends and replaced by <redacted> in command output.
+redact = {redact_text}
+# The commands this slave advertises and accepts: "all", or a list such as
+# ["uploadFile", "downloadFile", "stat"].
+commands = {commands_text}
+# Run each command in its own cgroup (cgroup v2, as root or with delegation) when possible.
+cgroup = {"true" if cgroup else "false"}
 """
 
 
 def create(basedir: str | os.PathLike, *, name: str, password: str, connection,
            keepalive: int = DEFAULT_KEEPALIVE, keepalive_timeout: float = 0,
            maxdelay: float = DEFAULT_MAXDELAY, umask: str = "", allow_shutdown: str = "",
+           redact=(), commands=None, cgroup: bool = True,
            info_admin: str | None = None, info_host: str | None = None,
+           tls_ca: str = "", tls_fingerprint: str = "", tls_insecure: bool = False,
            force: bool = False) -> SlaveConfig:
     """Create (or with force, overwrite) a slave directory; return its loaded configuration.
     `connection` is one endpoint string, or a list of them (several masters)."""
@@ -167,19 +215,25 @@ def create(basedir: str | os.PathLike, *, name: str, password: str, connection,
         raise BasedirError(f"{config_path} already exists; use --force to overwrite it")
     if base.exists() and not base.is_dir():
         raise BasedirError(f"{base} exists and is not a directory; choose another DIR")
-    _check_values(str(config_path), dict(name=name, password=password, connection=connection,
-                                         keepalive=keepalive, keepalive_timeout=keepalive_timeout,
-                                         maxdelay=maxdelay, umask=umask,
-                                         allow_shutdown=allow_shutdown), lines={})
+    if tls_ca:
+        tls_ca = str(Path(tls_ca).absolute())
+    checked = _check_values(str(config_path), dict(
+        name=name, password=password, connection=connection, keepalive=keepalive,
+        keepalive_timeout=keepalive_timeout, maxdelay=maxdelay, umask=umask,
+        allow_shutdown=allow_shutdown, tls_ca=tls_ca, tls_fingerprint=tls_fingerprint,
+        tls_insecure=tls_insecure, redact=list(redact),
+        commands="all" if commands is None else list(commands), cgroup=cgroup), lines={}, base=base)
     text = render_config(name=name, password=password, connection=connection, keepalive=keepalive,
                          keepalive_timeout=keepalive_timeout, maxdelay=maxdelay, umask=umask,
-                         allow_shutdown=allow_shutdown)
+                         allow_shutdown=allow_shutdown, tls_ca=tls_ca,
+                         tls_fingerprint=checked["tls_fingerprint"], tls_insecure=tls_insecure,
+                         redact=checked["redact"], commands=checked["commands"],
+                         cgroup=checked["cgroup"])
     try:
-        (base / INFO_DIR).mkdir(parents=True, exist_ok=True)
-        fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        private_dir(base)
+        private_dir(base / INFO_DIR)
+        with private_file(config_path, "w") as f:
             f.write(text)
-        os.chmod(config_path, 0o600)  # O_CREAT's mode does not apply to an existing file
         _write_info(base / INFO_DIR / "admin", info_admin, DEFAULT_ADMIN, force)
         _write_info(base / INFO_DIR / "host", info_host, default_host_info(), force)
     except OSError as e:
@@ -188,11 +242,35 @@ def create(basedir: str | os.PathLike, *, name: str, password: str, connection,
     return load(base)
 
 
+def private_dir(path: str | os.PathLike) -> None:
+    """Make directory `path` (and missing parents) if needed, and make it PRIVATE_DIR."""
+    path = Path(path)
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    if stat.S_IMODE(path.stat().st_mode) != PRIVATE_DIR:
+        os.chmod(path, PRIVATE_DIR)
+
+
+def private_file(path: str | os.PathLike, mode: str = "a", **kwargs):
+    """open() for a file of the slave's own: created PRIVATE_FILE whatever the umask, and made
+    so if it already existed (a log written by an older bbx was 0644)."""
+    flags = {"w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND}
+    fd = os.open(path, flags[mode], PRIVATE_FILE)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != PRIVATE_FILE:
+            os.fchmod(fd, PRIVATE_FILE)
+        return os.fdopen(fd, mode, encoding="utf-8", **kwargs)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _write_info(path: Path, given: str | None, default: str, force: bool) -> None:
     # An operator-edited info file survives a re-create unless a new value is given.
     if given is None and path.exists():
+        os.chmod(path, PRIVATE_FILE)
         return
-    path.write_text((given if given is not None else default).rstrip("\n") + "\n", encoding="utf-8")
+    with private_file(path, "w") as f:
+        f.write((given if given is not None else default).rstrip("\n") + "\n")
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -244,9 +322,10 @@ def load(basedir: str | os.PathLike) -> SlaveConfig:
         if k not in table:
             raise BasedirError(f"{path}: [slave] has no {k!r}; add {k} = \"...\"")
     values = dict(keepalive=DEFAULT_KEEPALIVE, keepalive_timeout=0, maxdelay=DEFAULT_MAXDELAY,
-                  umask="", allow_shutdown="")
+                  umask="", allow_shutdown="", tls_ca="", tls_fingerprint="", tls_insecure=False,
+                  redact=[], commands="all", cgroup=True)
     values.update(table)
-    checked = _check_values(str(path), values, lines)
+    checked = _check_values(str(path), values, lines, base=base)
     return SlaveConfig(basedir=str(base), **checked)
 
 
@@ -254,7 +333,7 @@ def _where(path, lines: dict[str, int], key: str) -> str:
     return f"{path} line {lines[key]}" if key in lines else str(path)
 
 
-def _check_values(path: str, v: dict, lines: dict[str, int]) -> dict:
+def _check_values(path: str, v: dict, lines: dict[str, int], base: Path) -> dict:
     def bad(key: str, why: str) -> BasedirError:
         return BasedirError(f"{_where(path, lines, key)}: {key} {why}")
 
@@ -304,4 +383,79 @@ def _check_values(path: str, v: dict, lines: dict[str, int]) -> dict:
     if allow not in ALLOW_SHUTDOWN:
         raise bad("allow_shutdown", f"must be \"\", \"signal\" or \"file\", got {allow!r}")
     out["allow_shutdown"] = allow
+    out["redact"] = _check_redact(v["redact"], bad)
+    out["commands"] = _check_commands(v["commands"], bad)
+    if not isinstance(v["cgroup"], bool):
+        raise bad("cgroup", f"must be true or false, got {v['cgroup']!r}")
+    out["cgroup"] = v["cgroup"]
+    out.update(_check_tls(v, out["connections"], bad, base))
     return out
+
+
+def _check_tls(v: dict, connections, bad, base: Path) -> dict:
+    """The tls_* keys, and whether each connection string with them checks its master."""
+    from bbx.pb import tls
+
+    out = {}
+    for key in ("tls_ca", "tls_fingerprint"):
+        if not isinstance(v[key], str):
+            raise bad(key, f"must be a string (or \"\"), got {v[key]!r}")
+    if not isinstance(v["tls_insecure"], bool):
+        raise bad("tls_insecure", f"must be true or false, got {v['tls_insecure']!r}")
+    ca = v["tls_ca"].strip()
+    if ca and not os.path.isabs(ca):
+        ca = str(base / ca)  # relative to the slave directory
+    out["tls_ca"] = ca
+    out["tls_fingerprint"] = ""
+    if v["tls_fingerprint"].strip():
+        try:
+            out["tls_fingerprint"] = tls.normalize_fingerprint(v["tls_fingerprint"])
+        except ValueError as e:
+            raise bad("tls_fingerprint", f"is invalid: {e}") from None
+    out["tls_insecure"] = v["tls_insecure"]
+    if ca:
+        try:
+            tls.load_ca(ca)
+        except ValueError as e:
+            raise bad("tls_ca", f"is unusable: {e}; give the CA certificate's PEM file") from None
+    trust = tls.TlsTrust(ca=ca or None, fingerprint=out["tls_fingerprint"] or None,
+                         insecure=out["tls_insecure"])
+    for connection in connections:
+        try:
+            tls.check(connection, trust)
+        except ValueError as e:
+            raise bad("connection", f"{connection!r}: {_as_keys(str(e))}") from None
+    return out
+
+
+def _as_keys(message: str) -> str:
+    # The TLS rules speak in command-line options; slave.toml spells them as keys.
+    for option, key in (("--ca FILE", "tls_ca = FILE"), ("--fingerprint SHA256", "tls_fingerprint = SHA256"),
+                        ("--insecure", "tls_insecure = true"), ("--ca", "tls_ca"),
+                        ("--fingerprint", "tls_fingerprint")):
+        message = message.replace(option, key)
+    return message
+
+
+def _check_redact(value, bad) -> tuple[str, ...]:
+    from bbx.pb.secrets import check_glob
+
+    if not isinstance(value, list):
+        raise bad("redact", f"must be a list of name patterns like [\"DEPLOY_*\"], got {value!r}")
+    try:
+        return tuple(check_glob(g) for g in value)
+    except ValueError as e:
+        raise bad("redact", f"is invalid: {e}") from None
+
+
+def _check_commands(value, bad) -> tuple[str, ...] | None:
+    from bbx.slave.commands import check_allowed
+
+    if value == "all":
+        return None
+    if not isinstance(value, list):
+        raise bad("commands", f"must be \"all\" or a list like [\"uploadFile\", \"stat\"], got {value!r}")
+    try:
+        return check_allowed(value)
+    except ValueError as e:
+        raise bad("commands", f"is invalid: {e}") from None

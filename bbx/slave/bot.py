@@ -17,9 +17,12 @@ from twisted.spread import pb
 
 import bbx
 from bbx.pb.dialect import Dialect, system_name
+from bbx.pb.secrets import REDACTED
 from bbx.slave.basedir import INFO_DIR
 from bbx.slave.builder import SlaveBuilder
 from bbx.slave.commands import registry
+from bbx.slave.commands.base import DEFAULT_CONTEXT, CommandContext
+from bbx.slave.redact import Secrets
 
 log = Logger(namespace="bbx.slave")
 
@@ -51,8 +54,9 @@ class Bot(pb.Referenceable):
     """The mind handed to the master at login; owns the builders, which outlive connections."""
 
     def __init__(self, basedir: str, reactor, *, shutdown: Callable[[], None] | None = None,
-                 os_release: str = OS_RELEASE):
+                 os_release: str = OS_RELEASE, context: CommandContext = DEFAULT_CONTEXT):
         self.basedir = os.path.abspath(basedir)
+        self.context = context
         self.reactor = reactor
         self._shutdown = shutdown  # None: stop the reactor
         self._os_release = os_release
@@ -81,19 +85,28 @@ class Bot(pb.Referenceable):
                     except OSError as e:
                         log.warn("cannot read {path}: {why}", path=path, why=e)
         files.update(read_os_release(self._os_release))
-        files["environ"] = dict(os.environ)
+        files["environ"] = self.environ()
         files["system"] = system_name()
         files["basedir"] = self.basedir
         files["numcpus"] = multiprocessing.cpu_count()
         files["version"] = bbx.__version__
-        files[dialect.info_key_commands] = registry.command_table()
+        files[dialect.info_key_commands] = registry.command_table(self.context.allowed)
         files["delete_leftover_dirs"] = False
         return files
 
+    def environ(self) -> dict[str, str]:
+        """The slave's environment as reported: secret-looking values (and their occurrences
+        in other values) are REDACTED before they leave the host."""
+        names = self.context.secret_names
+        secrets = Secrets.from_environment(os.environ, names)
+        return {name: REDACTED if name in names else secrets.text(value)
+                for name, value in os.environ.items()}
+
     def remote_getWorkerInfo(self) -> dict:
         """Who this slave is. Gets nothing. Returns a dict: one str per file in info/ (admin,
-        host, ...), os_* from /etc/os-release, environ (dict), system (os.name), basedir,
-        numcpus (int), version (str), worker_commands (name -> version), delete_leftover_dirs."""
+        host, ...), os_* from /etc/os-release, environ (dict, secrets redacted), system
+        (os.name), basedir, numcpus (int), version (str), worker_commands (name -> version, the
+        allowed commands only), delete_leftover_dirs."""
         return self.info(Dialect.WORKER)
 
     def remote_getSlaveInfo(self) -> dict:
@@ -103,8 +116,8 @@ class Bot(pb.Referenceable):
         return self.info(Dialect.SLAVE)
 
     def remote_getCommands(self) -> dict:
-        """The commands this slave runs. Gets nothing; returns {name: version str}."""
-        return registry.command_table()
+        """The commands this slave runs (and allows). Gets nothing; returns {name: version str}."""
+        return registry.command_table(self.context.allowed)
 
     def remote_getVersion(self) -> str:
         """This slave's software version. Gets nothing; returns a str (bbx's version)."""
@@ -123,7 +136,7 @@ class Bot(pb.Referenceable):
             builder = self.builders.get(name)
             if builder is None:
                 builder = SlaveBuilder(name, self.basedir, builddir, self.reactor,
-                                       shutdown=self.remote_shutdown)
+                                       shutdown=self.remote_shutdown, context=self.context)
                 log.info("builder {name} added (directory {dir})", name=name, dir=builddir)
             else:
                 builder.set_builddir(builddir)

@@ -18,6 +18,7 @@ from twisted.spread import pb
 from bbx.pb import dialect
 from bbx.pb.updates import UpdateBatcher
 from bbx.slave.commands import registry
+from bbx.slave.commands.base import DEFAULT_CONTEXT, CommandContext
 
 log = Logger(namespace="bbx.slave")
 
@@ -41,8 +42,10 @@ class SlaveBuilder(pb.Referenceable):
     """The slave's half of one builder: a build directory and at most one running command."""
 
     def __init__(self, name: str, basedir: str, builddir: str, reactor, *,
-                 shutdown: Callable[[], None] | None = None):
+                 shutdown: Callable[[], None] | None = None,
+                 context: CommandContext = DEFAULT_CONTEXT):
         self.name = name
+        self.context = context
         self.basedir = basedir
         self.builddir = builddir
         self.reactor = reactor
@@ -78,7 +81,7 @@ class SlaveBuilder(pb.Referenceable):
     def remote_print(self, message: str = "") -> None:
         """0.8 masters send "attached" and pings here. Gets: `message` (str). Returns None."""
         log.info("builder {builder}: message from master: {message}", builder=self.name,
-                 message=message)
+                 message=decode(message))
 
     def remote_startBuild(self) -> None:
         """A build is about to start on this builder. Gets nothing; returns None."""
@@ -88,11 +91,18 @@ class SlaveBuilder(pb.Referenceable):
 
         Gets: `stepRef` (ref to the master's RemoteCommand, with update/complete), `command_id`
         (str), `name` (e.g. "shell"), `args` (dict, either generation's names). Returns None
-        immediately; errors in the request itself (unknown command, missing or bad arguments)
-        are raised here and reach the master as the error reply (PROTOCOL.md §3.2). The outcome
-        arrives later as stepRef.update(...) calls and one stepRef.complete(None | failure).
+        immediately; errors in the request itself (unknown command, one this slave does not
+        allow, missing or bad arguments) are raised here and reach the master as the error
+        reply (PROTOCOL.md §3.2), a pb.Error with a one-line message. The outcome arrives later
+        as stepRef.update(...) calls and one stepRef.complete(None | failure).
         """
         name, command_id, args = decode(name), decode(command_id), decode(args or {})
+        try:
+            cls = registry.lookup(name, self.context.allowed, self.context.slave_name)
+        except registry.UnknownCommand as e:
+            log.warn("builder {builder}: refused command {id}: {why}", builder=self.name,
+                     id=command_id, why=e)
+            raise
         if self.command is not None:
             # Only one command per builder; a new one replaces a leftover (PROTOCOL.md §4.2).
             log.warn("builder {builder}: leftover command still running; interrupting it",
@@ -100,11 +110,10 @@ class SlaveBuilder(pb.Referenceable):
             self._interrupt_current("replaced by a new command")
             self.command = None
         args = dialect.args_from_master(name, args)
-        cls = registry.lookup(name)
         batcher = UpdateBatcher(lambda pairs: stepRef.callRemote("update", pairs), self.reactor)
         self.ensure_builddir()
         cmd = cls(reactor=self.reactor, builder_dir=self.builder_dir, command_id=command_id,
-                  args=args, updates=batcher)
+                  args=args, updates=batcher, context=self.context)
         self.command = cmd
 
         def step_lost(_ref=None):

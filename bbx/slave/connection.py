@@ -21,22 +21,26 @@ One small state machine (SlaveConnection) does that and nothing else:
   received from the master for `deadline` seconds.
 * The master calls the Bot (the mind) while our login call is still pending (§4.1);
   Twisted's broker services those calls as they arrive, so nothing special is needed.
+* Connecting and logging in go through bbx's one login routine, bbx/pb/endpoints.login (the
+  CLI's too), with a deadline on each; a session's `state` is the box of the diagram it is in
+  (ended = waiting for the retry timer).
 """
 
 from __future__ import annotations
 
+import enum
 import random
 from typing import Callable
 
-from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer, error
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.spread import pb
 
-from bbx.pb.banana import FastBroker
-from bbx.pb.endpoints import (KeepaliveClientFactory, client_endpoint, is_unauthorized,
-                               remote_type)
+from bbx.pb import failures  # noqa: F401 - reads the failures a Python 2 (0.8) master sends
+from bbx.pb.endpoints import (ClientBroker, KeepaliveClientFactory, LoginFailed, is_unauthorized,
+                               login, remote_type)
+from bbx.pb.tls import TlsVerifyError
 
 log = Logger(namespace="bbx.slave")
 
@@ -77,10 +81,10 @@ def full_jitter_backoff(*, cap: float, base: float = BACKOFF_BASE, factor: float
     return policy
 
 
-class _Broker(FastBroker):
+class _Broker(ClientBroker):
     """A Broker that remembers when the master last sent anything, and why it went away.
 
-    FastBroker: Twisted's PB with a faster Banana codec (bbx/pb/banana.py), same wire format.
+    ClientBroker: FastBroker (Twisted's PB, faster Banana codec) that fails a pending login on loss.
     """
 
     on_receive: Callable[[], None] | None = None
@@ -101,21 +105,36 @@ class _Factory(KeepaliveClientFactory):
     noisy = False  # one "Starting factory" line per retry is noise
 
 
+class State(enum.Enum):
+    """Where one session is in the diagram of the module docstring."""
+
+    CONNECTING = "connecting"
+    LOGGING_IN = "logging in"
+    ATTACHED = "attached"
+    ENDED = "ended"
+
+
 class _Session:
     """One TCP connection attempt and whatever login follows on it."""
 
     def __init__(self, number: int):
         self.number = number
+        self.state = State.CONNECTING
         self.broker: _Broker | None = None
-        self.perspective = None
-        self.ended = False
+        self.perspective = None  # the master's avatar, once ATTACHED
         self.end_reason: str | None = None
         self.last_received = 0.0
         self.timers: list = []
 
+    @property
+    def ended(self) -> bool:
+        return self.state is State.ENDED
+
 
 def describe_failure(failure: Failure) -> str:
     """A short reason for a connect, login or connection-lost failure."""
+    if failure.check(TlsVerifyError):
+        return failure.getErrorMessage()
     if is_unauthorized(failure):
         return "unauthorized: the master refused this slave's name or password"
     if failure.check(error.ConnectionRefusedError):
@@ -150,8 +169,10 @@ class SlaveConnection:
     def __init__(self, reactor, description, name: str, password: str, bot, *,
                  keepalive: float = 600, deadline: float | None = None,
                  policy: Callable[[int], float] | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT, login_timeout: float = LOGIN_TIMEOUT):
+                 connect_timeout: float = CONNECT_TIMEOUT, login_timeout: float = LOGIN_TIMEOUT,
+                 tls=None):
         self.reactor = reactor
+        self.tls = tls  # a bbx.pb.tls.TlsTrust: how a tls: master's certificate is checked
         self.descriptions = [description] if isinstance(description, str) else list(description)
         if not self.descriptions:
             raise ValueError("no master to connect to")
@@ -182,7 +203,7 @@ class SlaveConnection:
     def perspective(self):
         """The master's avatar while attached, else None."""
         s = self._session
-        return s.perspective if s is not None and not s.ended else None
+        return s.perspective if s is not None and s.state is State.ATTACHED else None
 
     @property
     def attached(self) -> bool:
@@ -224,25 +245,37 @@ class SlaveConnection:
 
     @defer.inlineCallbacks
     def _run(self, s: _Session):
+        """CONNECTING -> LOGGING_IN -> ATTACHED, through bbx's one login routine."""
         try:
-            endpoint = client_endpoint(self.reactor, self.description)
-        except ValueError as e:
+            perspective, _ = yield login(
+                self.reactor, self.description, self.name, self.password, self.bot,
+                timeout=self.connect_timeout, login_timeout=self.login_timeout,
+                factory=_Factory(), connected=lambda broker: self._connected(s, broker),
+                tls=self.tls)
+        except ValueError as e:  # a malformed connection string
             self._end(s, f"cannot connect to {self.description}: {e}")
             return
-        factory = _Factory()
-        connecting = endpoint.connect(factory)
-        timer = self.reactor.callLater(self.connect_timeout, connecting.cancel)
-        try:
-            broker = yield connecting
-        except Exception:
-            self._end(s, f"cannot connect to {self.description}: {describe_failure(Failure())}")
+        except LoginFailed as e:
+            if not s.ended:
+                self._end(s, self._login_failed(e))
             return
-        finally:
-            if timer.active():
-                timer.cancel()
+        if s.ended or self._stopping:
+            if s.broker is not None:
+                s.broker.transport.loseConnection()
+            return
+        s.state = State.ATTACHED
+        s.perspective = perspective
+        self.attempt = 0
+        log.info("attached to the master at {where} as {name}", where=self.description, name=self.name)
+        if self.keepalive and self.keepalive > 0:
+            s.timers.append(self.reactor.callLater(self.keepalive, self._send_keepalive, s))
+
+    def _connected(self, s: _Session, broker: _Broker) -> None:
+        """The TCP connection is up: watch it, then the login goes out (LOGGING_IN)."""
         if s.ended or self._stopping:
             broker.transport.loseConnection()
             return
+        s.state = State.LOGGING_IN
         s.broker = broker
         broker.on_receive = lambda: self._received(s)
         broker.notifyOnDisconnect(lambda: self._lost(s))
@@ -250,35 +283,22 @@ class SlaveConnection:
         log.info("connected to {where}; logging in as {name}", where=self.description, name=self.name)
         if self.deadline:
             self._arm_watchdog(s)
-        login_timer = self.reactor.callLater(self.login_timeout, self._login_timed_out, s)
-        s.timers.append(login_timer)
-        creds = UsernamePassword(self.name.encode("utf-8"), self.password.encode("utf-8"))
-        try:
-            perspective = yield factory.login(creds, client=self.bot)
-        except Exception:
-            f = Failure()
-            if login_timer.active():
-                login_timer.cancel()
-            if not s.ended:
-                reason = describe_failure(f)
-                if f.check(error.ConnectionDone, error.ConnectionLost, pb.PBConnectionLost):
-                    why = f"the connection to {self.description} closed during login ({reason})"
-                else:
-                    # A refusal or any other login error. buildbot-worker exits on the latter
-                    # (PROTOCOL.md §2.3); we keep trying.
-                    why = f"login to {self.description} as {self.name} failed: {reason}"
-                self._end(s, why)
-                broker.transport.loseConnection()
-            return
-        if login_timer.active():
-            login_timer.cancel()
-        if s.ended:
-            return
-        s.perspective = perspective
-        self.attempt = 0
-        log.info("attached to the master at {where} as {name}", where=self.description, name=self.name)
-        if self.keepalive and self.keepalive > 0:
-            s.timers.append(self.reactor.callLater(self.keepalive, self._send_keepalive, s))
+
+    def _login_failed(self, e: LoginFailed) -> str:
+        reason = describe_failure(e.failure) if e.failure is not None else e.reason
+        if e.untrusted or (e.failure is not None and e.failure.check(TlsVerifyError)):
+            return f"refused the master at {self.description}: {reason}"
+        if e.stage == "connect":
+            return f"cannot connect to {self.description}: {reason}"
+        if e.timed_out:
+            return (f"the master at {self.description} did not answer the login within "
+                    f"{self.login_timeout:.0f} s")
+        if e.failure is not None and e.failure.check(error.ConnectionDone, error.ConnectionLost,
+                                                     pb.PBConnectionLost):
+            return f"the connection to {self.description} closed during login ({reason})"
+        # A refusal or any other login error. buildbot-worker exits on the latter
+        # (PROTOCOL.md §2.3); we keep trying.
+        return f"login to {self.description} as {self.name} failed: {reason}"
 
     def _received(self, s: _Session) -> None:
         s.last_received = self.reactor.seconds()
@@ -298,14 +318,8 @@ class SlaveConnection:
             return
         self._arm_watchdog(s)
 
-    def _login_timed_out(self, s: _Session) -> None:
-        if not s.ended and s.perspective is None and s.broker is not None:
-            s.end_reason = (f"the master at {self.description} did not answer the login within "
-                            f"{self.login_timeout:.0f} s")
-            s.broker.transport.abortConnection()
-
     def _send_keepalive(self, s: _Session) -> None:
-        if s.ended or s.perspective is None:
+        if s.state is not State.ATTACHED:
             return
         d = s.perspective.callRemote("keepalive")
 
@@ -329,8 +343,12 @@ class SlaveConnection:
             return
         reason = s.end_reason
         if reason is None:
-            why = describe_failure(s.broker.lost_reason) if s.broker.lost_reason else "connection lost"
-            if s.perspective is not None:
+            lost = s.broker.lost_reason
+            why = describe_failure(lost) if lost else "connection lost"
+            if lost is not None and lost.check(TlsVerifyError):
+                # Never attached: the handshake was refused before any PB byte was sent.
+                reason = f"refused the master at {self.description}: {why}"
+            elif s.state is State.ATTACHED:
                 reason = f"lost the connection to {self.description}: {why}"
             else:
                 reason = f"the connection to {self.description} closed during login ({why})"
@@ -348,16 +366,16 @@ class SlaveConnection:
             d.callback(None)
 
     def _end(self, s: _Session, reason: str) -> None:
-        """Close the books on one session: stop its timers, kill commands, plan the retry."""
+        """Any state -> ENDED: stop the session's timers, kill commands, plan the retry."""
         if s.ended:
             return
-        s.ended = True
+        was_attached = s.state is State.ATTACHED
+        s.state = State.ENDED
         s.end_reason = reason
         for t in s.timers:
             if t.active():
                 t.cancel()
         s.timers = []
-        was_attached = s.perspective is not None
         s.perspective = None
         if was_attached:
             try:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import codecs
 import os
 from typing import Callable
 
 from twisted.internet import task
 from twisted.logger import Logger
+
+from bbx.slave.redact import Secrets, TextStream
 
 log = Logger()
 
@@ -21,17 +22,19 @@ class LogfileWatcher:
 
     As in the worker: with `follow` only text appended after the command started is sent;
     without it, the whole file is sent once it differs from how it was at start (a stale file
-    from an earlier build is ignored until rewritten).
+    from an earlier build is ignored until rewritten). `secrets` are replaced before sending;
+    bytes that may start one wait for the next poll (bbx/slave/redact.py).
     """
 
-    def __init__(self, name: str, path: str, follow: bool, emit: Callable[[str, str], None]) -> None:
+    def __init__(self, name: str, path: str, follow: bool, emit: Callable[[str, str], None], *,
+                 secrets: Secrets | None = None) -> None:
         self.name = name
         self.path = path
         self.follow = follow
         self.emit = emit
         self.initial = self._stat()
         self.file = None
-        self.decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+        self.text = TextStream(secrets)
         self.loop: task.LoopingCall | None = None
 
     def _stat(self):
@@ -61,13 +64,19 @@ class LogfileWatcher:
                 return
             if self.follow and self.initial is not None and self.initial[0] == now[0]:
                 self.file.seek(self.initial[3])
+        read = False
         for _ in range(64):  # bounded per poll; the rest comes next time
             data = self.file.read(LOGFILE_READ_SIZE)
             if not data:
                 break
-            text = self.decode(data)
-            if text:
-                self.emit(self.name, text)
+            read = True
+            self._send(self.text.feed(data))
+        if not read and self.text.pending:
+            self._send(self.text.release())  # nothing came to complete a secret
+
+    def _send(self, text: str) -> None:
+        if text:
+            self.emit(self.name, text)
 
     def stop(self) -> None:
         """Read what is left, then stop."""
@@ -78,8 +87,6 @@ class LogfileWatcher:
         except OSError:
             pass
         if self.file is not None:
-            tail = self.decode(b"", True)
-            if tail:
-                self.emit(self.name, tail)
+            self._send(self.text.close())
             self.file.close()
             self.file = None

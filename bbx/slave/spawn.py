@@ -1,4 +1,5 @@
-"""Spawning a command's child: a new session, death with the slave, shell-like exec failures."""
+"""Spawning a command's child: a new session, its cgroup, death with the slave, shell-like exec
+failures; and the slave's own process-wide settings for its children (subreaper)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,14 @@ def _load_prctl():
 
 _prctl = _load_prctl() if sys.platform.startswith("linux") else None
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>, Linux 3.4
+
+
+def set_child_subreaper() -> bool:
+    """Make this process the subreaper of its descendants: an orphan among them (its parent
+    exited: a double fork, a daemon) becomes our child instead of init's, so it can still be
+    found and killed, and must be reaped by us. True if the kernel agreed."""
+    return _prctl is not None and _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
 class _ChildSetup:
@@ -37,12 +46,16 @@ class _ChildSetup:
     - It dies with the slave: PR_SET_PDEATHSIG sends it SIGKILL when the slave process goes,
       even by SIGKILL (nothing else would stop a child that does not write to its pipes).
       Its own descendants are only reached through it, or by a later kill of the tree.
+    - With `cgroup_procs` (a cgroup's cgroup.procs file) it moves itself into that cgroup
+      before exec, so everything it ever starts is born inside (bbx/slave/cgroup.py). If that
+      fails it says so on stderr and runs anyway: the /proc search still finds its tree.
     - When exec fails it says why on stderr and exits like a shell would; Twisted's own
       fallback prints a Python traceback and exits 1, which reads as a crash of bbx.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, cgroup_procs: str | None = None, **kwargs):
         self._slave_pid = os.getpid()
+        self._cgroup_procs = cgroup_procs
         super().__init__(*args, **kwargs)
 
     def _execChild(self, path, uid, gid, executable, args, environment):
@@ -50,6 +63,16 @@ class _ChildSetup:
             _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             if os.getppid() != self._slave_pid:  # the slave died before prctl took effect
                 os._exit(NOT_EXECUTABLE_RC)
+        if self._cgroup_procs is not None:
+            try:
+                fd = os.open(self._cgroup_procs, os.O_WRONLY)
+                try:
+                    os.write(fd, b"0")
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                os.write(2, f"bbx: could not move the command into its cgroup "
+                            f"({e.strerror}); running it without\n".encode("utf-8", "replace"))
         try:
             super()._execChild(path, uid, gid, executable, args, environment)
         except OSError as e:
@@ -98,3 +121,15 @@ class SessionProcess(_ChildSetup, process.Process):
 
 class SessionPTYProcess(_ChildSetup, process.PTYProcess):
     """A PTY child; Twisted's PTYProcess already makes it a session leader."""
+
+
+class DetachedProcess(process.Process):
+    """A pipe-connected child in its own session that does NOT die with the slave: the guard
+    (bbx/slave/guard.py), which must outlive a SIGKILLed slave and its process group."""
+
+    def _trySpawnInsteadOfFork(self, *args, **kwargs):
+        return False
+
+    def _setupChild(self, fdmap):
+        super()._setupChild(fdmap)
+        os.setsid()

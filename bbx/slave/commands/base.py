@@ -16,14 +16,35 @@ master's `complete`. The contract:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from twisted.internet import defer
 from twisted.spread import pb
 
+from bbx.pb.secrets import SecretNames
+
 
 class UnknownCommand(pb.Error):
     """The master asked for a command this slave does not have."""
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    """What the slave gives its builders and commands beyond the master's arguments.
+
+    `slave_name` (for messages), `allowed` (canonical command names, None = all),
+    `secret_names` (whose values are redacted), `containment` (bbx/slave/containment.py, or
+    None: processes found by session, group, cookie and pipes only).
+    """
+
+    slave_name: str = "this slave"
+    allowed: tuple[str, ...] | None = None
+    secret_names: SecretNames = SecretNames()
+    containment: Any = None
+
+
+DEFAULT_CONTEXT = CommandContext()
 
 
 class Command:
@@ -40,6 +61,7 @@ class Command:
         command_id: str,
         args: Mapping[str, Any],
         updates,
+        context: CommandContext = DEFAULT_CONTEXT,
     ) -> None:
         missing = [a for a in self.required if a not in args]
         if missing:
@@ -49,6 +71,7 @@ class Command:
         self.command_id = command_id
         self.args = dict(args)
         self.updates = updates
+        self.context = context
         self.interrupted = False
         self.setup(self.args)
 

@@ -43,6 +43,8 @@ class ShellCommand(Command):
             use_pty=args.get("usePTY", False),
             logfiles=args.get("logfiles"),
             log_environ=args.get("logEnviron", True),
+            containment=self.context.containment,
+            secret_names=self.context.secret_names,
         )
         self.started = False
 

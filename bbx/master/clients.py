@@ -1,0 +1,68 @@
+"""ClientRef: an operator's CLI that the master reports to, and the one place it calls one.
+
+A watching `bbx run` or `bbx build` hands the master a Referenceable (an observer); the master
+calls its remote_* methods as a command or a build goes on. Calls to slaves go through their
+SlaveLink (bbx/master/link.py); calls to clients go through here.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+from twisted.spread import pb
+
+log = Logger()
+
+
+class ClientRef:
+    """One client's reference: `call(method, *args)` or nothing once the client is gone.
+
+    A client that disconnects, or whose call fails, is gone from then on and costs nothing
+    more; `on_gone` (if given) runs once when it disconnects. Calls have no deadline on purpose:
+    waiting for the answer to `update` is the flow control from the operator's terminal back
+    to the slave (a slow reader slows the command, PROTOCOL.md §5.1 and bbx/pb/updates.py).
+    """
+
+    def __init__(self, ref, what: str = "client", on_gone=None):
+        self.ref = ref
+        self.what = what
+        self.gone = False
+        self._on_gone = on_gone
+        try:
+            ref.notifyOnDisconnect(self._disconnected)
+        except AttributeError:  # a local object standing in for a reference (tests)
+            pass
+
+    def _disconnected(self, _ref=None) -> None:
+        self.gone = True
+        if self._on_gone is not None:
+            callback, self._on_gone = self._on_gone, None
+            callback()
+
+    def forget_on_gone(self) -> None:
+        """The client's command ended: its disconnecting no longer means anything."""
+        if self._on_gone is not None:
+            self._on_gone = None
+            try:
+                self.ref.dontNotifyOnDisconnect(self._disconnected)
+            except (AttributeError, ValueError):
+                pass
+
+    def call(self, method: str, *args):
+        """ref.callRemote(method, *args), or None when gone; failures are logged, not raised."""
+        if self.gone:
+            return None
+        try:
+            d = self.ref.callRemote(method, *args)
+        except Exception as e:  # e.g. an argument Banana cannot encode
+            log.warn("{what} call {m} failed: {why}", what=self.what, m=method, why=str(e))
+            self.gone = True
+            return None
+        d.addErrback(self._failed, method)
+        return d
+
+    def _failed(self, failure, method):
+        if not failure.check(pb.PBConnectionLost, pb.DeadReferenceError):
+            log.warn("{what} failed on {m}: {why}", what=self.what, m=method,
+                     why=failure.getErrorMessage())
+        self.gone = True
+        return None
