@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 
-.PHONY: demo test clean
+.PHONY: demo test clean bytecode
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,15 @@ $(TSTAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@ $(STAMP)
 
-demo: $(STAMP)
+# These machines set PYTHONDONTWRITEBYTECODE=1, so an editable install would compile bbx's
+# modules again on every run of `bbx`; compile them once (only changed files are redone).
+bytecode: $(BIN)/python
+	$(BIN)/python -m compileall -q bbx
+
+demo: $(STAMP) bytecode
 	$(BIN)/python -m bbx.demo
 
-test: $(TSTAMP)
+test: $(TSTAMP) bytecode
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

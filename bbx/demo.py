@@ -57,6 +57,7 @@ def main() -> int:
         started.append(("slave", slave_dir))
         os.environ["BBX_MASTER_DIR"] = str(master_dir)
         bbx("slaves")
+        bbx("doctor")
         bbx("ping", "local", "--count", "3")
         bbx("info", "local")
         bbx("run", "local", "--", "sh", "-c",

@@ -78,14 +78,18 @@ class Control(pb.Avatar):
                          "host": "a test box", "os_release": "6.1",
                          "worker_commands": {"shell": "3.3", "mkdir": "3.3"}}}
 
-    def perspective_slaves(self):
-        return [
+    def perspective_slaves(self, connected=None, counts=False):
+        everyone = [
             {"name": "local", "connected": True, "connected_since": STARTED, "builders": ["b", "slow"],
              "dialect": "worker", "last_message": time.time() - 5, "peer": "127.0.0.1:50000",
              "version": "4.3.0"},
             {"name": "lonely", "connected": False, "connected_since": None, "builders": ["idle"],
              "dialect": None, "last_message": None, "peer": None, "version": None},
         ]
+        if counts:
+            up = sum(1 for x in everyone if x["connected"])
+            return {"configured": len(everyone), "connected": up, "disconnected": len(everyone) - up}
+        return [x for x in everyone if connected is None or x["connected"] == connected]
 
     def perspective_builders(self):
         return [{"name": "b", "slaves": ["local"], "builddir": "b", "attached": ["local"]},

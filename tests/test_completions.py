@@ -42,3 +42,33 @@ def test_completion_is_dynamic_so_new_commands_need_no_new_script():
 def test_options_complete_after_a_command():
     words = bbx_with({"_BBX_COMPLETE": "complete_bash", "COMP_WORDS": "bbx run --w", "COMP_CWORD": "2"})
     assert words.split() == ["--workdir"]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_completion_show_prints_the_committed_script(shell):
+    from tests.support import run_bbx
+
+    result = run_bbx("completion", "show", shell)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (COMPLETIONS / f"bbx.{shell}").read_text()
+
+
+@pytest.mark.parametrize("shell, where", [
+    ("bash", ".local/share/bash-completion/completions/bbx"),
+    ("zsh", ".zfunc/_bbx"),
+    ("fish", ".config/fish/completions/bbx.fish"),
+])
+def test_completion_install_writes_where_the_shell_looks(shell, where, tmp_path):
+    from tests.support import run_bbx
+
+    env = {"HOME": str(tmp_path), "SHELL": f"/bin/{shell}", "XDG_DATA_HOME": "", "XDG_CONFIG_HOME": ""}
+    result = run_bbx("completion", "install", env=env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / where).read_text() == (COMPLETIONS / f"bbx.{shell}").read_text()
+
+
+def test_completion_install_for_an_unknown_shell_is_one_line():
+    from tests.support import run_bbx
+
+    result = run_bbx("completion", "install", "tcsh")
+    assert result.returncode == 2 and "choose one of: bash, zsh, fish" in result.stderr

@@ -108,9 +108,18 @@ def test_pipe_output_writes_stdout_byte_for_byte_and_the_rest_to_stderr():
     sink.stderr("oops\n")
     sink.stdout("\nno newline")
     assert out.getvalue() == "a\rb ✓\nno newline".encode()
-    assert err.getvalue() == b"oops\n"
-    assert "header line" in err_console.file.getvalue()
+    # stderr is no terminal either: headers are plain lines, in order with the command's stderr
+    assert err.getvalue() == b"header line\noops\n"
+    assert err_console.file.getvalue() == ""
     assert sink.nbytes == len("a\rb ✓\nno newline".encode()) + 5
+
+
+def test_pipe_output_paints_headers_dim_when_stderr_is_a_terminal():
+    out, err = io.BytesIO(), io.BytesIO()
+    err_console = Console(file=io.StringIO(), force_terminal=True, color_system="standard")
+    sink = sinks.PipeOutput(err_console, stdout=out, stderr=err)
+    sink.header("header line\n")
+    assert "\x1b[2mheader line" in err_console.file.getvalue() and err.getvalue() == b""
 
 
 def test_terminal_output_paints_stderr_red_and_keeps_stdout_text_intact():

@@ -98,7 +98,9 @@ def test_load_requires_name_password_and_connection(tmp_path):
 
 
 @pytest.mark.parametrize("key,value", [("allow_shutdown", '"sometimes"'), ("umask", '"0o999"'),
-                                       ("maxdelay", "-1"), ("name", '""')])
+                                       ("maxdelay", "-1"), ("name", '""'), ("maxdelay", "inf"),
+                                       ("keepalive_timeout", "nan"),
+                                       ("keepalive_timeout", "10")])  # below keepalive
 def test_load_rejects_bad_values(tmp_path, key, value):
     d = _write(tmp_path, GOOD.replace(f"{key} =", f"old_{key} =") + f"{key} = {value}\n")
     text = (d / "slave.toml").read_text().replace(f"old_{key} =", "# ")
@@ -116,7 +118,7 @@ def test_load_explains_a_directory_that_is_not_a_slave(tmp_path):
 
 def test_keepalive_deadline_is_derived_from_the_keepalive_interval(tmp_path):
     assert _create(tmp_path, keepalive=600).keepalive_deadline == 1230
-    assert _create(tmp_path, keepalive=600, keepalive_timeout=45, force=True).keepalive_deadline == 45
+    assert _create(tmp_path, keepalive=30, keepalive_timeout=45, force=True).keepalive_deadline == 45
     assert _create(tmp_path, keepalive=0, force=True).keepalive_deadline is None
 
 

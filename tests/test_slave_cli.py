@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -95,7 +97,8 @@ def test_start_in_a_missing_directory_is_one_clear_error(tmp_path):
 
 def test_start_with_malformed_config_names_file_and_line(tmp_path):
     d = _create(tmp_path)
-    (d / "slave.toml").write_text((d / "slave.toml").read_text().replace("keepalive = 600", "keepalive = [",))
+    (d / "slave.toml").write_text(re.sub(r"(?m)^keepalive = \d+", "keepalive = [",
+                                         (d / "slave.toml").read_text()))
     r = run_bbx("slave", "start", d)
     assert r.returncode == 2
     line = _one_clear_line(r)
@@ -148,12 +151,17 @@ def test_status_tells_running_or_not_with_master_and_last_state(tmp_path):
     try:
         proc.wait_for_output("cannot connect to", 20)
         r = run_bbx("slave", "status", d)
-        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.returncode == 3, r.stdout + r.stderr  # running, but cannot connect
         assert f"running (pid {proc.pid})" in r.stdout
         assert "master: tcp:host=127.0.0.1:port=" in r.stdout
-        assert "last connection state: cannot connect" in r.stdout
+        assert "connection: disconnected: refused" in r.stdout
+        state = json.loads(run_bbx("slave", "status", d, "--json").stdout)
+        assert state["running"] and state["connection"]["reason"] == "refused"
+        assert state["connection"]["pid"] == proc.pid and state["exit"] == 3
     finally:
         proc.terminate()
+    r = run_bbx("slave", "status", d)
+    assert r.returncode == 1 and "last connection state (an earlier run): stopped" in r.stdout
 
 
 def test_a_second_start_is_refused_while_running(tmp_path):
@@ -162,7 +170,7 @@ def test_a_second_start_is_refused_while_running(tmp_path):
     try:
         proc.wait_for_output("cannot connect to", 20)
         r = run_bbx("slave", "start", d)
-        assert r.returncode == 1
+        assert r.returncode == 2  # a configuration problem (README, exit codes)
         assert "already running" in _one_clear_line(r)
     finally:
         proc.terminate()
@@ -173,12 +181,12 @@ def test_daemon_start_without_a_master_reports_the_reason_and_keeps_trying(tmp_p
     try:
         t0 = time.monotonic()
         r = run_bbx("slave", "start", "--daemon", d, timeout=30)
-        assert r.returncode == 1
+        assert r.returncode == 3  # cannot connect
         line = _one_clear_line(r)
         assert "has not attached" in line and "connection refused" in line
         assert 9 < time.monotonic() - t0 < 20
         pid = int((d / "slave.pid").read_text())
-        assert run_bbx("slave", "status", d).returncode == 0
+        assert run_bbx("slave", "status", d).returncode == 3
         r = run_bbx("slave", "stop", d)
         assert r.returncode == 0 and f"slave stopped (pid {pid})" in r.stdout
         assert run_bbx("slave", "status", d).returncode == 1

@@ -214,6 +214,11 @@ def test_a_certificate_for_another_host_name_is_refused(tmp_path, ca, cleanup):
     cleanup.append(proc)
     assert_refused_and_retried(proc, master, "is for DNS:other.example, IP:10.9.9.9, not 127.0.0.1",
                                "connect to one of those names")
+    # bbx slave status names it from DIR/slave.state, with the exit code of a refused certificate.
+    status = run_bbx("slave", "status", slave, "--json")
+    assert status.returncode == 6, status.stdout + status.stderr
+    state = json.loads(status.stdout)["connection"]
+    assert state["reason"] == "untrusted" and "is for DNS:other.example" in state["detail"]
 
 
 def test_an_expired_certificate_and_one_from_an_unknown_ca_are_refused(tmp_path, ca, cleanup):
@@ -520,12 +525,27 @@ def test_an_ssl_string_with_nothing_to_check_against_is_refused():
         tls.check("tls:host=h", None)
 
 
-def test_slave_status_names_a_refused_certificate():
-    from bbx.cli.slave import last_connection_state
-
-    line = ("2026-12-01 10:00:00.000 refused the master at tls:host=h:port=1: the master's "
-            "certificate has expired; renew it; retrying in 0.5 s (attempt 1, at most 1 s)")
-    assert last_connection_state(line)[0] == "refused the master's TLS certificate"
+def test_the_master_logs_a_handshake_a_client_refused_but_not_a_bare_port_probe(tmp_path, ca,
+                                                                               cleanup):
+    master = TlsMaster(tmp_path / "m", create_args=["--tls"])
+    cleanup.append(master)
+    user, password = master.admin
+    failed = "TLS handshake with 127.0.0.1 failed"
+    with socket.create_connection(("127.0.0.1", master.port)):
+        pass  # a port probe: no ClientHello, nothing to log
+    refused = run_bbx("builders", "--master", f"127.0.0.1:{master.port}", "--ca", ca.cert_path,
+                      "--user", user, "--password", password)
+    assert refused.returncode == 6, refused.stderr
+    wait_until(lambda: failed in master.log(), 20, what="the master's line for the handshake")
+    lines = [ln for ln in master.log().splitlines() if failed in ln]
+    assert len(lines) == 1, lines  # the bbx client, not the probe
+    assert "the client hung up after receiving the certificate (it may not trust it)" in lines[0]
+    with socket.create_connection(("127.0.0.1", master.port)) as plain:
+        plain.sendall(b"GET / HTTP/1.0\r\n\r\n")  # not TLS at all
+        plain.recv(100)
+    wait_until(lambda: "the client does not speak TLS" in master.log(), 20,
+               what="the master's line for a client that speaks no TLS")
+    assert "Traceback" not in master.log()
 
 
 PROBE = """

@@ -1,18 +1,17 @@
-"""Build commands: bbx build | builds | log | cancel.
+"""`bbx build`: queue a build and paint it live (history.py: builds | log | cancel).
 
-Each command parses its options, then imports Twisted, rich and the client inside its body,
-so `bbx --help` stays fast. ops.register() adds them to the app.
+The command parses its options, then imports Twisted, rich and the client inside its body,
+so `bbx --help` stays fast.
 """
 
 from __future__ import annotations
 
-import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from .client import (CaOption, FingerprintOption, InsecureOption, JsonOption,
-                     MasterDirOption, MasterOption, PasswordOption, UserOption)
+from .client import (CaOption, FingerprintOption, InsecureOption, MasterDirOption, MasterOption,
+                     PasswordOption, TimeoutOption, UserOption)
 from .output import conn, consoles, json_line, print_json
 
 # Exit codes of `bbx build`.
@@ -21,12 +20,8 @@ EXIT_INTERRUPTED = 130      # left with Ctrl-C before the build ended
 EXIT_LOST = 255             # lost the connection to the master while waiting
 # Results whose build counts as good (bbx.master.results: SUCCESS=0, WARNINGS=1).
 GOOD_RESULTS = ("success", "warnings")
-# How long one `bbx log --follow` call lets the master wait for new log text before it
-# answers "nothing new yet" (the master caps it at 10 s): the master answers as soon as rows
-# are committed — its own, or another master's (NOTIFY) — so nothing polls.
-FOLLOW_WAIT = 5.0
-# One page of stored log per call (bbx/master/control.py MAX_LOG_PAGE caps it too).
-LOG_PAGE = 256 * 1024
+# How often the "waiting in the queue" line is redrawn on a terminal, in seconds.
+WAITING_INTERVAL = 0.5
 
 BUILD_HELP = """Queue a build of BUILDER (the steps master.toml gives it) and show each step live.
 
@@ -38,16 +33,13 @@ Exit status:
   1      the build ended FAILURE, EXCEPTION, CANCELLED or RETRY
   130    left with a second Ctrl-C; the build may still be running
   255    lost the connection to the master
-  2, 3, 4  bad usage, master unreachable, login refused
+  2, 3, 4, 5  bad usage, master unreachable, login refused, no such builder
 """
 
 
 def register(app: typer.Typer) -> None:
-    """Add the build commands to the top-level app."""
+    """Add `bbx build` to the top-level app (history.py has builds, log and cancel)."""
     app.command("build", help=BUILD_HELP)(build)
-    app.command("builds")(builds)
-    app.command("log")(log)
-    app.command("cancel")(cancel)
 
 
 # ---------------------------------------------------------------------------- build
@@ -61,7 +53,7 @@ def build(
     show_secrets: Annotated[bool, typer.Option(
         "--show-secrets", help="Do not mask secret-looking NAME=value lines of headers.")] = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
-    user: UserOption = None, password: PasswordOption = None,
+    user: UserOption = None, password: PasswordOption = None, timeout: TimeoutOption = 10.0,
     ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """Queue a build (the operator-facing help is BUILD_HELP)."""
@@ -69,7 +61,7 @@ def build(
 
     out, err = consoles()
     session = BuildSession(out, err, json=json, show_secrets=show_secrets)
-    call(conn(master_dir, master, user, password, ca, fingerprint, insecure),
+    call(conn(master_dir, master, user, password, timeout, ca, fingerprint, insecure),
          lambda perspective, reactor: session.run(perspective, reactor, builder, not no_wait))
     raise typer.Exit(session.report())
 
@@ -94,6 +86,10 @@ class BuildSession:
         self.sigints = 0
         self.wait = True
         self.sink = make_sink(out, err, json)
+        self._ticker = None
+        self._queued_since: float | None = None
+        self._why = ""
+        self._step: tuple | None = None  # (number, name, started) of the running step
 
     async def run(self, perspective, reactor, builder: str, wait: bool):
         import signal
@@ -101,6 +97,7 @@ class BuildSession:
         from twisted.internet import defer
 
         self.wait = wait
+        self.reactor = reactor
         self.perspective = perspective
         self.done = defer.Deferred()
         observer = _observer_class()(self) if wait else None
@@ -115,10 +112,47 @@ class BuildSession:
             why = ("its slaves are busy" if attached else "none of its slaves is attached")
             self._note(f"request {self.answer['request_id']} queued (position "
                        f"{self.answer['position']}; {why})")
+            self._show_waiting(reactor, why)
+        self._show_waiting(reactor, "")
         if self.sigints:
             self._cancel()
         await self.done
         return self.finished
+
+    def _show_waiting(self, reactor, why: str) -> None:
+        """On a terminal, a live line while the request waits (how long, and why) and then
+        while each step runs (its name, time and output so far: a long transfer or a quiet
+        compile shows that it is alive)."""
+        from twisted.internet import task
+
+        from .sinks import TerminalOutput
+
+        if not isinstance(self.sink, TerminalOutput) or self._ticker is not None:
+            return
+        self._queued_since, self._why = reactor.seconds(), why
+        self._ticker = task.LoopingCall(self._tick, reactor)
+        self._ticker.clock = reactor
+        self._ticker.start(WAITING_INTERVAL)
+
+    def _tick(self, reactor) -> None:
+        from rich.text import Text
+
+        from .text import duration, human_bytes
+
+        if self.done.called:
+            self._ticker.stop()
+            return
+        now = reactor.seconds()
+        if self.started is None and self._queued_since is not None:
+            text = (f"⏳ waiting in the queue · {duration(now - self._queued_since)}"
+                    f" · {self._why}")
+        elif self._step is not None:
+            number, name, since = self._step
+            text = (f"▶ step {number} · {name} · {duration(now - since)}"
+                    f" · {human_bytes(self.sink.nbytes)}")
+        else:
+            return
+        self.sink.status(Text(text, style="dim"))
 
     def _end(self, *, master_lost: bool = False, left: bool = False) -> None:
         self.master_lost = self.master_lost or master_lost
@@ -152,6 +186,8 @@ class BuildSession:
 
     def build_started(self, info: dict) -> None:
         self.started = info
+        if hasattr(self.sink, "clear_status"):
+            self.sink.clear_status()
         if self.json:
             json_line({"event": "buildStarted", **info})
             return
@@ -159,6 +195,7 @@ class BuildSession:
                    f"started on slave {info['slave']}")
 
     def step_started(self, info: dict) -> None:
+        self._step = (info.get("number"), info.get("name"), self.reactor.seconds())
         if self.json:
             json_line({"event": "stepStarted", **info})
             return
@@ -167,6 +204,9 @@ class BuildSession:
         self.sink.section(step_rule(info))
 
     def step_finished(self, info: dict) -> None:
+        self._step = None
+        if hasattr(self.sink, "clear_status"):
+            self.sink.clear_status()
         if self.json:
             json_line({"event": "stepFinished", **info})
             return
@@ -281,158 +321,3 @@ def _observer_class():
 
         _OBSERVER = BuildObserver
     return _OBSERVER
-
-
-# ---------------------------------------------------------------------------- builds
-
-
-def builds(
-    builder: Annotated[str | None, typer.Argument(help="Only this builder's builds.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many builds.")] = 20,
-    json: JsonOption = False,
-    master_dir: MasterDirOption = None, master: MasterOption = None,
-    user: UserOption = None, password: PasswordOption = None,
-    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
-) -> None:
-    """List recent builds (newest first) and the requests waiting in the queue."""
-    from .client import call
-
-    async def conversation(perspective, reactor):
-        found = await perspective.callRemote("builds", builder, limit)
-        queued = await perspective.callRemote("queue", builder)
-        return {"builds": found, "queued": queued}
-
-    answer = call(conn(master_dir, master, user, password, ca, fingerprint, insecure), conversation)
-    if json:
-        print_json(answer)
-        return
-    from .render import builds_table
-
-    consoles()[0].print(builds_table(answer["builds"], answer["queued"]), highlight=False)
-
-
-# ---------------------------------------------------------------------------- log
-
-
-def log(
-    build_id: Annotated[int, typer.Argument(metavar="BUILD", help="The build id (see bbx builds).")],
-    step: Annotated[str | None, typer.Argument(help="Only this step (number or name).")] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing while the build runs.")] = False,
-    json: Annotated[bool, typer.Option(
-        "--json", help="One JSON line per stored chunk: seq, step, stream, text.")] = False,
-    show_secrets: Annotated[bool, typer.Option(
-        "--show-secrets", help="Do not mask secret-looking NAME=value lines of headers.")] = False,
-    master_dir: MasterDirOption = None, master: MasterOption = None,
-    user: UserOption = None, password: PasswordOption = None,
-    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
-) -> None:
-    """Print a build's stored log (every step, or one), live with --follow while it runs."""
-    from .client import call
-
-    out, _err = consoles()
-    printer = LogPrinter(out, json=json, show_secrets=show_secrets)
-    step_arg: Any = int(step) if step is not None and step.isdigit() else step
-
-    async def conversation(perspective, reactor):
-        info = await perspective.callRemote("build_info", build_id)
-        printer.steps = {s["number"]: s["name"] for s in info.get("steps", [])}
-        after = None
-        while True:
-            page = await perspective.callRemote("log", build_id, step_arg, after, LOG_PAGE,
-                                                FOLLOW_WAIT if follow else 0)
-            chunks = page["chunks"]
-            if chunks:
-                if any(c[1] not in printer.steps for c in chunks):
-                    info = await perspective.callRemote("build_info", build_id)
-                    printer.steps = {s["number"]: s["name"] for s in info.get("steps", [])}
-                printer.chunks(chunks)
-                after = chunks[-1][0]
-                continue
-            if page["finished"] or not follow:
-                return page
-
-    final = call(conn(master_dir, master, user, password, ca, fingerprint, insecure), conversation)
-    printer.end(final)
-
-
-class LogPrinter:
-    """Paints stored log chunks [seq, step, stream, text]: a rule where the step changes,
-    stderr red and headers dim on a terminal; plain text in a pipe."""
-
-    def __init__(self, console, *, json: bool = False, show_secrets: bool = False):
-        self.console = console
-        self.json = json
-        self.show_secrets = show_secrets
-        self.steps: dict[int, str] = {}
-        self.current: int | None = None
-        self.at_line_start = True
-
-    def chunks(self, chunks) -> None:
-        from .render import mask_header
-
-        # The store keeps headers as the slave sent them (a buildbot-worker does not mask its
-        # environment header); what an operator sees is masked like `bbx run` output.
-        chunks = [(seq, step, stream, mask_header(text, self.show_secrets) if stream == "header" else text)
-                  for seq, step, stream, text in chunks]
-        if self.json:
-            for seq, step, stream, text in chunks:
-                json_line({"seq": seq, "step": step, "name": self.steps.get(step), "stream": stream,
-                       "text": text})
-            return
-        from rich.text import Text
-
-        from .render import step_rule
-
-        terminal = self.console.is_terminal
-        for _seq, step, stream, text in chunks:
-            if step != self.current:
-                if not self.at_line_start:
-                    sys.stdout.write("\n")
-                sys.stdout.flush()
-                self.console.print(step_rule({"number": step, "name": self.steps.get(step, "?")}))
-                self.current = step
-                self.at_line_start = True
-            if terminal and stream != "stdout":
-                style = "red" if stream == "stderr" else "dim"
-                self.console.print(Text(text, style=style), end="", soft_wrap=True,
-                                   highlight=False)
-            else:
-                sys.stdout.write(text)
-            self.at_line_start = text.endswith("\n")
-        sys.stdout.flush()
-
-    def end(self, page: dict | None) -> None:
-        if self.json or page is None:
-            return
-        if not self.at_line_start:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-
-
-# ---------------------------------------------------------------------------- cancel
-
-
-def cancel(
-    build_id: Annotated[int, typer.Argument(metavar="BUILD", help="The running build's id "
-                                            "(or, with --request, a queued request's id).")],
-    request: Annotated[bool, typer.Option(
-        "--request", help="BUILD is a queued build request id: remove it from the queue.")] = False,
-    json: JsonOption = False,
-    master_dir: MasterDirOption = None, master: MasterOption = None,
-    user: UserOption = None, password: PasswordOption = None,
-    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
-) -> None:
-    """Cancel a running build (its step is interrupted; result CANCELLED) or a queued request."""
-    from .client import call
-
-    args = (None, build_id) if request else (build_id,)
-    answer = call(conn(master_dir, master, user, password, ca, fingerprint, insecure),
-                  lambda perspective, reactor: perspective.callRemote("cancel", *args))
-    if json:
-        print_json(answer)
-        return
-    if answer.get("state") == "removed":
-        text = f"removed build request {answer.get('request_id')} from the queue"
-    else:
-        text = f"cancelling build {answer.get('build_id')}"
-    consoles()[0].print(text, highlight=False, markup=False)

@@ -14,6 +14,8 @@ from typing import List, Optional
 import typer
 
 from .errors import BbxError, UsageError
+from .roleopts import (HttpOption, LogBackupsOption, LogFormatOption, LogMaxBytesOption, Waiting,
+                       check_http, child_args, log_options)
 
 app = typer.Typer(help="Create, start and stop a master.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -219,7 +221,7 @@ def _refuse_if_running(directory: Path) -> None:
 
     pid = pidfile.running(directory / PID_FILE)
     if pid is not None:
-        raise BbxError(f"a master is already running in {directory} (pid {pid}); "
+        raise UsageError(f"a master is already running in {directory} (pid {pid}); "
                        f"stop it with `bbx master stop {directory}`")
     for stale in (PID_FILE, ENDPOINT_FILE):
         try:
@@ -234,50 +236,130 @@ def start(
     daemon: bool = typer.Option(False, "--daemon", help="Run in the background; logs go to DIR/master.log."),
     detached: bool = typer.Option(False, "--detached", hidden=True,
                                   help="Internal: the background child of --daemon."),
+    log_format: LogFormatOption = "text", log_max_bytes: LogMaxBytesOption = 0,
+    log_backups: LogBackupsOption = 5, http: HttpOption = None,
 ) -> None:
-    """Run the master (foreground: logs to the terminal and DIR/master.log; Ctrl-C stops it)."""
+    """Run the master (foreground: logs to the terminal and DIR/master.log; Ctrl-C or SIGTERM
+    stops it cleanly; SIGHUP never kills it)."""
+    options = log_options(log_format, log_max_bytes, log_backups)
     config = _load(directory)
     _check_listen(config.listen, config)
+    check_http(http if http is not None else config.http,
+               "--http" if http is not None else f"{config.path}: master.http")
     directory = directory.resolve()
     _refuse_if_running(directory)
     if daemon:
-        _start_daemon(directory, config)
+        _start_daemon(directory, config, child_args(log_format, log_max_bytes, log_backups, http))
         return
     from bbx.master.service import StartFailed, run
 
     try:
-        run(directory, config, to_terminal=not detached)
+        run(directory, config, to_terminal=not detached, log_options=options, http=http)
     except StartFailed as e:
-        raise BbxError(str(e)) from None
+        raise UsageError(str(e)) from None
     except ValueError as e:
         raise UsageError(f"{e}; fix listen in {config.path}") from None
 
 
-def _start_daemon(directory: Path, config) -> None:
+def _start_daemon(directory: Path, config, extra: list[str]) -> None:
+    import os
     import subprocess
 
     from bbx import pidfile
-    from bbx.master.service import ENDPOINT_FILE, PID_FILE
+    from bbx.master.service import ENDPOINT_FILE, PID_FILE, open_log
 
     log_path = directory / config.log
-    with open(log_path, "ab") as out:
+    with open_log(log_path, binary=True) as out:
         child = subprocess.Popen(
-            [sys.executable, "-m", "bbx", "master", "start", str(directory), "--detached"],
+            [sys.executable, "-m", "bbx", "master", "start", str(directory), "--detached", *extra],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True,
         )
     endpoint_file = directory / ENDPOINT_FILE
     deadline = time.monotonic() + DAEMON_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise BbxError(f"the master did not start: {_last_line(log_path)}")
-        if endpoint_file.exists() and pidfile.read(directory / PID_FILE) == child.pid:
-            endpoint = endpoint_file.read_text().strip()
-            print(f"master started in {directory} (pid {child.pid}), listening on {endpoint}")
-            return
-        time.sleep(0.05)
+    with Waiting(f"master in {directory} (pid {child.pid}): starting"):
+        while time.monotonic() < deadline:
+            if child.poll() is not None:
+                raise UsageError(f"the master did not start: {_last_line(log_path)}")
+            if endpoint_file.exists() and pidfile.read(directory / PID_FILE) == child.pid:
+                endpoint = endpoint_file.read_text().strip()
+                print(f"master started in {directory} (pid {child.pid}), listening on {endpoint}")
+                return
+            time.sleep(0.05)
     raise BbxError(f"the master (pid {child.pid}) did not start listening within "
                    f"{DAEMON_START_TIMEOUT:g} s; see {log_path}")
+
+
+@app.command()
+def restart(
+    directory: Path = typer.Argument(..., help="The master's directory."),
+    log_format: LogFormatOption = "text", log_max_bytes: LogMaxBytesOption = 0,
+    log_backups: LogBackupsOption = 5, http: HttpOption = None,
+) -> None:
+    """Stop the master in DIR if it runs, then start it in the background (as start --daemon)."""
+    stop(directory)
+    start(directory, daemon=True, detached=False, log_format=log_format,
+          log_max_bytes=log_max_bytes, log_backups=log_backups, http=http)
+
+
+@app.command()
+def status(
+    directory: Path = typer.Argument(..., help="The master's directory."),
+    json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    timeout: float = typer.Option(5.0, "--timeout", min=0.1,
+                                  help="Seconds to wait for the running master to answer."),
+) -> None:
+    """Whether the master in DIR runs, where it listens, and what its slaves and queue look
+    like. Exit status: 0 running and answering; 1 not running; 3 running but not answering."""
+    from bbx import pidfile
+    from bbx.master.service import ENDPOINT_FILE, PID_FILE
+
+    from .client import ConnOptions, call
+    from .errors import EXIT_FAILED, Unreachable
+    from .output import print_json
+
+    if not directory.is_dir():
+        raise UsageError(f"{directory} is not a directory")
+    directory = directory.resolve()
+    pid = pidfile.running(directory / PID_FILE)
+    try:
+        endpoint = (directory / ENDPOINT_FILE).read_text().strip() if pid else None
+    except OSError:
+        endpoint = None
+    report = {"directory": str(directory), "running": pid is not None, "pid": pid,
+              "endpoint": endpoint, "slaves": None, "builders": None}
+    code = 0 if pid else EXIT_FAILED
+    problem = None
+    if pid and endpoint:
+        async def conversation(perspective, reactor):
+            return {"slaves": await perspective.callRemote("slaves"),
+                    "builders": await perspective.callRemote("builders")}
+
+        try:
+            answer = call(ConnOptions(master_dir=directory, timeout=timeout), conversation,
+                          answer_within=timeout, what="the status calls")
+            slaves = answer["slaves"]
+            report["slaves"] = {"configured": len(slaves),
+                                "connected": sum(1 for s in slaves if s.get("connected"))}
+            report["builders"] = len(answer["builders"])
+        except BbxError as e:
+            code, problem = Unreachable.exit_code, e.message
+    elif pid:
+        code, problem = Unreachable.exit_code, "it has not written master.endpoint yet (starting?)"
+    report["problem"] = problem
+    if json:
+        print_json(dict(report, exit=code))
+        raise typer.Exit(code)
+    print(f"master in {directory}: " + (f"running (pid {pid})" if pid else "not running"))
+    if endpoint:
+        print(f"listening on {endpoint}")
+    if report["slaves"]:
+        s = report["slaves"]
+        print(f"slaves: {s['connected']} of {s['configured']} connected; "
+              f"builders: {report['builders']}")
+    if problem:
+        print(f"not answering: {problem}")
+    raise typer.Exit(code)
 
 
 def _last_line(path: Path) -> str:

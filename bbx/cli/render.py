@@ -6,8 +6,6 @@ command's output live in bbx/cli/sinks.py.
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from typing import Any, Iterable
 
@@ -15,80 +13,12 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from bbx.pb.secrets import is_secret_name
-
-# What the operator sees instead of a secret-looking value (bbx/pb/secrets.py decides which).
-MASK = "********"
-
-
-def mask_environ(environ: dict[str, Any] | None, show: bool) -> dict[str, Any]:
-    """A copy of `environ` with secret-looking values replaced by MASK unless `show`."""
-    environ = dict(environ or {})
-    if show:
-        return environ
-    return {name: (MASK if is_secret_name(str(name)) else value) for name, value in environ.items()}
-
-
-# An environment line in a command's header, as the slave logs it: "  NAME=value".
-_HEADER_ENV_LINE = re.compile(r"^([ \t]+)([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.MULTILINE)
-
-
-def mask_header(text: str, show: bool) -> str:
-    """A command header with the values of secret-looking "  NAME=value" lines masked."""
-    if show or "=" not in text:
-        return text
-    return _HEADER_ENV_LINE.sub(
-        lambda m: f"{m[1]}{m[2]}={MASK}" if is_secret_name(m[2]) else m[0], text)
-
-
-def masked_info(answer: dict, show_secrets: bool) -> dict:
-    """The master's `info` answer with info.environ masked (for tables and --json alike)."""
-    answer = dict(answer)
-    info = dict(answer.get("info") or {})
-    if "environ" in info:
-        info["environ"] = mask_environ(info["environ"], show_secrets)
-    answer["info"] = info
-    return answer
+from .masks import MASK, mask_environ, mask_header, masked_info  # noqa: F401
+from .output import to_json  # noqa: F401  (kept importable from here)
+from .text import duration, human_bytes, relative_time  # noqa: F401
 
 
 # ---------------------------------------------------------------------------- small formats
-
-
-def relative_time(then: float | None, now: float) -> str:
-    """'12s ago', '3m ago', '5h ago', '2d ago'; '—' for never."""
-    if then is None:
-        return "—"
-    seconds = max(0.0, now - then)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit} ago"
-    return f"{int(seconds)}s ago"
-
-
-def human_bytes(count: int) -> str:
-    """1023 B, 1.5 KiB, 12.0 MiB ..."""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{count} B"  # pragma: no cover
-
-
-def duration(seconds: float) -> str:
-    """0.42s, 12.3s, 4m05s, 1h02m."""
-    if seconds < 60:
-        return f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def to_json(value: Any) -> str:
-    """Plain JSON text for --json output (no markup, stable key order)."""
-    return json.dumps(value, indent=2, sort_keys=True, default=str)
 
 
 # ---------------------------------------------------------------------------- ping

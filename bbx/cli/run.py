@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from .client import (CaOption, FingerprintOption, InsecureOption, MasterDirOption,
-                     MasterOption, PasswordOption, UserOption)
+from .client import (CaOption, ConnectTimeoutOption, FingerprintOption, InsecureOption,
+                     MasterDirOption, MasterOption, PasswordOption, UserOption)
 from .output import conn, consoles, json_line
 
 # Exit codes of `bbx run` besides the command's own rc (documented in its --help).
@@ -45,7 +45,7 @@ Exit status:
   141    bbx's stdout was closed (e.g. `| head`); the command was interrupted
   255    the connection to the slave or to the master was lost during the command
   1      the command could not be started (or its rc was outside 0-255)
-  2, 3, 4  bad usage, master unreachable, login refused
+  2, 3, 4, 5  bad usage, master unreachable, login refused, no such builder
 """
 
 
@@ -77,6 +77,7 @@ def run(
         "(as Buildbot steps do; off by default for bbx run).")] = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None,
+    connect_timeout: ConnectTimeoutOption = 10.0,
     ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """Run a command on a slave (the operator-facing help is RUN_HELP)."""
@@ -101,7 +102,7 @@ def run(
     session = RunSession(out, err, json=json, show_secrets=show_secrets)
     request = dict(builder=builder, command=argv, workdir=workdir, env=environment,
                    timeout=timeout, max_time=max_time, log_environ=log_environ)
-    call(conn(master_dir, master, user, password, ca, fingerprint, insecure),
+    call(conn(master_dir, master, user, password, connect_timeout, ca, fingerprint, insecure),
          lambda perspective, reactor: session.run(perspective, reactor, **request))
     exit_code = session.report()
     raise typer.Exit(exit_code)
@@ -241,7 +242,7 @@ class RunSession:
     def update(self, updates) -> None:
         from bbx.pb.updates import iter_updates
 
-        from .render import mask_header
+        from .masks import mask_header
 
         if self.json:
             import json
@@ -277,8 +278,6 @@ class RunSession:
 
     def report(self) -> int:
         """Print the summary line (stderr unless on a terminal); return bbx's exit code."""
-        from .render import run_summary
-
         result = self.result or {"master_lost": True}
         code, message = run_exit(result, failure_reason=self.failure_reason,
                                  operator_interrupted=self.sigints > 0, pipe_closed=self.pipe_closed)
@@ -288,9 +287,18 @@ class RunSession:
                             "message": message, "failure_reason": self.failure_reason,
                             "elapsed": round(elapsed, 3)})
             if code != 0:
-                self.err.print(f"bbx: {message}", highlight=False, soft_wrap=True, markup=False)
+                sys.stderr.write(f"bbx: {message}\n")
             return code
-        self.sink.finish(run_summary(message, code, elapsed, self.sink.nbytes))
+        from .sinks import PipeOutput
+
+        if isinstance(self.sink, PipeOutput) and not self.err.is_terminal:
+            from .text import run_summary_line
+
+            self.sink.finish(run_summary_line(message, code, elapsed, self.sink.nbytes))
+        else:
+            from .render import run_summary
+
+            self.sink.finish(run_summary(message, code, elapsed, self.sink.nbytes))
         return code
 
 

@@ -8,13 +8,14 @@ no rich work and no per-line work per chunk.
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from rich.console import Console
-from rich.style import Style
-from rich.text import Text
+from .masks import mask_header
 
-from .render import mask_header
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.style import Style
+    from rich.text import Text
 
 
 class PipeOutput:
@@ -49,16 +50,31 @@ class PipeOutput:
         self._err.flush()
 
     def header(self, text: str) -> None:
+        if not self.err.is_terminal:  # plain text: no rich work on the bulk path
+            self._line(text)
+            return
+        from rich.text import Text
+
         self.err.print(Text(text.rstrip("\n"), style="dim"), soft_wrap=True, highlight=False)
+
+    def _line(self, text: str) -> None:
+        self._err.write((text.rstrip("\n") + "\n").encode("utf-8", "surrogateescape"))
+        self._err.flush()
 
     def status(self, text: Text) -> None:
         """No live status line in a pipe."""
 
     def section(self, renderable) -> None:
         """A step boundary (a rule): on stderr, between the command's output lines."""
-        self.err.print(renderable, soft_wrap=True, highlight=False)
+        self.finish(renderable)
 
     def finish(self, summary) -> None:
+        """The last line (or a rule): plain when stderr is no terminal either."""
+        if not self.err.is_terminal:
+            plain = getattr(summary, "plain", None)
+            if isinstance(summary, str) or plain is not None:
+                self._line(summary if isinstance(summary, str) else plain)
+                return
         self.err.print(summary, soft_wrap=True, highlight=False)
 
 
@@ -71,6 +87,8 @@ class TerminalOutput:
     """
 
     def __init__(self, console: Console):
+        from rich.style import Style
+
         self.console = console
         self._file = console.file
         self.nbytes = 0
@@ -118,6 +136,12 @@ class TerminalOutput:
             self._erase_status()
             self._draw_status()
             self._file.flush()
+
+    def clear_status(self) -> None:
+        """Take the status line away (the wait it described is over)."""
+        self._erase_status()
+        self._last_status = None
+        self._file.flush()
 
     def _draw_status(self) -> None:
         width = max(10, self.console.width - 1)

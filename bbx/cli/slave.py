@@ -15,13 +15,17 @@ from typing import List, Optional
 
 import typer
 
-from .errors import BbxError, UsageError
+from bbx.pb.liveness import KEEPALIVE_INTERVAL
+
+from .errors import (EXIT_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_UNTRUSTED, BbxError,
+                     UsageError)
+from .output import print_json
+from .roleopts import (HttpOption, LogBackupsOption, LogFormatOption, LogMaxBytesOption, Waiting,
+                       check_http, child_args, log_options)
 
 app = typer.Typer(help="Create, start, stop and inspect a slave.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 
-# `start --daemon` reports success once the log says this, like buildbot-worker (PROTOCOL.md §8).
-ATTACHED_LINE = "message from master: attached"
 DAEMON_START_WAIT = 10.0  # buildbot-worker start's wait (PROTOCOL.md §8)
 STOP_WAIT = 15.0
 
@@ -110,7 +114,7 @@ def create(
         None, "--master", metavar="HOST[:PORT]",
         help="Another master of the same farm, tried in order after MASTER (repeatable; "
              "with --master, MASTER may be left out)."),
-    keepalive: int = typer.Option(600, "--keepalive", help="Seconds between keepalives to the master (0 = off)."),
+    keepalive: int = typer.Option(KEEPALIVE_INTERVAL, "--keepalive", help="Seconds between keepalives to the master (0 = off)."),
     keepalive_timeout: float = typer.Option(
         0, "--keepalive-timeout", help="Seconds of master silence before reconnecting (0 = 2 x keepalive + 30)."),
     maxdelay: int = typer.Option(300, "--maxdelay", help="Longest wait between reconnection attempts, seconds."),
@@ -217,61 +221,82 @@ def create(
 
 
 @app.command(help="Run the slave in DIR: in the foreground (logging to the terminal and "
-                  "DIR/slave.log) or with --daemon in the background.")
+                  "DIR/slave.log) or with --daemon in the background. SIGTERM stops it cleanly; "
+                  "SIGHUP asks the master for a graceful shutdown (--allow-shutdown signal) or "
+                  "stops it cleanly.")
 def start(
     directory: Path = typer.Argument(..., metavar="DIR", help="The slave directory."),
     daemon: bool = typer.Option(False, "--daemon", help="Detach; wait up to 10 s for the master to "
                                                           "attach and report; logs go to DIR/slave.log."),
     detached: bool = typer.Option(False, "--detached", hidden=True,
                                   help="Internal: this process is the --daemon child."),
+    log_format: LogFormatOption = "text", log_max_bytes: LogMaxBytesOption = 0,
+    log_backups: LogBackupsOption = 5, http: HttpOption = None,
 ) -> None:
+    options = log_options(log_format, log_max_bytes, log_backups)
+    check_http(http)
     config = _load(directory)
     pid = _running_pid(Path(config.basedir))
     if pid is not None:
-        raise BbxError(f"a slave is already running in {config.basedir} (pid {pid}); "
-                       f"stop it with: bbx slave stop {directory}")
+        raise UsageError(f"a slave is already running in {config.basedir} (pid {pid}); "
+                         f"stop it with: bbx slave stop {directory}")
     if daemon:
-        _start_daemon(config, directory)
+        _start_daemon(config, directory, child_args(log_format, log_max_bytes, log_backups, http))
         return
     from bbx.slave import run
 
     try:
-        rc = run(config, console=not detached)
+        rc = run(config, console=not detached, log_options=options, http=http)
     except OSError as e:
         raise BbxError(f"cannot run the slave in {config.basedir}: {e}") from None
     raise typer.Exit(rc)
 
 
-def _start_daemon(config, directory: Path) -> None:
+def _start_daemon(config, directory: Path, extra: list[str]) -> None:
+    from bbx.slave import state as slave_state
     from bbx.slave.basedir import LOG_NAME
 
     log_path = Path(config.path(LOG_NAME))
     offset = log_path.stat().st_size if log_path.exists() else 0
+    before = slave_state.read(config.basedir)
     child = subprocess.Popen(
-        [sys.executable, "-m", "bbx", "slave", "start", "--detached", config.basedir],
+        [sys.executable, "-m", "bbx", "slave", "start", "--detached", *extra, config.basedir],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, cwd=config.basedir, close_fds=True)
     deadline = time.monotonic() + DAEMON_START_WAIT
-    fresh = ""
-    while True:
-        try:
-            with open(log_path, encoding="utf-8", errors="replace") as f:
-                f.seek(offset)
-                fresh = f.read()
-        except FileNotFoundError:
-            fresh = ""
-        if ATTACHED_LINE in fresh:
-            typer.echo(f"slave {config.name} started (pid {child.pid}) and attached to the master "
-                       f"at {' or '.join(config.masters)}")
-            return
-        rc = child.poll()
-        if rc is not None:
-            raise BbxError(f"the slave exited at once (status {rc}): {_hint(fresh)}")
-        if time.monotonic() > deadline:
-            raise BbxError(f"slave {config.name} started (pid {child.pid}) but has not attached to "
-                           f"the master within {DAEMON_START_WAIT:.0f} s; it keeps retrying in the "
-                           f"background. Last news: {_hint(fresh)} (see {log_path})")
-        time.sleep(0.05)
+    state = None
+    masters = " or ".join(config.masters)
+    with Waiting(f"slave {config.name} (pid {child.pid}): connecting to {masters}") as wait:
+        while True:
+            state = slave_state.read(config.basedir)
+            fresh = state if state and state != before and state.get("pid") == child.pid else None
+            if fresh and fresh.get("state") == "attached":
+                break
+            if fresh:
+                wait.update(f"slave {config.name} (pid {child.pid}): {fresh['state']}"
+                            + (f" ({fresh['reason']})" if fresh.get("reason") else ""))
+            rc = child.poll()
+            if rc is not None:
+                raise UsageError(f"the slave exited at once (status {rc}): "
+                                 f"{_hint(_log_since(log_path, offset))}")
+            if time.monotonic() > deadline:
+                news = (fresh or {}).get("detail") or _hint(_log_since(log_path, offset))
+                raise BbxError(f"slave {config.name} started (pid {child.pid}) but has not attached "
+                               f"to the master within {DAEMON_START_WAIT:.0f} s; it keeps retrying "
+                               f"in the background. Last news: {news} (see {log_path})",
+                               exit_code=_status_exit((fresh or {}).get("reason", "")))
+            time.sleep(0.05)
+    typer.echo(f"slave {config.name} started (pid {child.pid}) and attached to the master "
+               f"at {state.get('master') or config.connection}")
+
+
+def _log_since(path: Path, offset: int) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            f.seek(offset)
+            return f.read()
+    except FileNotFoundError:
+        return ""
 
 
 _HINT_MARKERS = ("unauthorized", "cannot connect", "failed", "closed", "lost", "error", "retrying")
@@ -323,49 +348,70 @@ def stop(directory: Path = typer.Argument(..., metavar="DIR", help="The slave di
         typer.echo(f"slave in {directory} is not running")
 
 
-# Log lines that tell the connection's state, newest wins; (marker, state shown).
-_STATE_MARKERS = (
-    (ATTACHED_LINE, "attached"),
-    ("attached to the master", "attached"),
-    ("unauthorized", "refused: wrong name or password"),
-    ("refused the master at", "refused the master's TLS certificate"),
-    ("cannot connect to", "cannot connect"),
-    ("login to", "login failed"),
-    ("lost the connection", "disconnected"),
-    ("sent nothing for", "disconnected (master silent)"),
-    ("closed during login", "disconnected during login"),
-    ("connected to", "connected, logging in"),
-    ("slave stopped", "stopped"),
-)
+def _status_exit(reason: str) -> int:
+    """A slave that runs but is not attached: 4 when its login was refused, 6 when it refused
+    the master's TLS certificate, else 3."""
+    if reason == "untrusted":
+        return EXIT_UNTRUSTED
+    return EXIT_REFUSED if reason in ("unauthorized", "duplicate") else EXIT_UNREACHABLE
 
 
-def last_connection_state(log_text: str) -> tuple[str, str] | None:
-    """(state, log line) from the newest log line that tells the connection's state."""
-    for line in reversed(log_text.splitlines()):
-        for marker, state in _STATE_MARKERS:
-            if marker in line:
-                return state, line.strip()
-    return None
+def _ago(since: float | None) -> str:
+    if not since:
+        return ""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+    return f" since {stamp} ({int(max(0, time.time() - since))} s ago)"
 
 
-@app.command(help="Show whether the slave in DIR runs, its master and its last connection state. "
-                  "Exit status 0 if running, 1 if not.")
-def status(directory: Path = typer.Argument(..., metavar="DIR", help="The slave directory.")) -> None:
-    from bbx.slave.basedir import LOG_NAME
+@app.command(help="Show whether the slave in DIR runs and whether it is attached to its master, "
+                  "with the reason it last gave (from DIR/slave.state). Exit status: 0 attached; "
+                  "1 not running; 3 running but not attached (refused, unreachable, timed out, "
+                  "lost); 4 running but its login was refused (unauthorized, duplicate); 6 running "
+                  "but it refused the master's TLS certificate.")
+def status(
+    directory: Path = typer.Argument(..., metavar="DIR", help="The slave directory."),
+    json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    from bbx.slave import state as slave_state
 
     config = _load(directory)
     pid = _running_pid(Path(config.basedir))
+    state = slave_state.read(config.basedir) or {}
+    if pid is None:
+        code = EXIT_FAILED
+    elif state.get("pid") == pid and state.get("state") == "attached":
+        code = 0
+    else:
+        code = _status_exit(state.get("reason", "") if state.get("pid") == pid else "")
+    if json:
+        print_json({"name": config.name, "basedir": config.basedir, "running": pid is not None,
+                    "pid": pid, "master": config.connection, "masters": list(config.masters),
+                    "connection": state or None,
+                    "exit": code})
+        raise typer.Exit(code)
     typer.echo(f"slave {config.name} in {config.basedir}: "
                + (f"running (pid {pid})" if pid else "not running"))
     typer.echo(f"master: {' or '.join(config.masters)}")
-    try:
-        text = Path(config.path(LOG_NAME)).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        text = ""
-    found = last_connection_state(text)
-    if found:
-        state, line = found
-        typer.echo(f"last connection state: {state} ({line})")
+    if state:
+        current = state.get("pid") == pid
+        what = state.get("state", "?") + (f": {state['reason']}" if state.get("reason") else "")
+        if len(config.masters) > 1 and state.get("master"):
+            what += f" (master {state['master']})"
+        label = "connection" if current else "last connection state (an earlier run)"
+        detail = f" ({state['detail']})" if state.get("detail") else ""
+        typer.echo(f"{label}: {what}{_ago(state.get('since'))}{detail}")
     else:
-        typer.echo("last connection state: unknown (nothing in the log yet)")
-    raise typer.Exit(0 if pid else 1)
+        typer.echo("connection: unknown (the slave has not written DIR/slave.state yet)")
+    raise typer.Exit(code)
+
+
+@app.command(help="Stop the slave in DIR if it runs, then start it in the background "
+                  "(as start --daemon).")
+def restart(
+    directory: Path = typer.Argument(..., metavar="DIR", help="The slave directory."),
+    log_format: LogFormatOption = "text", log_max_bytes: LogMaxBytesOption = 0,
+    log_backups: LogBackupsOption = 5, http: HttpOption = None,
+) -> None:
+    stop(directory)
+    start(directory, daemon=True, detached=False, log_format=log_format,
+          log_max_bytes=log_max_bytes, log_backups=log_backups, http=http)

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
+from . import metrics
 from . import results
 from .clients import ClientRef
 from .command import ICommandObserver, RemoteCommand, StoreLog
@@ -358,6 +359,7 @@ class Build:
                      "{requeued}", id=self.build_id, number=self.number, builder=self.builder.name,
                      slave=self.slave_name, result=results.name(self.result).upper(),
                      requeued=" (request queued again)" if self.requeued else "")
+            metrics.BUILDS.inc(result=results.name(self.result))
             self._notify("buildFinished", self.summary())
         self.queue.build_ended(self)
         if not self.finished.called:

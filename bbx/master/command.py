@@ -22,8 +22,10 @@ from twisted.python.failure import Failure
 from twisted.spread import pb
 from zope.interface import Interface, implementer
 
+from bbx.pb.secrets import mask_header
 from bbx.pb.updates import iter_updates
 
+from . import metrics
 from .clients import ClientRef
 
 log = Logger()
@@ -58,6 +60,12 @@ class StoreLog:
 
     def append(self, key: str, value) -> None:
         if key in TEXT_STREAMS:
+            if key == "header" and isinstance(value, (str, bytes)):
+                # A Buildbot worker lists the environment in clear; secrets never reach the
+                # store (issue 8, case 5). A header is one update, so its lines arrive whole.
+                if isinstance(value, bytes):
+                    value = value.decode("utf-8", "replace")
+                value = mask_header(value)
             if isinstance(value, (str, bytes)):
                 self.store.append_log(self.step_id, key, value)
         elif key == "log" and isinstance(value, (list, tuple)) and len(value) == 2:
@@ -158,6 +166,7 @@ class RemoteCommand:
             return 0
         log = self.log
         for key, value in iter_updates(updates):
+            metrics.log_bytes(key, value)
             if key == "rc":
                 self.rc = value
             elif log is not None:  # StoreLog keeps the text keys and ignores the rest

@@ -6,6 +6,7 @@ found), the key, and what to do about it. Code elsewhere never reads the raw TOM
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from bbx.pb.liveness import KEEPALIVE_DEADLINE, KEEPALIVE_INTERVAL
 from bbx.pb.tls import resolve_files
 
 from .tomlcheck import ConfigError, Loader, parse_toml
@@ -20,9 +22,12 @@ from .tomlcheck import ConfigError, Loader, parse_toml
 CONFIG_NAME = "master.toml"
 DEFAULT_LISTEN = "tcp:9989:interface=127.0.0.1"
 # Buildbot 4.3 sends its keepalive print once an hour (PROTOCOL.md §4.4) and never declares a
-# silent peer gone; bbx probes more often so a vanished slave is noticed within minutes.
-DEFAULT_KEEPALIVE_INTERVAL = 60.0
-DEFAULT_KEEPALIVE_TIMEOUT = 180.0
+# silent peer gone; bbx probes every 30 s and notices a vanished slave within 90 s
+# (bbx/pb/liveness.py).
+DEFAULT_KEEPALIVE_INTERVAL = float(KEEPALIVE_INTERVAL)
+DEFAULT_KEEPALIVE_TIMEOUT = float(KEEPALIVE_DEADLINE)
+# Seconds a connection has to log in before the master closes it (bbx/master/gate.py).
+DEFAULT_LOGIN_TIMEOUT = 30.0
 DEFAULT_LOG = "master.log"
 DEFAULT_CONTROL_USER = "admin"
 DEFAULT_SLAVE = "local"
@@ -124,6 +129,8 @@ class MasterConfig:
     control_users: tuple[ControlUser, ...] = field(default_factory=tuple)
     db: str = DEFAULT_DB
     retry_lost: int = DEFAULT_RETRY_LOST
+    http: str = ""  # a server endpoint for /metrics and /healthz (bbx/master/http.py); "" = none
+    login_timeout: float = DEFAULT_LOGIN_TIMEOUT
     name: str = ""
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
 
@@ -159,6 +166,20 @@ class MasterConfig:
         return next((u for u in self.control_users if u.name == name), None)
 
 
+def workdir_problem(workdir: str) -> str | None:
+    """Why `workdir` may not be a command's directory, or None when it may.
+
+    One rule for a step's `workdir` in master.toml and for `bbx run --workdir`: a path
+    relative to the builder's directory on the slave, never absolute and never with `..`,
+    so neither a config nor an operator can aim a command outside the builder's directory.
+    """
+    if not isinstance(workdir, str) or not workdir.strip():
+        return "is empty"
+    if os.path.isabs(workdir) or workdir.startswith("~") or ".." in Path(workdir).parts:
+        return f"{workdir!r} leaves the builder's directory"
+    return None
+
+
 def safe_builddir(name: str) -> str:
     """The builddir Buildbot derives from a builder name."""
     return _UNSAFE_BUILDDIR.sub("_", name)
@@ -184,6 +205,10 @@ def parse_config(text: str, path: Path) -> MasterConfig:
     """Validate the TOML text of a master.toml; `path` is used in messages."""
     data = parse_toml(text, path)
     ld = Loader(path, text)
+    if not data:
+        raise ConfigError(f"{path}: is empty, so no slave and no operator could log in; "
+                          f"write one with `bbx master create {path.parent}` (or --force to "
+                          "replace this file)")
 
     for key in data:
         if key not in ("master", "slaves", "builders", "control"):
@@ -194,14 +219,16 @@ def parse_config(text: str, path: Path) -> MasterConfig:
     master = data.get("master", {})
     if not isinstance(master, dict):
         raise ld.fail(ld.where.line(None, "master"), "master", "must be a table", "write it as [master]")
-    ld.unknown(master, ("listen", "keepalive_interval", "keepalive_timeout", "log", "db",
-                        "retry_lost", "name", "heartbeat_timeout"), "[master]")
+    ld.unknown(master, ("listen", "keepalive_interval", "keepalive_timeout", "login_timeout",
+                        "log", "db", "retry_lost", "http", "name", "heartbeat_timeout"),
+               "[master]")
     listen = ld.string(master, "listen", "[master]", required=False, default=DEFAULT_LISTEN,
                        label="master.listen")
     # An ssl: listen string's key and certificate files are relative to the master's directory.
     listen = resolve_files(listen, Path(path).parent.absolute())
     interval = ld.positive(master, "keepalive_interval", "[master]", DEFAULT_KEEPALIVE_INTERVAL)
     timeout = ld.positive(master, "keepalive_timeout", "[master]", DEFAULT_KEEPALIVE_TIMEOUT)
+    login_timeout = ld.positive(master, "login_timeout", "[master]", DEFAULT_LOGIN_TIMEOUT)
     if timeout <= interval:
         raise ld.fail(ld.where.line("[master]", "keepalive_timeout"), "master.keepalive_timeout",
                       f"({timeout:g}) must be longer than keepalive_interval ({interval:g})",
@@ -222,6 +249,7 @@ def parse_config(text: str, path: Path) -> MasterConfig:
                       'write e.g. name = "master-a"')
     heartbeat_timeout = ld.positive(master, "heartbeat_timeout", "[master]",
                                     DEFAULT_HEARTBEAT_TIMEOUT)
+    http = ld.string(master, "http", "[master]", required=False, default="", label="master.http")
     retry_lost = ld.count(master, "retry_lost", "[master]", DEFAULT_RETRY_LOST, "master.retry_lost",
                           minimum=0)
 
@@ -238,7 +266,8 @@ def parse_config(text: str, path: Path) -> MasterConfig:
     return MasterConfig(path=path, listen=listen, keepalive_interval=interval,
                         keepalive_timeout=timeout, log=log, slaves=tuple(slaves),
                         builders=tuple(builders), control_users=tuple(control), db=db,
-                        retry_lost=retry_lost, name=name, heartbeat_timeout=heartbeat_timeout)
+                        retry_lost=retry_lost, http=http, login_timeout=login_timeout,
+                        name=name, heartbeat_timeout=heartbeat_timeout)
 
 
 def _load_slaves(ld: Loader, items: Any) -> list[SlaveConfig]:
@@ -350,9 +379,10 @@ def _load_steps(ld: Loader, items: Any, builder_index: int, builder_label: str
             flags[key] = item.get(key, default)
         workdir = ld.string(item, "workdir", header, at, required=False,
                             default=DEFAULT_STEP_WORKDIR, label=f"{label}.workdir")
-        if os.path.isabs(workdir) or ".." in Path(workdir).parts:
-            raise ld.fail(line("workdir"), f"{label}.workdir", f"{workdir!r} leaves the builder's "
-                          "directory", "use a path relative to the builder's directory")
+        problem = workdir_problem(workdir)
+        if problem is not None:
+            raise ld.fail(line("workdir"), f"{label}.workdir", problem,
+                          "use a path relative to the builder's directory, without '..'")
         env = item.get("env", {})
         if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
             raise ld.fail(line("env"), f"{label}.env", "must be a table of strings",
@@ -425,7 +455,7 @@ def _seconds(ld: Loader, item: dict, key: str, default, line, label):
     if key not in item:
         return default
     value = item[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise ld.fail(line(key), f"{label}.{key}", f"must be a positive number of seconds, not "
                       f"{value!r}", f"write e.g. {key} = 600")
     return float(value)
@@ -485,8 +515,11 @@ def render_config(listen: str, slaves: Iterable[SlaveConfig], builders: Iterable
         f"keepalive_interval = {int(DEFAULT_KEEPALIVE_INTERVAL)}",
         "# Seconds of silence after which a slave is declared gone and its commands fail.",
         f"keepalive_timeout = {int(DEFAULT_KEEPALIVE_TIMEOUT)}",
+        "# Seconds a new connection has to log in before it is closed.",
+        f"# login_timeout = {int(DEFAULT_LOGIN_TIMEOUT)}",
         "# Log file, relative to this directory.",
         f'# log = "{DEFAULT_LOG}"',
+        '# http = "tcp:9100:interface=127.0.0.1"   # /metrics and /healthz (or --http)',
         "# Build history: a SQLite file relative to this directory, or a PostgreSQL URL",
         '# shared by several masters ("postgresql://user:password@host/dbname").',
         f'# db = "{DEFAULT_DB}"',

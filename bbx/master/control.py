@@ -8,12 +8,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.spread import pb
 
-from bbx.pb.control import (CommandFailed, ControlError, NoSlaveAttached, UnknownBuild,
+from bbx.pb.clock import offset as clock_offset, peer_time
+from bbx.pb.control import (CommandFailed, NoSteps, ControlError, NoSlaveAttached, UnknownBuild,
                             UnknownBuilder, UnknownSlave)
 
 from .build import CommandStartFailed, error_line
 from .command import RemoteCommand, RemoteObserver
-from .config import DEFAULT_STEP_WORKDIR, StepConfig
+from .config import DEFAULT_STEP_WORKDIR, StepConfig, workdir_problem
 from .store import NoSuchBuild, NoSuchStep, StoreError
 
 log = Logger()
@@ -66,16 +67,26 @@ class ControlPerspective(pb.Avatar):
     def perspective_ping(self, builder: str, count: int = 1):
         """Ping the slave of `builder` `count` times (each with a 10 s deadline).
 
-        Returns {"builder": str, "slave": str, "rtts": [seconds, ...]}. Raises UnknownBuilder,
-        NoSlaveAttached or SlaveTimeout.
+        Returns {"builder": str, "slave": str, "rtts": [seconds, ...], "slave_offsets":
+        [seconds the slave's clock is ahead of the master's, or None when the slave does not
+        report its clock], "received_at", "answered_at": the master's clock}. Raises
+        UnknownBuilder, NoSlaveAttached or SlaveTimeout.
         """
+        received_at = self.master.reactor.seconds()
         b = self._builder(builder)
         sb = b.any_attached()
-        rtts = []
+        rtts, offsets = [], []
         for _ in range(max(1, int(count))):
             rtt = yield sb.ping()
             rtts.append(rtt)
-        return {"builder": b.name, "slave": sb.slave.name, "rtts": rtts}
+            offsets.append(slave_offset(getattr(sb.link, "clock_sample", None)))
+        return {"builder": b.name, "slave": sb.slave.name, "rtts": rtts, "slave_offsets": offsets,
+                "received_at": received_at, "answered_at": self.master.reactor.seconds()}
+
+    def perspective_clock(self):
+        """No arguments. Returns the master's clock (seconds since the epoch), for the
+        operator's clock offset (`bbx doctor`, bbx/pb/clock.py)."""
+        return self.master.reactor.seconds()
 
     def perspective_info(self, slave: str | None = None):
         """What a slave reported about itself when it attached.
@@ -107,11 +118,17 @@ class ControlPerspective(pb.Avatar):
                 "connected_since": link.connected_since, "peer": link.peer, "info": link.info,
                 "commands": link.commands}
 
-    def perspective_slaves(self):
-        """No arguments. Returns one dict per configured slave: name, connected, connected_since,
+    def perspective_slaves(self, connected: bool | None = None, counts: bool = False):
+        """Sends nothing (every slave), or connected=True/False (only those attached to this
+        master, or not). Returns one dict per slave: name, connected, connected_since,
         builders, dialect, last_message, peer, version, master (the master it is attached to:
-        this one, another master of a shared store, or None)."""
-        return self._store(self.master.slave_summaries())
+        this one, another master of a shared store, or None); with counts=True only
+        {"configured", "connected", "disconnected"} (cheap with 10,000 slaves)."""
+        slaves = self.master.slaves.values()
+        if counts:
+            up = sum(1 for s in slaves if s.link is not None)
+            return {"configured": len(slaves), "connected": up, "disconnected": len(slaves) - up}
+        return self._store(self.master.slave_summaries(connected))
 
     def perspective_masters(self):
         """No arguments. Returns one dict per master of the store: name, state ("active",
@@ -142,6 +159,10 @@ class ControlPerspective(pb.Avatar):
         sb = b.idle_slave_builder()
         if not isinstance(command, (str, list, tuple)) or not command:
             raise CommandFailed("the command is empty")
+        if workdir is not None and workdir_problem(workdir) is not None:
+            # The same rule as a step's workdir in master.toml (config.workdir_problem).
+            raise CommandFailed(f"workdir {workdir_problem(workdir)}; give a path relative to "
+                                "the builder's directory, without '..'")
         argv = tuple(command) if isinstance(command, (list, tuple)) else command
         first = argv[0] if isinstance(argv, tuple) else (argv.split() or ["sh"])[0]
         step = StepConfig(name=str(first).rsplit("/", 1)[-1] or "run", kind="shell",
@@ -191,7 +212,7 @@ class ControlPerspective(pb.Avatar):
         """
         b = self._builder(builder)
         if not b.config.steps:
-            raise CommandFailed(f"builder {b.name} has no steps; add [[builders.steps]] to it "
+            raise NoSteps(f"builder {b.name} has no steps; add [[builders.steps]] to it "
                                 "in master.toml, or run a command with `bbx run`")
         request_id = yield self._store(self.master.queue.submit(
             b.name, reason or f"requested by {self.user}", observer if wait else None))
@@ -336,6 +357,15 @@ class ControlPerspective(pb.Avatar):
         except StoreError as e:
             raise ControlError(str(e)) from None
         return value
+
+
+def slave_offset(sample) -> float | None:
+    """(sent, answer, received) of a ping -> the slave's clock offset, None if unknown."""
+    if not sample:
+        return None
+    sent, answer, received = sample
+    when = peer_time(answer)
+    return None if when is None else clock_offset(sent, when, when, received)
 
 
 def _build_id(value) -> int:

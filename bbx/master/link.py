@@ -35,6 +35,7 @@ from bbx.pb.control import NoSlaveAttached, SlaveTimeout
 from bbx.pb.dialect import Dialect
 from bbx.pb.endpoints import remote_type
 
+from . import metrics
 from .stepref import StepRef
 
 log = Logger()
@@ -301,7 +302,8 @@ class SlaveLink:
         else:
             d = self._call(self.mind, "print", message=dialect.PING_MESSAGE, timeout=PING_TIMEOUT)
 
-        def answered(_):
+        def answered(answer):
+            self.clock_sample = (start, answer, self.reactor.seconds())  # bbx ping's clock offset
             return self.reactor.seconds() - start
 
         def failed(failure):
@@ -320,6 +322,7 @@ class SlaveLink:
         matter, and the next one goes out on time whether or not this one was answered."""
         d = self._call(self.mind, "print", message=dialect.KEEPALIVE_MESSAGE[self.dialect],
                        timeout=KEEPALIVE_TIMEOUT)
+        metrics.KEEPALIVE_RTT.time(d, self.reactor)
         d.addErrback(lambda f: None)  # silence is judged by the slave's own traffic
 
     def check_duplicate(self) -> defer.Deferred:

@@ -9,8 +9,10 @@ from pathlib import Path
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from twisted.spread import pb
+from zope.interface import implementer
 
 from bbx import pidfile
 from bbx.pb.banana import FastBroker
@@ -20,6 +22,7 @@ from .builder import Builder, SlaveLoad
 from .buildqueue import INTERRUPTED_REASON, BuildQueue
 from .config import MasterConfig
 from .control import ControlPerspective
+from .gate import LoginGate
 from .realm import Dispatcher
 from .slave import SlavePerspective
 from .store import Store, StoreError
@@ -28,16 +31,87 @@ log = Logger()
 
 ENDPOINT_FILE = "master.endpoint"
 PID_FILE = "master.pid"
+HTTP_FILE = "master.http"  # the URL of /metrics and /healthz while serving (port 0 included)
+# Everything the master creates is private (issue 8, case 5): the store and its -wal/-shm,
+# the log, pid and endpoint files, uploads and their directories. SQLite gives its files the
+# process's creation mode, so the umask is the one rule that covers them all.
+PRIVATE_UMASK = 0o077
 
 
+def open_log(path: Path, binary: bool = False):
+    """Open the master's log for appending, mode 0600 even if an older run left it wider."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    if binary:
+        return os.fdopen(fd, "ab")
+    return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+
+
+@implementer(IHandshakeListener)
 class _Broker(FastBroker):
     """A Broker that notes when bytes last arrived (the slave's liveness) and keeps TCP alive.
 
-    FastBroker: Twisted's PB with a faster Banana codec (bbx/pb/banana.py), same wire format.
+    Until its login succeeds it is on probation at the factory's LoginGate (bbx/master/gate.py):
+    a deadline, a byte budget, caps per address. FastBroker: Twisted's PB with a faster Banana
+    codec and caps on each message (bbx/pb/banana.py), same wire format.
     """
 
     clock = None
     last_received = None
+    gate: LoginGate | None = None
+    authenticated = False
+    _pre_login_received = 0
+
+    @property
+    def peer_host(self) -> str:
+        """The peer's address without the port (what the gate counts by)."""
+        peer = self.transport.getPeer() if self.transport is not None else None
+        host = getattr(peer, "host", None)
+        return str(host) if host is not None else "local"
+
+    def mark_authenticated(self) -> None:
+        """The password was right: the gate lets go of this connection."""
+        if not self.authenticated:
+            self.authenticated = True
+            if self.gate is not None:
+                self.gate.authenticated(self)
+
+    def refuse(self, why: str) -> None:
+        """The gate closes this connection (it has logged why)."""
+        self.drop_connection()
+
+    def peer_misbehaved(self, why: str) -> None:
+        if self.gate is not None:
+            self.gate.refuse(self, f"it sent what PB cannot accept ({why})")
+        else:
+            super().peer_misbehaved(why)
+
+    def call_refused(self, message, why, peer_fault):
+        if self.authenticated or self.gate is None:
+            return super().call_refused(message, why, peer_fault)
+        # Before login only `login` and `respond` make sense; anything failing is garbage.
+        self.gate.refuse(self, f"its call to {message} failed before login ({why})")
+        return True
+
+    tls = False  # on an ssl: port (set by _ServerFactory)
+    tls_done = False
+
+    def handshakeCompleted(self):
+        """The TLS layer finished the handshake (IHandshakeListener)."""
+        self.tls_done = True
+
+    def connectionLost(self, reason):
+        if self.gate is not None:
+            self.gate.disconnected(self)
+        if self.tls and not self.tls_done:
+            why = tls_failure(self.transport, reason)
+            if why:
+                line = f"TLS handshake with {_peer_host(self.transport)} failed: {why}"
+                if self.gate is not None:
+                    self.gate.log.warn(self.peer_host, line)  # throttled per address
+                else:
+                    log.warn("{line}", line=line)
+        super().connectionLost(reason)
 
     def connectionMade(self):
         enable_tcp_keepalive(self.transport)
@@ -50,35 +124,77 @@ class _Broker(FastBroker):
             except OSError:
                 pass
         super().connectionMade()
+        if self.gate is not None:
+            self.gate.connected(self)
 
     def _sendFailureOrError(self, fail, requestID):
         # A refused login is already logged by the Dispatcher (name and peer, never the
         # password). Peers key on the exact remote type twisted.cred.error.UnauthorizedLogin
         # (PROTOCOL.md §2.3), so it cannot become a pb.Error; skip Twisted's traceback log.
+        # One try per connection: after the refusal is sent, the connection is closed.
         if fail.check(UnauthorizedLogin):
             self._sendError(fail, requestID)
+            if not self.authenticated and self.transport is not None:
+                self.transport.loseConnection()
         else:
             super()._sendFailureOrError(fail, requestID)
 
     def dataReceived(self, data):
         if self.clock is not None:
             self.last_received = self.clock.seconds()
+        if not self.authenticated and self.gate is not None:
+            self._pre_login_received += len(data)
+            if self.gate.over_budget(self, self._pre_login_received):
+                return
         super().dataReceived(data)
+
+
+def _peer_host(transport) -> str:
+    peer = transport.getPeer()
+    return str(getattr(peer, "host", peer))
+
+
+# OpenSSL's words for a first message that is not a TLS ClientHello (plain PB, HTTP).
+_NOT_TLS = ("wrong version number", "http request", "unknown protocol")
+
+
+def tls_failure(transport, reason) -> str | None:
+    """Why a TLS handshake on the master's port did not finish, in a few words; None for a
+    connection that never sent a ClientHello (a port probe, a TCP health check)."""
+    from OpenSSL import SSL
+
+    if reason.check(SSL.Error):
+        errors = reason.value.args[0] if reason.value.args else None
+        if isinstance(errors, list) and errors and isinstance(errors[-1], tuple):
+            why = str(errors[-1][-1])  # OpenSSL's reason: 'tlsv1 alert unknown ca', ...
+            return f"the client does not speak TLS ({why})" if why in _NOT_TLS else why
+        return str(reason.value) or "a TLS error"
+    try:
+        hello = transport.getHandle().client_random()
+    except Exception:
+        return None
+    if hello is None:
+        return None
+    return "the client hung up after receiving the certificate (it may not trust it)"
 
 
 class _ServerFactory(pb.PBServerFactory):
     protocol = _Broker
     noisy = False
 
-    def __init__(self, portal, clock):
+    def __init__(self, portal, clock, gate: LoginGate | None = None):
         # Buildbot serves tracebacks to its peers (PROTOCOL.md §2.1); bbx does not need them.
         super().__init__(portal, unsafeTracebacks=False)
         self.clock = clock
+        self.tls = False  # MasterService sets it for an ssl: listen string
+        self.gate = gate
         self.brokers: set[_Broker] = set()
 
     def buildProtocol(self, addr):
         broker = super().buildProtocol(addr)
         broker.clock = self.clock
+        broker.tls = self.tls
+        broker.gate = self.gate
         self.brokers.add(broker)
         broker.notifyOnDisconnect(lambda: self.brokers.discard(broker))
         return broker
@@ -136,11 +252,14 @@ class MasterService:
         passwords = {s.name: s.password for s in config.slaves}
         passwords.update({u.name: u.password for u in config.control_users})
         control_names = {u.name for u in config.control_users}
+        self.gate = LoginGate(reactor, login_timeout=config.login_timeout)
         self.dispatcher = Dispatcher(
             self.slaves, passwords,
-            lambda name: ControlPerspective(name, self) if name in control_names else None)
+            lambda name: ControlPerspective(name, self) if name in control_names else None,
+            gate=self.gate)
         portal = Portal(self.dispatcher, [self.dispatcher])
-        self.factory = _ServerFactory(portal, reactor)
+        self.factory = _ServerFactory(portal, reactor, self.gate)
+        self.factory.tls = config.listen.split(":", 1)[0].lower() == "ssl"
         self.port = None
         self.endpoint: str | None = None
         self._store_open = False
@@ -199,6 +318,7 @@ class MasterService:
         for broker in list(self.factory.brokers):
             if broker.transport is not None:
                 broker.transport.loseConnection()
+        self.gate.stop()
         if self._store_open:
             self._store_open = False
             if self.registry is not None:
@@ -216,9 +336,10 @@ class MasterService:
     # -- what the control perspective reads --------------------------------------------------
 
     @defer.inlineCallbacks
-    def slave_summaries(self):
-        """Every configured slave's summary, with "master": the master it is attached to
-        (this one, another one of a shared store, or None)."""
+    def slave_summaries(self, connected: bool | None = None):
+        """Every configured slave's summary (or only those attached here, connected=True, or
+        not, False), with "master": the master it is attached to (this one, another one of a
+        shared store, or None)."""
         others = {}
         if self.store.shared:
             from . import store_masters
@@ -226,6 +347,8 @@ class MasterService:
             others = yield self.store.run_query(store_masters.attachments, write=False)
         out = []
         for slave in self.slaves.values():
+            if connected is not None and (slave.link is not None) != connected:
+                continue
             summary = slave.summary()
             if summary["connected"]:
                 summary["master"] = self.name
@@ -250,34 +373,45 @@ class MasterService:
 
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class StartFailed(Exception):
     """The master could not start; str(error) is the operator's one line."""
 
 
-def run(basedir, config: MasterConfig, *, to_terminal: bool) -> None:
+def run(basedir, config: MasterConfig, *, to_terminal: bool, log_options=None,
+        http: str | None = None) -> None:
     """Run a master in this process until SIGTERM/SIGINT; raise StartFailed if it cannot start.
 
-    Logs go to DIR/<log> (and to the terminal when `to_terminal`); DIR/master.pid exists while
-    it runs.
+    Logs go to DIR/<log> (and to the terminal when `to_terminal`; `log_options`: format and
+    rotation, bbx/logs.py); DIR/master.pid exists while it runs. `http` (or config.http)
+    serves /metrics and /healthz. Under systemd Type=notify it reports READY=1 once it
+    listens and STOPPING=1 when it stops. SIGHUP calls the service's `reconfig()` once one
+    exists (the seed-peers work); until then it is logged and ignored, never fatal.
     """
-    import sys
+    import signal
 
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from bbx import logs, systemd
 
     basedir = Path(basedir)
     server_endpoint(reactor, config.listen)  # ValueError for a bad string, before anything else
+    http = http if http is not None else config.http
+    if http:
+        server_endpoint(reactor, http)
+    os.umask(PRIVATE_UMASK)
     log_path = basedir / config.log
     try:
-        log_file = open(log_path, "a", encoding="utf-8", buffering=1)
-        (basedir / PID_FILE).write_text(f"{os.getpid()}\n")
+        log_file = logs.start(str(log_path), log_options or logs.LogOptions(), console=to_terminal)
+        pidfile.write(basedir / PID_FILE)
     except OSError as e:
         raise StartFailed(f"cannot write {e.filename}: {e.strerror}; check the directory's "
                           f"permissions") from None
-    observers = [textFileLogObserver(log_file)]
-    if to_terminal:
-        observers.append(textFileLogObserver(sys.stdout))
-    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
     pid_path = basedir / PID_FILE
     service = MasterService(config, basedir, reactor)
     problem: list[str] = []
@@ -294,20 +428,55 @@ def run(basedir, config: MasterConfig, *, to_terminal: bool) -> None:
         log.error("{problem}", problem=problem[-1])
         reactor.stop()
 
+    @defer.inlineCallbacks
     def begin():
-        d = service.start()
-        d.addErrback(started_failed)
+        endpoint = yield service.start()
+        if http:
+            from bbx.web import url_of
 
-    reactor.callWhenRunning(begin)
+            from . import http as web
+
+            from twisted.internet.error import CannotListenError
+
+            try:
+                port = yield web.listen(service, http)
+            except CannotListenError as e:
+                if getattr(getattr(e, "socketError", None), "errno", None) == errno.EADDRINUSE:
+                    raise PortInUse(f"{e.port} (http)") from None
+                raise
+            service.http_port = port
+            url = url_of(port.getHost())
+            _write_atomically(basedir / HTTP_FILE, url + "\n")
+            log.info("serving /metrics and /healthz at {url}", url=url)
+        systemd.notify("READY=1", f"STATUS=listening on {endpoint}")
+
+    def sighup():
+        reconfig = getattr(service, "reconfig", None)
+        if callable(reconfig):
+            log.info("SIGHUP: reloading the configuration")
+            defer.maybeDeferred(reconfig).addErrback(
+                lambda f: log.error("reconfiguration failed: {why}", why=f.getErrorMessage()))
+        else:
+            log.warn("SIGHUP: this master cannot reload master.toml while running; "
+                     "ignored (use `bbx master restart {dir}`)", dir=str(basedir))
+
+    def stopping():
+        systemd.notify("STOPPING=1")
+        (basedir / HTTP_FILE).unlink(missing_ok=True)
+        port = getattr(service, "http_port", None)
+        return port.stopListening() if port is not None else None
+
+    reactor.callWhenRunning(lambda: begin().addErrback(started_failed))
+    reactor.addSystemEventTrigger("before", "shutdown", stopping)
     reactor.addSystemEventTrigger("before", "shutdown", service.stop)
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(sighup))
     log.info("master starting in {dir} (pid {pid})", dir=str(basedir), pid=os.getpid())
     try:
         reactor.run()
     finally:
         try:
-            if pidfile.read(pid_path) == os.getpid():
-                pid_path.unlink()
-        except FileNotFoundError:
+            pidfile.remove_if_mine(pid_path)
+        except OSError:
             pass
         log_file.flush()
     if problem:

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from twisted.spread import pb
 
 from bbx.pb import dialect
+from bbx.pb.liveness import SilenceWatchdog
 
 from .builder import Builder, SlaveBuilder
 from .config import MasterConfig, SlaveConfig
@@ -21,8 +22,6 @@ log = Logger()
 
 # Sent to the newcomer while the old connection is checked, as 0.8 masters do (§2.4).
 DUPLICATE_NEW_MESSAGE = "master already has a connection named '{name}' - checking its liveness"
-# How often silence is checked, as a fraction of keepalive_timeout.
-SILENCE_CHECKS_PER_TIMEOUT = 4
 
 
 class RejectedDuplicate(pb.Error, RuntimeError):
@@ -58,6 +57,11 @@ class SlavePerspective(pb.Avatar):
     def perspective_keepalive(self):
         """The slave's periodic keepalive (no arguments); returns None. Only proves liveness."""
         return None
+
+    def perspective_clock(self):
+        """A bbx extension (no arguments): the master's clock, seconds since the epoch, so that
+        `bbx doctor SLAVE_DIR` can tell the slave host's clock offset. Buildbot masters lack it."""
+        return self.reactor.seconds()
 
     def perspective_shutdown(self):
         """The slave asks to shut down gracefully (no arguments); returns None.
@@ -168,9 +172,9 @@ class SlavePerspective(pb.Avatar):
         keepalive = task.LoopingCall(link.keepalive)
         keepalive.clock = self.reactor
         keepalive.start(cfg.keepalive_interval, now=False)
-        watch = task.LoopingCall(self._check_silence, link)
-        watch.clock = self.reactor
-        watch.start(cfg.keepalive_timeout / SILENCE_CHECKS_PER_TIMEOUT, now=False)
+        watch = SilenceWatchdog(self.reactor, cfg.keepalive_timeout, lambda: link.last_message,
+                                lambda silent: self._silent(link, silent))
+        watch.start()
         link.loops = [keepalive, watch]
         log.info("slave {name} attached from {peer} ({dialect}-era, version {version}, builders: "
                  "{builders})", name=self.name, peer=link.peer, dialect=link.dialect.value,
@@ -179,14 +183,12 @@ class SlavePerspective(pb.Avatar):
 
     # -- liveness and detach -------------------------------------------------------------------
 
-    def _check_silence(self, link: SlaveLink) -> None:
+    def _silent(self, link: SlaveLink, silent: float) -> None:
         if link.gone:
             return
-        silent = self.reactor.seconds() - link.last_message
-        if silent > self.master_config.keepalive_timeout:
-            log.warn("slave {name} silent for {s:.0f} s, declaring it gone", name=self.name, s=silent)
-            link.drop()
-            self.detach(link, f"silent for {silent:.0f} s")
+        log.warn("slave {name} silent for {s:.0f} s, declaring it gone", name=self.name, s=silent)
+        link.drop()
+        self.detach(link, f"silent for {silent:.0f} s")
 
     def detach(self, link: SlaveLink, why: str = "connection closed") -> None:
         """Forget `link`: stop its timers, detach its builders, fail its commands as lost."""

@@ -34,7 +34,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from . import store_location
+from . import metrics, store_location
 from .events import EventHub
 from .store_ops import StoreOperations
 from .store_db import (CHUNK_BYTES, REQUEST_CLAIMED, REQUEST_DONE, REQUEST_QUEUED,
@@ -255,6 +255,7 @@ class Store(StoreOperations):
                          if step in self._step_builds})
         d = deferToThreadPool(self._reactor, self._pool, self._db.append, batch,
                               self._reactor.seconds(), builds)
+        metrics.STORE_WRITE.time(d, self._reactor)
         if builds:
             d.addCallback(self._logs_committed, builds)
         d.addCallbacks(self._batch_done, self._batch_crashed, callbackArgs=(target,),

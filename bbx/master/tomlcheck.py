@@ -7,6 +7,7 @@ that point there. bbx/master/config.py uses them for master.toml.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -100,9 +101,10 @@ class Loader:
         if key not in table:
             return default
         value = table[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        # `not 0 < value < inf` also refuses nan (every comparison with it is false).
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
             raise self.fail(self.where.line(header, key), f"master.{key}",
-                            f"must be a positive number of seconds, not {value!r}",
+                            f"must be a positive, finite number of seconds, not {value!r}",
                             f"set e.g. {key} = {int(default)}")
         return float(value)
 

@@ -44,9 +44,13 @@ class UnknownBuild(ControlError):
     """No build with that id."""
 
 
+class NoSteps(CommandFailed):
+    """The builder has no [[builders.steps]]: a configuration problem, not a failed build."""
+
+
 # Error type names as they arrive inside a CopiedFailure on the CLI side.
 CONTROL_ERROR_TYPES = tuple(
     f"{__name__}.{cls.__name__}"
     for cls in (ControlError, UnknownBuilder, UnknownSlave, NoSlaveAttached, SlaveTimeout,
-                SlaveBusy, CommandFailed, UnknownBuild)
+                SlaveBusy, CommandFailed, UnknownBuild, NoSteps)
 )

@@ -250,8 +250,8 @@ def login(reactor, description: str, username: str, password: str, mind=None, *,
             broker.transport.abortConnection()
             raise LoginFailed(
                 f"{description} accepted the connection but did not answer the PB login within "
-                f"{deadline:g} s (login); is it a bbx or Buildbot PB port? (a TLS port needs an "
-                "ssl: endpoint)", unreachable=True, stage="login", timed_out=True,
+                f"{deadline:g} s (login); is it a bbx or Buildbot PB port? (a TLS port needs a "
+                "tls: endpoint)", unreachable=True, stage="login", timed_out=True,
                 failure=failure) from None
         broker.transport.loseConnection()
         failed = explain(failure, description)

@@ -2,7 +2,8 @@
 
 The slave hides them before anything leaves its host: their values in the `environ` it
 reports and in " environment:" headers, and their values wherever they appear in command
-output (bbx/slave/redact.py). The CLI masks them again in `bbx info` and in headers from peers
+output (bbx/slave/redact.py). The master masks headers before it stores them (`mask_header`),
+for peers that do not. The CLI masks them again in `bbx info` and in headers from peers
 that log their environment in clear (a real buildbot-worker does). Both must agree on what
 looks secret, so the rule lives here. Pure Python: the CLI imports it without loading Twisted.
 """
@@ -75,3 +76,18 @@ def worth_redacting(value: str) -> bool:
     """Whether a secret's value is long and specific enough to be replaced in output."""
     stripped = value.strip()
     return len(stripped) >= MIN_SECRET_LENGTH and stripped.lower() not in NOT_SECRET_VALUES
+
+
+# An environment line of a command's header, as slaves and Buildbot workers write it:
+# "  NAME=value" (buildbot_worker/runprocess.py lists the environment that way).
+_HEADER_ENV_LINE = re.compile(r"^([ \t]+)([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.MULTILINE)
+
+
+def mask_header(text: str, mask: str = REDACTED) -> str:
+    """`text` (header lines) with the value of every secret-looking "  NAME=value" line
+    replaced by `mask`; everything else is left as it was. The master applies it before a
+    header reaches the store, for peers that send their environment in clear."""
+    if "=" not in text:
+        return text
+    return _HEADER_ENV_LINE.sub(
+        lambda m: f"{m[1]}{m[2]}={mask}" if is_secret_name(m[2]) else m[0], text)

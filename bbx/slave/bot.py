@@ -64,12 +64,15 @@ class Bot(pb.Referenceable):
 
     # -- called by the master ----------------------------------------------------------------
 
-    def remote_print(self, message: str = "") -> None:
+    def remote_print(self, message: str = "") -> float:
         """Log a message from the master. Gets `message` (str; Buildbot 4.3 passes it as a
-        keyword). Returns None. "attached", "ping" and "keepalive" arrive here."""
+        keyword). "attached", "ping" and "keepalive" arrive here. Returns this slave's clock
+        (seconds since the epoch) where buildbot-worker returns None: masters ignore the
+        answer, and a bbx master measures the clock offset from it (bbx/pb/clock.py)."""
         if isinstance(message, bytes):
             message = message.decode("utf-8", "replace")
         log.info("message from master: {message}", message=message)
+        return self.reactor.seconds()
 
     def info(self, dialect: Dialect = Dialect.WORKER) -> dict:
         """What getWorkerInfo / getSlaveInfo answer (PROTOCOL.md §3.1)."""

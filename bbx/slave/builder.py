@@ -17,6 +17,7 @@ from twisted.spread import pb
 
 from bbx.pb import dialect
 from bbx.pb.updates import UpdateBatcher
+from bbx.slave import metrics
 from bbx.slave.commands import registry
 from bbx.slave.commands.base import DEFAULT_CONTEXT, CommandContext
 
@@ -78,10 +79,12 @@ class SlaveBuilder(pb.Referenceable):
         """
         self.remote = remote
 
-    def remote_print(self, message: str = "") -> None:
-        """0.8 masters send "attached" and pings here. Gets: `message` (str). Returns None."""
+    def remote_print(self, message: str = "") -> float:
+        """0.8 masters send "attached" and pings here. Gets: `message` (str). Returns this
+        slave's clock, as Bot.print does (bbx/pb/clock.py)."""
         log.info("builder {builder}: message from master: {message}", builder=self.name,
                  message=decode(message))
+        return self.reactor.seconds()
 
     def remote_startBuild(self) -> None:
         """A build is about to start on this builder. Gets nothing; returns None."""
@@ -110,7 +113,9 @@ class SlaveBuilder(pb.Referenceable):
             self._interrupt_current("replaced by a new command")
             self.command = None
         args = dialect.args_from_master(name, args)
-        batcher = UpdateBatcher(lambda pairs: stepRef.callRemote("update", pairs), self.reactor)
+        metrics.COMMANDS.inc(command=name)
+        batcher = UpdateBatcher(lambda pairs: metrics.sent(pairs) or stepRef.callRemote("update", pairs),
+                                self.reactor)
         self.ensure_builddir()
         cmd = cls(reactor=self.reactor, builder_dir=self.builder_dir, command_id=command_id,
                   args=args, updates=batcher, context=self.context)

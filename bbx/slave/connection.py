@@ -17,8 +17,9 @@ One small state machine (SlaveConnection) does that and nothing else:
   the first that answers and stays there until that master is gone. The backoff is the same
   as with one master, counted across them.
 * While attached, `perspective.keepalive()` is called every `keepalive` seconds
-  (PROTOCOL.md §4.4), and a watchdog drops the connection when nothing at all has been
-  received from the master for `deadline` seconds.
+  (PROTOCOL.md §4.4), and a watchdog (bbx/pb/liveness.py) drops the connection when nothing
+  at all — the master's own calls, or its answers to ours — has been received for
+  `deadline` seconds.
 * The master calls the Bot (the mind) while our login call is still pending (§4.1);
   Twisted's broker services those calls as they arrive, so nothing special is needed.
 * Connecting and logging in go through bbx's one login routine, bbx/pb/endpoints.login (the
@@ -40,6 +41,7 @@ from twisted.spread import pb
 from bbx.pb import failures  # noqa: F401 - reads the failures a Python 2 (0.8) master sends
 from bbx.pb.endpoints import (ClientBroker, KeepaliveClientFactory, LoginFailed, is_unauthorized,
                                login, remote_type)
+from bbx.pb.liveness import KEEPALIVE_INTERVAL, SilenceWatchdog
 from bbx.pb.tls import TlsVerifyError
 
 log = Logger(namespace="bbx.slave")
@@ -123,12 +125,32 @@ class _Session:
         self.broker: _Broker | None = None
         self.perspective = None  # the master's avatar, once ATTACHED
         self.end_reason: str | None = None
+        self.end_kind = "lost"  # bbx/slave/state.py REASONS
         self.last_received = 0.0
         self.timers: list = []
 
     @property
     def ended(self) -> bool:
         return self.state is State.ENDED
+
+
+def failure_kind(failure: Failure) -> str:
+    """What kind of failure ended a connect or login (bbx/slave/state.py REASONS)."""
+    if failure.check(TlsVerifyError):
+        return "untrusted"
+    if is_unauthorized(failure):
+        return "unauthorized"
+    if failure.check(error.ConnectionRefusedError):
+        return "refused"
+    if failure.check(error.TimeoutError, defer.CancelledError, error.ConnectingCancelledError):
+        return "timeout"
+    if failure.check(error.ConnectionDone, error.ConnectionLost, pb.PBConnectionLost):
+        return "lost"
+    if failure.check(error.DNSLookupError, error.ConnectError):
+        return "unreachable"
+    if "duplicate" in remote_type(failure).lower() + failure.getErrorMessage().lower():
+        return "duplicate"
+    return "error"
 
 
 def describe_failure(failure: Failure) -> str:
@@ -167,7 +189,7 @@ class SlaveConnection:
     """
 
     def __init__(self, reactor, description, name: str, password: str, bot, *,
-                 keepalive: float = 600, deadline: float | None = None,
+                 keepalive: float = KEEPALIVE_INTERVAL, deadline: float | None = None,
                  policy: Callable[[int], float] | None = None,
                  connect_timeout: float = CONNECT_TIMEOUT, login_timeout: float = LOGIN_TIMEOUT,
                  tls=None):
@@ -191,6 +213,8 @@ class SlaveConnection:
         self._retry_timer = None
         self._stopping = False
         self._stopped: defer.Deferred | None = None
+        # on_state(state, reason, detail, attempt): each change, for DIR/slave.state.
+        self.on_state: Callable[[str, str, str, int], None] | None = None
 
     # -- public ------------------------------------------------------------------------------
 
@@ -234,11 +258,16 @@ class SlaveConnection:
 
     # -- the state machine -------------------------------------------------------------------
 
+    def _state(self, state: str, reason: str = "", detail: str = "") -> None:
+        if self.on_state is not None:
+            self.on_state(state, reason, detail, self.attempt)
+
     def _connect(self) -> None:
         self._retry_timer = None
         if self._stopping:
             return
         self._sessions += 1
+        self._state("connecting")
         s = _Session(self._sessions)
         self._session = s
         self._run(s)
@@ -257,6 +286,8 @@ class SlaveConnection:
             return
         except LoginFailed as e:
             if not s.ended:
+                s.end_kind = ("timeout" if e.timed_out else
+                              failure_kind(e.failure) if e.failure is not None else "error")
                 self._end(s, self._login_failed(e))
             return
         if s.ended or self._stopping:
@@ -267,6 +298,7 @@ class SlaveConnection:
         s.perspective = perspective
         self.attempt = 0
         log.info("attached to the master at {where} as {name}", where=self.description, name=self.name)
+        self._state("attached")
         if self.keepalive and self.keepalive > 0:
             s.timers.append(self.reactor.callLater(self.keepalive, self._send_keepalive, s))
 
@@ -281,6 +313,7 @@ class SlaveConnection:
         broker.notifyOnDisconnect(lambda: self._lost(s))
         self._received(s)
         log.info("connected to {where}; logging in as {name}", where=self.description, name=self.name)
+        self._state("logging in")
         if self.deadline:
             self._arm_watchdog(s)
 
@@ -304,19 +337,18 @@ class SlaveConnection:
         s.last_received = self.reactor.seconds()
 
     def _arm_watchdog(self, s: _Session) -> None:
-        due = s.last_received + self.deadline - self.reactor.seconds()
-        s.timers.append(self.reactor.callLater(max(due, 0.0), self._watchdog, s))
+        watchdog = SilenceWatchdog(self.reactor, self.deadline, lambda: s.last_received,
+                                   lambda silent: self._silent(s, silent))
+        watchdog.start()
+        s.timers.append(watchdog)
 
-    def _watchdog(self, s: _Session) -> None:
+    def _silent(self, s: _Session, silent: float) -> None:
         if s.ended:
             return
-        silent = self.reactor.seconds() - s.last_received
-        if silent >= self.deadline:
-            s.end_reason = (f"the master at {self.description} sent nothing for {silent:.0f} s "
-                            f"(deadline {self.deadline:.0f} s); dropping the connection")
-            s.broker.transport.abortConnection()
-            return
-        self._arm_watchdog(s)
+        s.end_kind = "timeout"
+        s.end_reason = (f"the master at {self.description} sent nothing for {silent:.0f} s "
+                        f"(deadline {self.deadline:.0f} s); dropping the connection")
+        s.broker.transport.abortConnection()
 
     def _send_keepalive(self, s: _Session) -> None:
         if s.state is not State.ATTACHED:
@@ -348,6 +380,7 @@ class SlaveConnection:
             if lost is not None and lost.check(TlsVerifyError):
                 # Never attached: the handshake was refused before any PB byte was sent.
                 reason = f"refused the master at {self.description}: {why}"
+                s.end_kind = "untrusted"
             elif s.state is State.ATTACHED:
                 reason = f"lost the connection to {self.description}: {why}"
             else:
@@ -373,7 +406,9 @@ class SlaveConnection:
         s.state = State.ENDED
         s.end_reason = reason
         for t in s.timers:
-            if t.active():
+            if isinstance(t, SilenceWatchdog):
+                t.stop()
+            elif t.active():
                 t.cancel()
         s.timers = []
         s.perspective = None
@@ -384,15 +419,18 @@ class SlaveConnection:
                 log.failure("while stopping commands after a lost connection")
         if self._stopping:
             log.info("disconnected from {where}", where=self.description)
+            self._state("stopped", "", reason)
             return
         delay = self.policy(self.attempt)
         ceiling = getattr(self.policy, "ceiling", None)
         bound = f", at most {ceiling(self.attempt):g} s" if ceiling else ""
         self.attempt += 1
-        if len(self.descriptions) > 1:
+        following = (self._master_index + 1) % len(self.descriptions)
+        if following != self._master_index:
             # This master failed or is gone: the next try goes to the next one.
-            self._master_index = (self._master_index + 1) % len(self.descriptions)
-            bound += f", next master {self.description}"
+            bound += f", next master {self.descriptions[following]}"
         log.info("{reason}; retrying in {delay:.1f} s (attempt {n}{bound})", reason=reason,
                  delay=delay, n=self.attempt, bound=bound)
+        self._state("disconnected", s.end_kind, reason)
+        self._master_index = following
         self._retry_timer = self.reactor.callLater(delay, self._connect)
