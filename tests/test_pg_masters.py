@@ -290,7 +290,7 @@ def test_a_master_on_postgresql_without_psycopg_says_how_to_install_it(tmp_path)
         '[master]\nlisten = "tcp:0:interface=127.0.0.1"\ndb = "postgresql://u@/db?host=/nowhere"\n'
         '[[slaves]]\nname = "s"\npassword = "p"\n')
     done = run_bbx("master", "start", master, env={"PYTHONPATH": str(shadow.parent)})
-    assert done.returncode == 1
+    assert done.returncode != 0
     line = done.stderr.strip()
     assert "pip install 'bbx[postgres]'" in line and "\n" not in line, done.stderr
     assert "Traceback" not in done.stdout + done.stderr
