@@ -65,8 +65,9 @@ class ClaimTests(SharedStoreTestCase):
                 claims[store.master].append(request["id"])
         yield defer.gatherResults([claim_all(a), claim_all(b), claim_all(a), claim_all(b)])
         together = claims["a"] + claims["b"]
+        # Every request claimed, none twice (which master got how many is the scheduler's
+        # business; the spread over masters is tested with real masters in test_pg_farm.py).
         self.assertEqual(sorted(together), queued)
-        self.assertTrue(claims["a"] and claims["b"], claims)
 
     @defer.inlineCallbacks
     def test_a_claim_becomes_that_masters_build_or_goes_back(self):
