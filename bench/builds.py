@@ -1,9 +1,11 @@
 """Benchmark builds: trivial builds back to back on one slave, and a big log into the store.
 
-    .venv/bin/python bench/builds.py [--builds 1000] [--log-mb 200]
+    .venv/bin/python bench/builds.py [--builds 1000] [--log-mb 200] [--engines sqlite,postgresql]
 
-Starts a real `bbx master` and a real `bbx slave` in a temporary directory, then, from a
-control client in this process (over PB, not one `bbx` process per build):
+For each store engine in turn — the default SQLite file, then a PostgreSQL database on a
+server this script starts (tests/postgres.py, PostgreSQL's default durable settings, unix
+socket) — starts a real `bbx master` and a real `bbx slave` in a temporary directory, then,
+from a control client in this process (over PB, not one `bbx` process per build):
 
 1. triggers N builds of a one-step builder (`true`) one after another, each as soon as the
    previous one finished; prints builds/s and the p50 / p99 latency from the `build` call to
@@ -12,12 +14,15 @@ control client in this process (over PB, not one `bbx` process per build):
    the store (stored bytes / the build's duration, from the store's own timestamps).
 
 Reference: a Buildbot 4.3 master + worker pair here needs 0.256 s per trivial build and stores
-log at ~8 MB/s (the issue's numbers). Prints numbers; asserts nothing.
+log at ~8 MB/s (the issue's numbers). The PostgreSQL targets (issue 12): <= 30 ms per trivial
+build, >= 100 MB/s stored. Prints numbers, and a table of both engines at the end; asserts
+nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -32,6 +37,7 @@ BBX = str(BIN / "bbx")
 
 TOML = '''[master]
 listen = "tcp:0:interface=127.0.0.1"
+db = "{db}"
 
 [[slaves]]
 name = "s1"
@@ -67,12 +73,57 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--builds", type=int, default=1000)
     parser.add_argument("--log-mb", type=int, default=200)
+    parser.add_argument("--engines", default="sqlite,postgresql",
+                        help="comma-separated: sqlite, postgresql")
+    parser.add_argument("--result-file", help=argparse.SUPPRESS)
     options = parser.parse_args()
+    engines = options.engines.split(",")
+    if len(engines) > 1:
+        # One engine per child process: a Twisted reactor runs once per process.
+        results = {}
+        for engine in engines:
+            out = Path(tempfile.mkstemp(prefix="bbx-bench-result-")[1])
+            subprocess.run([sys.executable, __file__, "--builds", str(options.builds),
+                            "--log-mb", str(options.log_mb), "--engines", engine,
+                            "--result-file", str(out)])
+            if out.read_text().strip():
+                results[engine] = json.loads(out.read_text())
+            out.unlink()
+        print()
+        print(f"{'engine':<12} {'ms/build':>9} {'p50 ms':>8} {'p99 ms':>8} {'log MB/s':>9} "
+              f"{'master RSS MB':>14}")
+        for engine, r in results.items():
+            print(f"{engine:<12} {r['per_build_ms']:>9.1f} {r['p50_ms']:>8.1f} "
+                  f"{r['p99_ms']:>8.1f} {r['log_mb_s']:>9.0f} {r['rss_mb']:>14.0f}")
+        return 0
+    engine = engines[0]
+    print(f"== {engine}", flush=True)
+    if engine == "sqlite":
+        run_farm("bbx.sqlite", options)
+    elif engine == "postgresql":
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from tests.postgres import PostgresServer, missing_reason
 
+        reason = missing_reason()
+        if reason:
+            print(f"skipped: {reason}")
+            return 0
+        server = PostgresServer.start(durable=True)
+        try:
+            run_farm(server.new_database(), options)
+        finally:
+            server.stop()
+    else:
+        raise SystemExit(f"unknown engine {engine!r}")
+    return 0
+
+
+def run_farm(db: str, options) -> dict:
     root = Path(tempfile.mkdtemp(prefix="bbx-bench-builds-"))
     master_dir = root / "m"
     master_dir.mkdir()
-    (master_dir / "master.toml").write_text(TOML.format(size=options.log_mb * 1024 * 1024))
+    (master_dir / "master.toml").write_text(TOML.format(size=options.log_mb * 1024 * 1024,
+                                                        db=db))
     os.chmod(master_dir / "master.toml", 0o600)
     procs = []
     try:
@@ -89,7 +140,7 @@ def main() -> int:
                                       stderr=subprocess.STDOUT, start_new_session=True))
         wait_for(lambda: b"message from master: attached" in (root / "slave.out").read_bytes(),
                  30, "the slave")
-        return run_client(endpoint, options)
+        return run_client(endpoint, options, procs[0].pid)
     finally:
         import signal
 
@@ -102,7 +153,15 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def run_client(endpoint: str, options) -> int:
+def rss_mb(pid: int) -> float:
+    """A process's resident set size in MB (Linux /proc)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_client(endpoint: str, options, master_pid: int) -> dict:
     from twisted.internet import defer, reactor, task
     from twisted.spread import pb
 
@@ -168,10 +227,17 @@ def run_client(endpoint: str, options) -> int:
         print(f"big log: {stored / 1e6:.1f} MB stored in {seconds:.2f} s = "
               f"{stored / 1e6 / seconds:.0f} MB/s into the store (Buildbot 4.3: ~8 MB/s); "
               f"result {build['result_name']}")
+        rss = rss_mb(master_pid)
+        print(f"master RSS after the run: {rss:.0f} MB")
+        numbers.update(per_build_ms=total / options.builds * 1000, p50_ms=p50 * 1000,
+                       p99_ms=p99 * 1000, log_mb_s=stored / 1e6 / seconds, rss_mb=rss)
+        if options.result_file:
+            Path(options.result_file).write_text(json.dumps(numbers))
         broker.transport.loseConnection()
 
-    task.react(lambda r: defer.ensureDeferred(main(r)))
-    return 0
+    numbers: dict = {}
+    task.react(lambda r: defer.ensureDeferred(main(r)))  # exits the process when done
+    return numbers
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
 """How fast a build's log goes into the store: MB/s through the real Store (not a test).
 
     .venv/bin/python bench/store_write.py [--mb 200] [--chunk 65536] [--dir DIR]
+                                          [--engine sqlite|postgresql|both] [--url URL]
+
+With --engine postgresql (or both, the default), a PostgreSQL server is started for the run
+(tests/postgres.py, PostgreSQL's default durable settings) unless --url names a database.
 
 Appends `--mb` MB of log text to one step in `--chunk`-sized pieces, as a RemoteCommand does
 with a slave's updates: --per-call appends make one update call, and (unless --burst) the
@@ -29,10 +33,10 @@ from bbx.pb.updates import FLUSH_BYTES, MAX_IN_FLIGHT, MAX_TEXT_CHARS
 APPENDS_PER_CALL = max(1, FLUSH_BYTES // MAX_TEXT_CHARS)
 
 
-async def bench(reactor, args):
+async def bench(reactor, args, url=None):
     directory = args.dir or tempfile.mkdtemp(prefix="bbx-store-bench-")
     path = os.path.join(directory, "bench.sqlite")
-    store = Store(path, reactor)
+    store = Store(url or path, reactor)
     await store.open()
     build_id, _number = await store.start_build(None, "bench", "local")
     step_id = await store.start_step(build_id, 1, "shell")
@@ -58,13 +62,17 @@ async def bench(reactor, args):
     info = await store.build(build_id)
     await store.close()
     stored = info["steps"][0]["log_bytes"]
-    size = os.path.getsize(path)
     mb = stored / 1e6
-    print(f"stored {mb:.1f} MB of log in {count} appends of {len(chunk)} bytes")
-    print(f"appending took {appended - started:.2f} s on the reactor thread; committed after "
-          f"{done - started:.2f} s")
-    print(f"throughput: {mb / (done - started):.1f} MB/s into the store (target >= 80 MB/s)")
-    print(f"file: {path} ({size / 1e6:.1f} MB)")
+    engine = "postgresql" if url else "sqlite"
+    print(f"[{engine}] stored {mb:.1f} MB of log in {count} appends of {len(chunk)} bytes")
+    print(f"[{engine}] appending took {appended - started:.2f} s on the reactor thread; "
+          f"committed after {done - started:.2f} s")
+    print(f"[{engine}] throughput: {mb / (done - started):.1f} MB/s into the store "
+          "(target >= 80 MB/s SQLite, >= 100 MB/s PostgreSQL)")
+    if url:
+        return
+    size = os.path.getsize(path)
+    print(f"[{engine}] file: {path} ({size / 1e6:.1f} MB)")
     if not args.keep:
         for suffix in ("", "-wal", "-shm"):
             try:
@@ -85,8 +93,36 @@ def main(argv=None):
     parser.add_argument("--burst", action="store_true",
                         help="append without waiting for written() (unbounded queue)")
     parser.add_argument("--keep", action="store_true", help="keep the database file")
+    parser.add_argument("--engine", default="both", choices=("sqlite", "postgresql", "both"))
+    parser.add_argument("--url", help="a PostgreSQL database to use (default: start a server)")
     args = parser.parse_args(argv)
-    task.react(lambda reactor: defer.ensureDeferred(bench(reactor, args)))
+    server = None
+    url = args.url
+    if args.engine != "sqlite" and url is None:
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+        from tests.postgres import PostgresServer, missing_reason
+
+        reason = missing_reason()
+        if reason:
+            print(f"[postgresql] skipped: {reason}")
+            if args.engine == "postgresql":
+                return 0
+            args.engine = "sqlite"
+        else:
+            server = PostgresServer.start(durable=True)
+            url = server.new_database()
+
+    async def both(reactor):
+        if args.engine in ("sqlite", "both"):
+            await bench(reactor, args)
+        if args.engine in ("postgresql", "both"):
+            await bench(reactor, args, url)
+
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(both(reactor)))
+    finally:
+        if server is not None:
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ of its module left in the shared fixture would run without it.
 
 A module can still set its own group with `pytestmark = pytest.mark.xdist_group("name")`
 (for example two modules that must not run at the same time); an explicit mark wins.
+
+The session-wide fixtures for a real PostgreSQL server (pg_server, pg_url) live here too.
 """
 
 from __future__ import annotations
@@ -57,3 +59,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(module.__name__))
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL server for this test session (one per xdist worker); tests take a
+    fresh database each with `pg_server.new_database()`. Skips, saying why, where the server
+    binaries or psycopg are missing."""
+    from tests.postgres import PostgresServer, missing_reason
+
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    server = PostgresServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """The URL of a fresh, empty database on the session's PostgreSQL server."""
+    return pg_server.new_database()

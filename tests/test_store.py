@@ -1,7 +1,11 @@
-"""The build-history store: real SQLite files, the real writer thread, a real reactor.
+"""The build-history store: real SQLite files and a real PostgreSQL server, the real writer
+thread, a real reactor.
 
 Most tests are twisted.trial TestCases, which pytest runs natively (trial spins the global
-reactor for each Deferred-returning test). The kill tests run the store in child processes.
+reactor for each Deferred-returning test). Each TestCase class runs on SQLite, and again on
+PostgreSQL as its `Pg...` twin (made at the bottom of this file), with a fresh database from
+the session's server (tests/postgres.py). The kill tests run the store in child processes,
+on both engines.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from twisted.internet import defer, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
+import pytest
+
 from bbx.master import results
 from bbx.master.results import (CANCELLED, EXCEPTION, FAILURE, RETRY, SKIPPED, SUCCESS,
                                 WARNINGS, FailurePolicy)
@@ -37,21 +43,65 @@ def digest(path) -> str:
 
 
 class StoreTestCase(unittest.TestCase):
+    backend = "sqlite"
+    pg_url = None
+
     def setUp(self):
         # Not trial's mktemp: under pytest it would create directories in the work tree.
         self.dir = Path(tempfile.mkdtemp(prefix="bbx-store-test-"))
         self.addCleanup(shutil.rmtree, self.dir, True)
         self.path = self.dir / "bbx.sqlite"
+        self.db = self.path if self.backend == "sqlite" else self.pg_url
         self.events = []
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
     @defer.inlineCallbacks
     def open_store(self, **kwargs):
-        store = Store(self.path, reactor, **kwargs)
+        store = Store(self.db, reactor, **kwargs)
         yield store.open()
         self.addCleanup(store.close)
         return store
+
+    def raw(self, query, args=()):
+        """Rows of `query` (with ? placeholders) through a connection of the test's own."""
+        if self.backend == "sqlite":
+            conn = sqlite3.connect(self.path)
+            try:
+                rows = conn.execute(query, args).fetchall()
+                conn.commit()
+                return rows
+            finally:
+                conn.close()
+        import psycopg
+
+        with psycopg.connect(self.pg_url, autocommit=True) as conn:
+            cursor = conn.execute(query.replace("?", "%s"), args)
+            return cursor.fetchall() if cursor.description else []
+
+    @defer.inlineCallbacks
+    def fill_disk(self, store):
+        """Make every log write fail as a full disk does, until free_disk()."""
+        if self.backend == "sqlite":
+            yield store.set_size_limit(0)  # SQLite keeps the file at its size: SQLITE_FULL
+            return
+        self.raw("CREATE OR REPLACE FUNCTION bbx_test_full() RETURNS trigger AS $$ BEGIN "
+                 "RAISE EXCEPTION 'could not extend file: No space left on device' USING "
+                 "ERRCODE = 'disk_full'; END $$ LANGUAGE plpgsql")
+        self.raw("CREATE TRIGGER bbx_test_full BEFORE INSERT ON logs FOR EACH ROW "
+                 "EXECUTE FUNCTION bbx_test_full()")
+
+    @defer.inlineCallbacks
+    def free_disk(self, store):
+        if self.backend == "sqlite":
+            yield store.set_size_limit(None)
+            return
+        self.raw("DROP TRIGGER bbx_test_full ON logs")
+
+    @property
+    def full_disk_message(self) -> str:
+        return ("database or disk is full" if self.backend == "sqlite"
+                else "No space left on device")
 
     def logged(self, level_name=None):
         return [formatEvent(e) for e in self.events
@@ -65,19 +115,46 @@ class StoreTestCase(unittest.TestCase):
         return build_id, step_id
 
 
+def sqlite_only(test):
+    """A test of SQLite's own file handling: skipped in the PostgreSQL twin."""
+    test.sqlite_only = True
+    return test
+
+
 class SchemaTests(StoreTestCase):
     @defer.inlineCallbacks
-    def test_a_new_file_gets_the_schema_its_version_and_wal(self):
+    def test_a_new_store_gets_the_schema_and_its_version(self):
         store = yield self.open_store()
         yield store.close()
-        conn = sqlite3.connect(self.path)
-        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-        conn.close()
+        version = self.raw("SELECT value FROM meta WHERE key = 'schema_version'")[0]
+        if self.backend == "sqlite":
+            tables = {r[0] for r in self.raw("SELECT name FROM sqlite_master WHERE type='table'")}
+            self.assertEqual(self.raw("PRAGMA journal_mode")[0][0], "wal")
+        else:
+            tables = {r[0] for r in self.raw("SELECT tablename FROM pg_tables "
+                                             "WHERE schemaname = current_schema()")}
         self.assertEqual(int(version[0]), SCHEMA_VERSION)
-        self.assertTrue({"meta", "requests", "builds", "steps", "logs"} <= tables)
-        self.assertEqual(mode, "wal")
+        self.assertTrue({"meta", "requests", "builds", "steps", "logs", "masters",
+                         "slave_attachments", "builder_numbers"} <= tables)
+
+    @sqlite_only
+    @defer.inlineCallbacks
+    def test_a_version_1_file_is_migrated_and_keeps_its_history(self):
+        from bbx.master.store_schema import script
+
+        conn = sqlite3.connect(self.path)
+        conn.executescript(script(0, "sqlite") + ";INSERT INTO meta VALUES ('schema_version', '1');"
+                           "INSERT INTO requests (builder, submitted_at) VALUES ('a', 1.0);"
+                           "INSERT INTO builds (request_id, builder, number, started_at, "
+                           "finished_at, result, state) VALUES (1, 'a', 7, 1.0, 2.0, 0, 'finished');")
+        conn.close()
+        store = yield self.open_store()
+        old = yield store.build(1)
+        new_id, number = yield store.start_build(None, "a", "s1")
+        self.assertEqual((old["number"], old["result_name"]), (7, "success"))
+        self.assertEqual(number, 8)
+        self.assertTrue(any("migrated" in line and "from schema version 1" in line
+                            for line in self.logged("info")))
 
     @defer.inlineCallbacks
     def test_reopening_keeps_builds_steps_and_logs(self):
@@ -95,20 +172,21 @@ class SchemaTests(StoreTestCase):
 
     @defer.inlineCallbacks
     def test_a_newer_schema_is_refused_in_one_line_and_left_untouched(self):
-        conn = sqlite3.connect(self.path)
-        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION + 1),))
-        conn.commit()
-        conn.close()
-        before = digest(self.path)
-        error = yield self.assertFailure(Store(self.path, reactor).open(), StoreError)
+        self.raw("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self.raw("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION + 1),))
+        before = digest(self.path) if self.backend == "sqlite" else None
+        error = yield self.assertFailure(Store(self.db, reactor).open(), StoreError)
         message = str(error)
         self.assertNotIn("\n", message)
-        self.assertIn(str(self.path), message)
+        self.assertIn(str(self.path) if self.backend == "sqlite" else "postgresql://", message)
         self.assertIn(f"schema version {SCHEMA_VERSION + 1}", message)
-        self.assertEqual(digest(self.path), before)
-        self.assertEqual(sorted(os.listdir(self.dir)), ["bbx.sqlite"])
+        if self.backend == "sqlite":
+            self.assertEqual(digest(self.path), before)
+            self.assertEqual(sorted(os.listdir(self.dir)), ["bbx.sqlite"])
+        self.assertEqual(self.raw("SELECT key, value FROM meta"),
+                         [("schema_version", str(SCHEMA_VERSION + 1))])
 
+    @sqlite_only
     @defer.inlineCallbacks
     def test_a_file_that_is_not_sqlite_is_refused_and_left_untouched(self):
         self.path.write_bytes(os.urandom(64 * 1024))
@@ -119,6 +197,7 @@ class SchemaTests(StoreTestCase):
         self.assertEqual(digest(self.path), before)
         self.assertEqual(sorted(os.listdir(self.dir)), ["bbx.sqlite"])
 
+    @sqlite_only
     @defer.inlineCallbacks
     def test_a_damaged_store_is_refused_as_corrupt_and_left_untouched(self):
         store = yield self.open_store()
@@ -138,15 +217,14 @@ class SchemaTests(StoreTestCase):
         self.assertEqual(digest(self.path), before)
 
     @defer.inlineCallbacks
-    def test_another_programs_sqlite_database_is_refused(self):
-        conn = sqlite3.connect(self.path)
-        conn.execute("CREATE TABLE photos (id INTEGER PRIMARY KEY)")
-        conn.commit()
-        conn.close()
-        before = digest(self.path)
-        error = yield self.assertFailure(Store(self.path, reactor).open(), StoreError)
+    def test_another_programs_database_is_refused(self):
+        self.raw("CREATE TABLE photos (id INTEGER PRIMARY KEY)")
+        before = digest(self.path) if self.backend == "sqlite" else None
+        error = yield self.assertFailure(Store(self.db, reactor).open(), StoreError)
         self.assertIn("not a bbx store", str(error))
-        self.assertEqual(digest(self.path), before)
+        if self.backend == "sqlite":
+            self.assertEqual(digest(self.path), before)
+        self.assertEqual(self.raw("SELECT COUNT(*) FROM photos"), [(0,)])
 
 
 class LogTests(StoreTestCase):
@@ -208,18 +286,19 @@ class LogTests(StoreTestCase):
         build_id, step_id = yield self.build_with_step(store)
         store.append_log(step_id, "stdout", b"caf\xe9\n".decode("utf-8", "surrogateescape"))
         yield store.flush()
-        conn = sqlite3.connect(self.path)
-        data = conn.execute("SELECT data FROM logs").fetchone()[0]
-        conn.close()
+        data = bytes(self.raw("SELECT data FROM logs")[0][0])
         rows = yield store.log(build_id)
         self.assertEqual(data, b"caf\xe9\n")
         self.assertEqual(rows[0][2], "caf\ufffd\n")
 
     @defer.inlineCallbacks
-    def test_sqlite_never_runs_on_the_reactor_thread(self):
+    def test_sql_never_runs_on_the_reactor_thread(self):
         store = yield self.open_store()
         threads = set()
-        store._db.conn.set_trace_callback(lambda _sql: threads.add(threading.get_ident()))
+        if self.backend == "sqlite":  # every statement, even those the store does not build
+            store._db.conn.set_trace_callback(lambda _sql: threads.add(threading.get_ident()))
+        else:
+            store._db.trace = lambda _sql: threads.add(threading.get_ident())
         build_id, step_id = yield self.build_with_step(store)
         store.append_log(step_id, "stdout", "x")
         yield store.flush()
@@ -234,10 +313,7 @@ class LogTests(StoreTestCase):
         _build_id, step_id = yield self.build_with_step(store)
         store.append_log(step_id, "stdout", "soon\n")
         yield store.written()
-        conn = sqlite3.connect(self.path)
-        count = conn.execute("SELECT COUNT(*) FROM logs").fetchone()[0]
-        conn.close()
-        self.assertEqual(count, 1)
+        self.assertEqual(self.raw("SELECT COUNT(*) FROM logs")[0][0], 1)
 
     @defer.inlineCallbacks
     def test_close_commits_what_was_queued(self):
@@ -355,7 +431,7 @@ class DiskFullTests(StoreTestCase):
     def test_a_full_disk_is_logged_the_master_keeps_serving_and_the_log_is_saved_later(self):
         store = yield self.open_store(retry_interval=0.05)
         build_id, step_id = yield self.build_with_step(store)
-        yield store.set_size_limit(0)  # SQLite keeps the file at its current size: SQLITE_FULL
+        yield self.fill_disk(store)
         text = [f"{i:06d}" + "y" * 4000 + "\n" for i in range(100)]
         for chunk in text:
             store.append_log(step_id, "stdout", chunk)
@@ -363,12 +439,12 @@ class DiskFullTests(StoreTestCase):
         errors = self.logged("error")
         listed = yield store.builds()  # reads are still served
         store.append_log(step_id, "stderr", "after\n")  # and appends still accepted
-        yield store.set_size_limit(None)
+        yield self.free_disk(store)
         yield store.flush()
         rows = yield store.log(build_id)
         self.assertEqual(len(errors), 1)
-        self.assertIn(str(self.path), errors[0])
-        self.assertIn("database or disk is full", errors[0])
+        self.assertIn(str(self.path) if self.backend == "sqlite" else "postgresql://", errors[0])
+        self.assertIn(self.full_disk_message, errors[0])
         self.assertIn(f"build {build_id}", errors[0])
         self.assertEqual([b["id"] for b in listed], [build_id])
         self.assertEqual("".join(t for _q, _s, t in rows), "".join(text) + "after\n")
@@ -379,10 +455,10 @@ class DiskFullTests(StoreTestCase):
     def test_a_full_disk_is_retried_without_new_appends(self):
         store = yield self.open_store(retry_interval=0.05)
         build_id, step_id = yield self.build_with_step(store)
-        yield store.set_size_limit(0)
+        yield self.fill_disk(store)
         store.append_log(step_id, "stdout", "z" * 200_000)
         yield self.assertFailure(store.flush(), StoreError)
-        yield store.set_size_limit(None)
+        yield self.free_disk(store)
         deadline = time.monotonic() + 10
         while True:
             rows = yield store.log(build_id)
@@ -395,11 +471,11 @@ class DiskFullTests(StoreTestCase):
     def test_past_the_memory_cap_the_oldest_log_is_dropped_and_marked(self):
         store = yield self.open_store(retry_interval=0.05, max_held_bytes=100_000)
         build_id, step_id = yield self.build_with_step(store)
-        yield store.set_size_limit(0)
+        yield self.fill_disk(store)
         for i in range(10):
             store.append_log(step_id, "stdout", f"{i}" * 60_000)
             yield self.assertFailure(store.flush(), StoreError)
-        yield store.set_size_limit(None)
+        yield self.free_disk(store)
         yield store.flush()
         rows = yield store.log(build_id)
         text = "".join(t for _q, _s, t in rows)
@@ -536,9 +612,17 @@ def merged(rows) -> list[tuple[str, str]]:
     return out
 
 
-def test_sigkill_loses_nothing_that_was_flushed_and_the_build_is_interrupted(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db(request, tmp_path):
+    """A store location on each engine in turn: a SQLite file, a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "bbx.sqlite"
+    return request.getfixturevalue("pg_url")
+
+
+def test_sigkill_loses_nothing_that_was_flushed_and_the_build_is_interrupted(tmp_path, any_db):
     script = write_child(tmp_path)
-    db = tmp_path / "bbx.sqlite"
+    db = any_db
     child = Proc([sys.executable, script, "write", db, "7"], cwd=Path(__file__).parent.parent,
                  log_path=tmp_path / "child.log")
     try:
@@ -559,9 +643,9 @@ def test_sigkill_loses_nothing_that_was_flushed_and_the_build_is_interrupted(tmp
     assert [r["id"] for r in after["pending"]] == [first["request"]]
 
 
-def test_sigterm_stops_cleanly_with_every_append_stored(tmp_path):
+def test_sigterm_stops_cleanly_with_every_append_stored(tmp_path, any_db):
     script = write_child(tmp_path)
-    db = tmp_path / "bbx.sqlite"
+    db = any_db
     child = Proc([sys.executable, script, "write", db, "0"], cwd=Path(__file__).parent.parent,
                  log_path=tmp_path / "child.log")
     try:
@@ -576,3 +660,22 @@ def test_sigterm_stops_cleanly_with_every_append_stored(tmp_path):
     stored = merged(after["rows"])
     assert stored[:len(merged(expected_rows(appended + 1)))] == merged(expected_rows(appended + 1))
     assert after["build"]["state"] == "interrupted"
+
+
+# -- the same tests on PostgreSQL -----------------------------------------------------------
+
+class _OnPostgres:
+    """Mixed into each TestCase class above to make its PostgreSQL twin."""
+
+    backend = "postgresql"
+
+    @pytest.fixture(autouse=True)
+    def _database(self, request):
+        if getattr(getattr(self, self._testMethodName), "sqlite_only", False):
+            pytest.skip("a test of SQLite's own file handling")
+        self.pg_url = request.getfixturevalue("pg_url")
+
+
+for _case in (SchemaTests, LogTests, LookupTests, RequestTests, DiskFullTests):
+    globals()["Pg" + _case.__name__] = type("Pg" + _case.__name__, (_OnPostgres, _case), {})
+del _case

@@ -63,7 +63,7 @@ def _root(
 # run: ~20 ms for all of them); --help, completion and unknown names get every command.
 COMMAND_MODULES = {
     "master": "master", "slave": "slave", "completion": "completion",
-    "ping": "ops", "info": "ops", "slaves": "ops", "builders": "ops",
+    "ping": "ops", "info": "ops", "slaves": "ops", "builders": "ops", "masters": "ops",
     "run": "run", "build": "builds", "builds": "history", "log": "history", "cancel": "history",
     "doctor": "doctor",
 

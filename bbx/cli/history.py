@@ -14,9 +14,10 @@ from .client import (CaOption, FingerprintOption, InsecureOption, JsonOption, Ma
                      MasterOption, PasswordOption, TimeoutOption, UserOption)
 from .output import conn, consoles, json_line, print_json
 
-# How often `bbx log --follow` asks the master for new log text, in seconds. The store
-# commits every 50 ms (bbx/master/store.py FLUSH_INTERVAL), so polling faster gains nothing.
-FOLLOW_INTERVAL = 0.2
+# How long one `bbx log --follow` call lets the master wait for new log text before it
+# answers "nothing new yet" (the master caps it at 10 s): the master answers as soon as rows
+# are committed — its own, or another master's (NOTIFY) — so nothing polls.
+FOLLOW_WAIT = 5.0
 # One page of stored log per call (bbx/master/control.py MAX_LOG_PAGE caps it too).
 LOG_PAGE = 256 * 1024
 
@@ -80,13 +81,12 @@ def log(
     step_arg: Any = int(step) if step is not None and step.isdigit() else step
 
     async def conversation(perspective, reactor):
-        from twisted.internet import task
-
         info = await perspective.callRemote("build_info", build_id)
         printer.steps = {s["number"]: s["name"] for s in info.get("steps", [])}
         after = None
         while True:
-            page = await perspective.callRemote("log", build_id, step_arg, after, LOG_PAGE)
+            page = await perspective.callRemote("log", build_id, step_arg, after, LOG_PAGE,
+                                                FOLLOW_WAIT if follow else 0)
             chunks = page["chunks"]
             if chunks:
                 if any(c[1] not in printer.steps for c in chunks):
@@ -97,7 +97,6 @@ def log(
                 continue
             if page["finished"] or not follow:
                 return page
-            await task.deferLater(reactor, FOLLOW_INTERVAL, lambda: None)
 
     final = call(conn(master_dir, master, user, password, timeout, ca, fingerprint, insecure),
                   conversation)

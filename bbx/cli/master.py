@@ -183,6 +183,13 @@ def checkconfig(directory: Path = typer.Argument(..., help="The master's directo
         print(f"    {b.name}: slaves {', '.join(b.slaves)}; builddir {b.builddir}")
     print(f"  control users: {', '.join(u.name for u in config.control_users) or 'none'}")
     print(f"  log: {directory / config.log}")
+    location = config.store_location
+    if location.shared:
+        print(f"  store: {location.display()} (PostgreSQL, shared); this master is "
+              f"{config.master_name!r}; a silent master is declared dead within "
+              f"{config.heartbeat_timeout:g} s")
+    else:
+        print(f"  store: {location.display()} (SQLite)")
 
 
 def _print_certificate(listen: str) -> None:
@@ -383,3 +390,53 @@ def stop(directory: Path = typer.Argument(..., help="The master's directory.")) 
     else:
         stale = " (removed a stale master.pid)" if state == "stale" else ""
         print(f"master in {directory} is not running{stale}")
+
+
+@app.command("migrate-store")
+def migrate_store(
+    directory: Path = typer.Argument(..., help="The master's directory (its SQLite history is copied)."),
+    to: str = typer.Option(..., "--to", metavar="URL",
+                           help="The PostgreSQL store to copy into: postgresql://user@host/dbname "
+                                "(an empty database)."),
+) -> None:
+    """Copy this master's SQLite history into an empty PostgreSQL database, every byte.
+
+    The master must be stopped. Then set `db = URL` in master.toml (and give the other
+    masters the same db) and start it again.
+    """
+    from bbx import pidfile
+    from bbx.master import store_location
+    from bbx.master.service import PID_FILE
+    from bbx.master.store import StoreError
+
+    config = _load(directory)
+    pid = pidfile.running(directory / PID_FILE)
+    if pid is not None:
+        raise BbxError(f"the master in {directory} is running (pid {pid}); stop it first "
+                       f"(`bbx master stop {directory}`) so its history holds still")
+    source = config.store_location
+    if source.shared:
+        raise UsageError(f"{config.path}: db is already PostgreSQL ({source.display()}); "
+                         "migrate-store copies a SQLite history")
+    try:
+        target = store_location.parse(to)
+    except ValueError as e:
+        raise UsageError(f"--to {e}") from None
+    if not target.shared:
+        raise UsageError(f"--to {to!r} is not a PostgreSQL URL; write e.g. "
+                         "--to postgresql://bbx@db.example.org/bbx")
+    from bbx.master.migrate import migrate
+
+    print(f"copying {source.path} into {target.display()} ...")
+    started = time.monotonic()
+    try:
+        report = migrate(source.path, target.url, config.master_name)
+    except StoreError as e:
+        raise BbxError(str(e)) from None
+    seconds = time.monotonic() - started
+    counts = ", ".join(f"{n} {table}" for table, n in report.rows.items()
+                       if table in ("requests", "builds", "steps", "logs"))
+    print(f"copied {counts} in {seconds:.1f} s; {report.log_bytes} bytes of log, identical on "
+          f"both sides (sha256 {report.digest[:16]}...)")
+    print(f'next: set db = "{target.display()}" in {config.path}, then bbx master start '
+          f"{directory}")

@@ -1,5 +1,5 @@
-"""Operator commands: bbx ping | info | slaves | builders (run.py has run; builds.py has
-build | builds | log | cancel).
+"""Operator commands: bbx ping | info | slaves | builders | masters (run.py has run; builds.py
+has build; history.py has builds | log | cancel).
 
 Each command parses its options, then imports Twisted, rich and the client inside its body,
 so `bbx --help` stays fast. Talking to the master is bbx/cli/client.py's job; what the
@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
     app.command("info")(info)
     app.command("slaves")(slaves)
     app.command("builders")(builders)
+    app.command("masters")(masters)
 
 
 # ---------------------------------------------------------------------------- ping / info / lists
@@ -172,3 +173,23 @@ def builders(
     from .render import builders_table
 
     consoles()[0].print(builders_table(answer), highlight=False)
+
+
+def masters(
+    json: JsonOption = False,
+    master_dir: MasterDirOption = None, master: MasterOption = None,
+    user: UserOption = None, password: PasswordOption = None, timeout: TimeoutOption = 10.0,
+    ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
+) -> None:
+    """List the masters sharing this master's store, with the age of their last heartbeat."""
+    from .client import call
+
+    answer = call(conn(master_dir, master, user, password, timeout, ca, fingerprint, insecure),
+                  lambda perspective, reactor: perspective.callRemote("masters"),
+                  answer_within=timeout, what="the masters call")
+    if json:
+        print_json(answer)
+        return
+    from .render import masters_table
+
+    consoles()[0].print(masters_table(answer), highlight=False)

@@ -87,20 +87,53 @@ def info_report(answer: dict, *, show_secrets: bool = False, now: float | None =
 
 
 def slaves_table(slaves: list[dict], *, now: float | None = None) -> Table:
-    """One row per configured slave: connected ✓/✗, since, builders, dialect, last message."""
+    """One row per configured slave: connected ✓/✗, since, builders, dialect, last message;
+    with several masters, a "master" column (✓ yellow: attached to another master)."""
     now = time.time() if now is None else now
     table = Table(title="slaves", title_justify="left", title_style="bold")
-    for column in ("name", "connected", "since", "builders", "dialect", "last message"):
+    elsewhere = any(not s.get("connected") and s.get("master") for s in slaves)
+    columns = ["name", "connected", "since", "builders", "dialect", "last message"]
+    if elsewhere:
+        columns.insert(2, "master")
+    for column in columns:
         table.add_column(column)
     for slave in slaves:
         connected = bool(slave.get("connected"))
-        table.add_row(
+        there = not connected and bool(slave.get("master"))
+        cells = [
             Text(str(slave.get("name"))),
-            Text("✓", style="green") if connected else Text("✗", style="red"),
-            relative_time(slave.get("connected_since"), now) if connected else "—",
+            Text("✓", style="green") if connected else
+            Text("✓", style="yellow") if there else Text("✗", style="red"),
+            relative_time(slave.get("connected_since"), now) if connected or there else "—",
             Text(", ".join(slave.get("builders") or [])),
             Text(str(slave.get("dialect") or "—")),
             relative_time(slave.get("last_message"), now),
+        ]
+        if elsewhere:
+            cells.insert(2, Text(str(slave.get("master") or "—")))
+        table.add_row(*cells)
+    return table
+
+
+def masters_table(masters: list[dict]) -> Table:
+    """One row per master of the store: state, heartbeat age, host and pid, endpoint."""
+    table = Table(title="masters", title_justify="left", title_style="bold")
+    for column in ("name", "state", "heartbeat", "host", "pid", "endpoint"):
+        table.add_column(column)
+    styles = {"active": "green", "stopped": "dim", "dead": "red"}
+    for master in masters:
+        age = master.get("heartbeat_age")
+        name = str(master.get("name")) + (" (this)" if master.get("this") else "")
+        state = str(master.get("state"))
+        if master.get("reason") and state != "active":
+            state += f": {master['reason']}"
+        table.add_row(
+            Text(name),
+            Text(state, style=styles.get(master.get("state"), "")),
+            Text("—" if age is None else f"{age:.1f}s ago"),
+            Text(str(master.get("host") or "—")),
+            Text(str(master.get("pid") or "—")),
+            Text(str(master.get("endpoint") or "—")),
         )
     return table
 
@@ -190,20 +223,30 @@ def _clock(when: float | None) -> str:
 
 def builds_table(builds: list[dict], queued: list[dict] | None = None) -> Table:
     """Queued requests first, then builds newest first: id, builder, slave, result, started,
-    duration."""
+    duration; and the master that ran each, when builds come from several masters."""
     table = Table(title="builds", title_justify="left", title_style="bold")
-    for column in ("id", "builder", "#", "slave", "result", "started", "duration"):
+    several = len({b.get("master") for b in builds if b.get("master")}) > 1
+    columns = ["id", "builder", "#", "slave", "result", "started", "duration"]
+    if several:
+        columns.insert(4, "master")
+    for column in columns:
         table.add_column(column)
     for request in queued or []:
-        table.add_row(Text(f"r{request.get('id')}", style="dim"), Text(str(request.get("builder"))),
-                      "", "", result_text("queued"), _clock(request.get("submitted_at")), "")
+        cells = [Text(f"r{request.get('id')}", style="dim"), Text(str(request.get("builder"))),
+                 "", "", result_text("queued"), _clock(request.get("submitted_at")), ""]
+        if several:
+            cells.insert(4, "")
+        table.add_row(*cells)
     for build in builds:
         result = result_text(build.get("result_name"))
         if build.get("state") == "interrupted":
             result.append(" (interrupted)", style="dim")
         took = build.get("duration")
-        table.add_row(str(build.get("id")), Text(str(build.get("builder"))),
-                      str(build.get("number")), Text(str(build.get("slave") or "—")), result,
-                      _clock(build.get("started_at")),
-                      "—" if took is None else duration(float(took)))
+        cells = [str(build.get("id")), Text(str(build.get("builder"))),
+                 str(build.get("number")), Text(str(build.get("slave") or "—")), result,
+                 _clock(build.get("started_at")),
+                 "—" if took is None else duration(float(took))]
+        if several:
+            cells.insert(4, Text(str(build.get("master") or "—")))
+        table.add_row(*cells)
     return table

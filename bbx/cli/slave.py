@@ -41,6 +41,10 @@ MASTER is host[:port] or \\[v6addr][:port] (port 9989 by default); ENDPOINT is a
 client endpoint string, e.g. tcp:host=ci.example.org:port=9989. Writes DIR/slave.toml
 (mode 0600), DIR/info/admin and DIR/info/host.
 
+Several masters sharing one farm: repeat --master HOST[:PORT] (or --connection-string) and
+give just NAME PASSWORD; the slave attaches to the first that answers and moves to the next
+when its master is gone.
+
 TLS: --use-tls checks the master's certificate against the system's CAs; --ca FILE against
 your CA; --fingerprint SHA256 pins the master's own certificate (as printed by
 `bbx master create --tls`). A failed check means no connection, and a retry.
@@ -61,7 +65,9 @@ def _load(directory: Path):
         config = basedir.load(directory)
     except basedir.BasedirError as e:
         raise UsageError(str(e)) from None
-    _check_connection(config.connection, f"{config.path(basedir.CONFIG_NAME)}: connection", config.tls)
+    for connection in config.masters:
+        _check_connection(connection, f"{config.path(basedir.CONFIG_NAME)}: connection",
+                          config.tls)
     return config
 
 
@@ -100,9 +106,14 @@ def create(
     args: List[str] = typer.Argument(..., metavar="[MASTER] NAME PASSWORD",
                                      help="MASTER (host[:port]) unless --connection-string is given, "
                                           "then the slave's NAME and PASSWORD."),
-    connection_string: Optional[str] = typer.Option(
+    connection_string: Optional[List[str]] = typer.Option(
         None, "--connection-string", metavar="ENDPOINT",
-        help="A Twisted client endpoint string to reach the master; replaces MASTER."),
+        help="A Twisted client endpoint string to reach the master; replaces MASTER "
+             "(repeatable: several masters)."),
+    master_option: Optional[List[str]] = typer.Option(
+        None, "--master", metavar="HOST[:PORT]",
+        help="Another master of the same farm, tried in order after MASTER (repeatable; "
+             "with --master, MASTER may be left out)."),
     keepalive: int = typer.Option(KEEPALIVE_INTERVAL, "--keepalive", help="Seconds between keepalives to the master (0 = off)."),
     keepalive_timeout: float = typer.Option(
         0, "--keepalive-timeout", help="Seconds of master silence before reconnecting (0 = 2 x keepalive + 30)."),
@@ -136,31 +147,38 @@ def create(
     info_host: Optional[str] = typer.Option(None, "--info-host", help="Contents of DIR/info/host."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing slave.toml."),
 ) -> None:
+    from bbx.pb.endpoints import master_endpoint
     from bbx.slave import basedir
 
-    if connection_string is not None:
-        if len(args) != 2:
-            raise UsageError("with --connection-string give exactly NAME PASSWORD after DIR "
-                             f"(got {len(args)} argument(s))")
-        name, password = args
-        if use_tls:
-            raise UsageError("--use-tls applies to MASTER; with --connection-string use a tls: endpoint")
-        connection = connection_string
-    else:
-        if len(args) != 3:
-            raise UsageError("give MASTER NAME PASSWORD after DIR (or --connection-string ENDPOINT "
-                             f"NAME PASSWORD); got {len(args)} argument(s)")
+    if use_tls and connection_string:
+        raise UsageError("--use-tls applies to MASTER; with --connection-string use a tls: endpoint")
+    extra = list(master_option or [])
+    if len(args) == 3:
         master, name, password = args
-        from bbx.pb.endpoints import master_endpoint
-
-        tls_wanted = use_tls or bool(ca or fingerprint or insecure)
+        extra.insert(0, master)
+    elif len(args) == 2 and (connection_string or extra):
+        name, password = args
+    elif connection_string or extra:
+        raise UsageError("with --connection-string or --master give NAME PASSWORD after DIR "
+                         f"(got {len(args)} argument(s))")
+    else:
+        raise UsageError("give MASTER NAME PASSWORD after DIR (or --connection-string ENDPOINT "
+                         f"NAME PASSWORD); got {len(args)} argument(s)")
+    trust = _trust(ca, fingerprint, insecure)
+    tls_wanted = use_tls or bool(ca or fingerprint or insecure)
+    connections = []
+    for text in extra:
         try:
-            connection = master_endpoint(master, use_tls=tls_wanted)
+            connections.append(master_endpoint(text, use_tls=tls_wanted))
         except ValueError as e:
             raise UsageError(f"{e}; give MASTER as host or host:port, e.g. ci.example.org:9989") from None
-    trust = _trust(ca, fingerprint, insecure)
-    _check_connection(connection, "--connection-string" if connection_string is not None else "MASTER",
-                      trust)
+        _check_connection(connections[-1], "MASTER", trust)
+    for text in connection_string or []:
+        _check_connection(text, "--connection-string", trust)
+        connections.append(text)
+    if len(set(connections)) != len(connections):
+        raise UsageError("the same master is given twice; list each master once")
+    connection = connections[0] if len(connections) == 1 else connections
     if allow_shutdown not in basedir.ALLOW_SHUTDOWN:
         raise UsageError(f"--allow-shutdown must be 'signal' or 'file', not {allow_shutdown!r}")
     for opt, value in (("--keepalive", keepalive), ("--maxdelay", maxdelay),
@@ -194,7 +212,8 @@ def create(
                                 tls_insecure=trust.insecure, force=force)
     except basedir.BasedirError as e:
         raise UsageError(str(e)) from None
-    typer.echo(f"created slave {config.name} in {config.basedir} (master {config.connection})")
+    typer.echo(f"created slave {config.name} in {config.basedir} "
+               f"(master{'s' if len(config.masters) > 1 else ''} {', '.join(config.masters)})")
     if config.tls_insecure:
         typer.echo("warning: the master's TLS certificate will not be checked (--insecure)")
     typer.echo(f"edit {config.path('info/admin')} and {config.path('info/host')}, then run: "
@@ -246,7 +265,8 @@ def _start_daemon(config, directory: Path, extra: list[str]) -> None:
         start_new_session=True, cwd=config.basedir, close_fds=True)
     deadline = time.monotonic() + DAEMON_START_WAIT
     state = None
-    with Waiting(f"slave {config.name} (pid {child.pid}): connecting to {config.connection}") as wait:
+    masters = " or ".join(config.masters)
+    with Waiting(f"slave {config.name} (pid {child.pid}): connecting to {masters}") as wait:
         while True:
             state = slave_state.read(config.basedir)
             fresh = state if state and state != before and state.get("pid") == child.pid else None
@@ -267,7 +287,7 @@ def _start_daemon(config, directory: Path, extra: list[str]) -> None:
                                exit_code=_status_exit((fresh or {}).get("reason", "")))
             time.sleep(0.05)
     typer.echo(f"slave {config.name} started (pid {child.pid}) and attached to the master "
-               f"at {config.connection}")
+               f"at {state.get('master') or config.connection}")
 
 
 def _log_since(path: Path, offset: int) -> str:
@@ -365,15 +385,18 @@ def status(
         code = _status_exit(state.get("reason", "") if state.get("pid") == pid else "")
     if json:
         print_json({"name": config.name, "basedir": config.basedir, "running": pid is not None,
-                    "pid": pid, "master": config.connection, "connection": state or None,
+                    "pid": pid, "master": config.connection, "masters": list(config.masters),
+                    "connection": state or None,
                     "exit": code})
         raise typer.Exit(code)
     typer.echo(f"slave {config.name} in {config.basedir}: "
                + (f"running (pid {pid})" if pid else "not running"))
-    typer.echo(f"master: {config.connection}")
+    typer.echo(f"master: {' or '.join(config.masters)}")
     if state:
         current = state.get("pid") == pid
         what = state.get("state", "?") + (f": {state['reason']}" if state.get("reason") else "")
+        if len(config.masters) > 1 and state.get("master"):
+            what += f" (master {state['master']})"
         label = "connection" if current else "last connection state (an earlier run)"
         detail = f" ({state['detail']})" if state.get("detail") else ""
         typer.echo(f"{label}: {what}{_ago(state.get('since'))}{detail}")

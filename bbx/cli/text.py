@@ -103,12 +103,17 @@ def slaves_lines(slaves: list[dict], now: float | None = None) -> list[str]:
     def ago(then):
         return "-" if then is None else relative_time(then, now)
 
-    rows = [("name", "connected", "since", "builders", "dialect", "last message")]
+    # Several masters: a slave attached to another master is "elsewhere", and a column says which.
+    elsewhere = any(not s.get("connected") and s.get("master") for s in slaves)
+    rows = [("name", "connected", "since", "builders", "dialect", "last message")
+            + (("master",) if elsewhere else ())]
     for s in slaves:
         up = bool(s.get("connected"))
-        rows.append((str(s.get("name")), "yes" if up else "no",
-                     ago(s.get("connected_since")) if up else "-",
+        there = not up and bool(s.get("master"))
+        rows.append((str(s.get("name")), "yes" if up else "elsewhere" if there else "no",
+                     ago(s.get("connected_since")) if up or there else "-",
                      ",".join(s.get("builders") or []) or "-", str(s.get("dialect") or "-"),
-                     ago(s.get("last_message"))))
+                     ago(s.get("last_message")))
+                    + ((str(s.get("master") or "-"),) if elsewhere else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]

@@ -92,6 +92,12 @@ class BuildQueue:
             self._scan()  # now, so the answer can say whether the request had to wait
         return request_id
 
+    def queued(self, builder: str | None = None):
+        """Fires with the queued requests (oldest first), of `builder` or of all: [{"id",
+        "builder", "submitted_at", "reason", "retries"}]."""
+        return defer.succeed([dict(r) for r in self.requests
+                              if builder is None or r["builder"] == builder])
+
     def position(self, request_id: int) -> int | None:
         """1 for the oldest queued request, None when it is not queued (anymore)."""
         for index, request in enumerate(self.requests, 1):

@@ -36,8 +36,13 @@ DEFAULT_SLAVE = "local"
 # (PROTOCOL.md §4.1 step 2.4, buildbot util/__init__.py safeTranslate).
 _UNSAFE_BUILDDIR = re.compile(r"[\t !#$%&'()*+,./:;<=>?@\[\\\]^{|}~]")
 
-# The build history store, relative to the master's directory (bbx/master/store.py).
+# The build history store, relative to the master's directory (bbx/master/store.py); or
+# "sqlite:PATH", or a PostgreSQL URL shared by several masters (bbx/master/store_location.py).
 DEFAULT_DB = "bbx.sqlite"
+# Several masters on one PostgreSQL store: a master whose heartbeat stops is declared dead by
+# another within this many seconds, and its running builds are retried elsewhere. Buildbot
+# gives a master 3 × its 10 s poll interval; 30 s is the same deadline.
+DEFAULT_HEARTBEAT_TIMEOUT = 30.0
 # How often a request whose build lost its slave (result RETRY) is queued again.
 DEFAULT_RETRY_LOST = 1
 # Builds a slave runs at once, across its builders (Buildbot's Worker max_builds is unlimited
@@ -126,11 +131,30 @@ class MasterConfig:
     retry_lost: int = DEFAULT_RETRY_LOST
     http: str = ""  # a server endpoint for /metrics and /healthz (bbx/master/http.py); "" = none
     login_timeout: float = DEFAULT_LOGIN_TIMEOUT
+    name: str = ""
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
 
     @property
-    def db_path(self) -> Path:
-        """The store file: `db` relative to the master's directory (the config file's)."""
-        return self.path.parent / self.db
+    def store_location(self):
+        """Where the store lives (bbx/master/store_location.py): a SQLite path relative to
+        the master's directory (the config file's), or a PostgreSQL URL."""
+        from . import store_location
+
+        return store_location.parse(self.db, self.path.parent)
+
+    @property
+    def db_path(self) -> Path | None:
+        """The SQLite store file, or None when the store is PostgreSQL."""
+        return self.store_location.path
+
+    @property
+    def master_name(self) -> str:
+        """This master's name among several: `name`, or Buildbot's default host:basedir."""
+        if self.name:
+            return self.name
+        import socket
+
+        return f"{socket.gethostname()}:{self.path.parent.absolute()}"
 
     def slave(self, name: str) -> SlaveConfig | None:
         return next((s for s in self.slaves if s.name == name), None)
@@ -196,7 +220,8 @@ def parse_config(text: str, path: Path) -> MasterConfig:
     if not isinstance(master, dict):
         raise ld.fail(ld.where.line(None, "master"), "master", "must be a table", "write it as [master]")
     ld.unknown(master, ("listen", "keepalive_interval", "keepalive_timeout", "login_timeout",
-                        "log", "db", "retry_lost", "http"), "[master]")
+                        "log", "db", "retry_lost", "http", "name", "heartbeat_timeout"),
+               "[master]")
     listen = ld.string(master, "listen", "[master]", required=False, default=DEFAULT_LISTEN,
                        label="master.listen")
     # An ssl: listen string's key and certificate files are relative to the master's directory.
@@ -210,6 +235,20 @@ def parse_config(text: str, path: Path) -> MasterConfig:
                       "a slave answers each keepalive, so allow at least two intervals of silence")
     log = ld.string(master, "log", "[master]", required=False, default=DEFAULT_LOG, label="master.log")
     db = ld.string(master, "db", "[master]", required=False, default=DEFAULT_DB, label="master.db")
+    from . import store_location
+
+    try:
+        store_location.parse(db, path.parent)
+    except ValueError as e:
+        raise ld.fail(ld.where.line("[master]", "db"), "master.db", str(e),
+                      'see "Several masters" in the README for PostgreSQL') from None
+    name = ld.string(master, "name", "[master]", required=False, default="", label="master.name")
+    if name != name.strip() or any(c in name for c in "\n\r\t"):
+        raise ld.fail(ld.where.line("[master]", "name"), "master.name",
+                      f"{name!r} has leading, trailing or control white space",
+                      'write e.g. name = "master-a"')
+    heartbeat_timeout = ld.positive(master, "heartbeat_timeout", "[master]",
+                                    DEFAULT_HEARTBEAT_TIMEOUT)
     http = ld.string(master, "http", "[master]", required=False, default="", label="master.http")
     retry_lost = ld.count(master, "retry_lost", "[master]", DEFAULT_RETRY_LOST, "master.retry_lost",
                           minimum=0)
@@ -227,7 +266,8 @@ def parse_config(text: str, path: Path) -> MasterConfig:
     return MasterConfig(path=path, listen=listen, keepalive_interval=interval,
                         keepalive_timeout=timeout, log=log, slaves=tuple(slaves),
                         builders=tuple(builders), control_users=tuple(control), db=db,
-                        retry_lost=retry_lost, http=http, login_timeout=login_timeout)
+                        retry_lost=retry_lost, http=http, login_timeout=login_timeout,
+                        name=name, heartbeat_timeout=heartbeat_timeout)
 
 
 def _load_slaves(ld: Loader, items: Any) -> list[SlaveConfig]:
@@ -480,8 +520,13 @@ def render_config(listen: str, slaves: Iterable[SlaveConfig], builders: Iterable
         "# Log file, relative to this directory.",
         f'# log = "{DEFAULT_LOG}"',
         '# http = "tcp:9100:interface=127.0.0.1"   # /metrics and /healthz (or --http)',
-        "# Build history (SQLite), relative to this directory.",
+        "# Build history: a SQLite file relative to this directory, or a PostgreSQL URL",
+        '# shared by several masters ("postgresql://user:password@host/dbname").',
         f'# db = "{DEFAULT_DB}"',
+        "# This master's name among several on one PostgreSQL store (default: host:directory),",
+        "# and how soon another master declares it dead once its heartbeat stops.",
+        '# name = "master-a"',
+        f"# heartbeat_timeout = {int(DEFAULT_HEARTBEAT_TIMEOUT)}",
         "# How often a build request whose slave was lost mid-build is queued again.",
         f"# retry_lost = {DEFAULT_RETRY_LOST}",
         "",

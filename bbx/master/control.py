@@ -25,6 +25,9 @@ DEFAULT_SHELL_TIMEOUT = 1200
 # Largest log page one `log` call returns: a few store rows (<= 64 KiB each), far below
 # banana's 640 KiB limit on one PB string or list (PROTOCOL.md §6).
 MAX_LOG_PAGE = 256 * 1024
+# The longest a `log` call may wait for new text before answering "nothing new yet": short
+# enough that a CLI whose master vanished notices within seconds.
+MAX_LOG_WAIT = 10.0
 # The most builds one `builds` answer lists, so a careless --limit cannot make the master read
 # and send its whole history at once.
 MAX_BUILDS_LISTED = 1000
@@ -116,15 +119,21 @@ class ControlPerspective(pb.Avatar):
                 "commands": link.commands}
 
     def perspective_slaves(self, connected: bool | None = None, counts: bool = False):
-        """Sends nothing (every slave), or connected=True/False (only those). Returns one dict
-        per slave: name, connected, connected_since, builders, dialect, last_message, peer,
-        version; with counts=True only {"configured", "connected", "disconnected"} (cheap with
-        10,000 slaves)."""
+        """Sends nothing (every slave), or connected=True/False (only those attached to this
+        master, or not). Returns one dict per slave: name, connected, connected_since,
+        builders, dialect, last_message, peer, version, master (the master it is attached to:
+        this one, another master of a shared store, or None); with counts=True only
+        {"configured", "connected", "disconnected"} (cheap with 10,000 slaves)."""
         slaves = self.master.slaves.values()
         if counts:
             up = sum(1 for s in slaves if s.link is not None)
             return {"configured": len(slaves), "connected": up, "disconnected": len(slaves) - up}
-        return [s.summary() for s in slaves if connected is None or (s.link is not None) == connected]
+        return self._store(self.master.slave_summaries(connected))
+
+    def perspective_masters(self):
+        """No arguments. Returns one dict per master of the store: name, state ("active",
+        "stopped", "dead"), host, pid, endpoint, started_at, heartbeat_age (s), reason, this."""
+        return self._store(self.master.masters_listing())
 
     def perspective_builders(self):
         """No arguments. Returns one dict per builder: name, slaves, builddir, attached."""
@@ -209,8 +218,9 @@ class ControlPerspective(pb.Avatar):
             b.name, reason or f"requested by {self.user}", observer if wait else None))
         log.info("{user} queued build request {id} for builder {builder}", user=self.user,
                  id=request_id, builder=b.name)
-        return {"request_id": request_id, "build_id": None,
-                "position": self.master.queue.position(request_id), "attached": b.attached()}
+        position = yield self._store(defer.maybeDeferred(self.master.queue.position, request_id))
+        return {"request_id": request_id, "build_id": None, "position": position,
+                "attached": b.attached()}
 
     @defer.inlineCallbacks
     def perspective_builds(self, builder: str | None = None, limit: int = 20):
@@ -228,9 +238,9 @@ class ControlPerspective(pb.Avatar):
 
     def perspective_queue(self, builder: str | None = None):
         """Queued build requests, oldest first: [{"id", "builder", "submitted_at", "reason",
-        "retries"}]. Sends a builder name or None for all."""
-        return [dict(r) for r in self.master.queue.requests
-                if builder is None or r["builder"] == builder]
+        "retries"}]. Sends a builder name or None for all (every master's, on a shared
+        store)."""
+        return self._store(self.master.queue.queued(builder))
 
     @defer.inlineCallbacks
     def perspective_build_info(self, build_id: int):
@@ -241,21 +251,41 @@ class ControlPerspective(pb.Avatar):
 
     @defer.inlineCallbacks
     def perspective_log(self, build_id: int, step=None, after_seq: int | None = None,
-                        max_bytes: int = MAX_LOG_PAGE):
+                        max_bytes: int = MAX_LOG_PAGE, wait: float = 0):
         """A page of a build's stored log, in the order received.
 
         Sends the build id, a step (number or name; None = every step), the last seq already
-        seen (None = from the start) and a size wish (capped at MAX_LOG_PAGE). Returns
+        seen (None = from the start), a size wish (capped at MAX_LOG_PAGE) and how long to
+        wait for new text (s, capped at MAX_LOG_WAIT; 0 = answer at once). Returns
         {"chunks": [[seq, step_number, stream, text], ...], "finished": bool} — stream is
         stdout, stderr, header or log:<name>; an empty page with finished=False means "nothing
-        new yet". Raises UnknownBuild (also for an unknown step).
+        new yet". With `wait`, an empty page is only sent once the build has ended or the
+        wait is over: the master hears of new rows from its own commits and, on a shared
+        store, from the master running the build (NOTIFY), without polling.
+        Raises UnknownBuild (also for an unknown step).
         """
         build_id = _build_id(build_id)
+        store = self.master.store
+        try:
+            wait = max(0.0, min(float(wait or 0), MAX_LOG_WAIT))
+        except (TypeError, ValueError):
+            wait = 0.0  # not a number: answer at once, as an older CLI asks
+        # Subscribed before reading, so a row committed between the read and the wait wakes us.
+        woken = store.events.wait(self.master.reactor, wait, {
+            "log": lambda _s, b, *a: b == build_id,
+            "build": lambda _s, b, *a: b == build_id}) if wait else None
         # Read the state first: a build seen finished has every chunk in the store already.
-        info = yield self._store(self.master.store.build(build_id))
+        info = yield self._store(store.build_brief(build_id))
+        if info is None:
+            yield self._store(store.build(build_id))  # NoSuchBuild, in its words
         size = max(1, min(int(max_bytes or MAX_LOG_PAGE), MAX_LOG_PAGE))
-        rows = yield self._store(self.master.store.log(build_id, step, after_seq, size,
-                                                       with_step=True))
+        rows = yield self._store(store.log(build_id, step, after_seq, size, with_step=True))
+        if not rows and info["finished_at"] is None and woken is not None:
+            yield woken
+            info = yield self._store(store.build_brief(build_id))
+            rows = yield self._store(store.log(build_id, step, after_seq, size, with_step=True))
+        elif woken is not None:
+            woken.cancel()  # stops listening; fires it with None
         return {"chunks": [list(r) for r in rows], "finished": info["finished_at"] is not None,
                 "result_name": info["result_name"]}
 
@@ -264,11 +294,27 @@ class ControlPerspective(pb.Avatar):
         from now on (stepStarted, update, stepFinished, buildFinished; buildStarted first).
         Returns the build's info dict, or None when the build is not running (read its
         stored log instead)."""
-        build = self.master.queue.find_running(_build_id(build_id))
+        build_id = _build_id(build_id)
+        build = self.master.queue.find_running(build_id)
         if build is None:
-            return None
+            follow = getattr(self.master.queue, "follow", None)
+            if follow is None:
+                return None
+            return self._watch_elsewhere(build_id, observer)
         build.watch(observer)
         return build.info()
+
+    @defer.inlineCallbacks
+    def _watch_elsewhere(self, build_id: int, observer):
+        """A build another master of the shared store runs: followed through the store."""
+        brief = yield self._store(self.master.store.build_brief(build_id))
+        if brief is None or brief["finished_at"] is not None:
+            return None
+        feed = self.master.queue.follow(build_id, brief["request_id"], [observer])
+        return feed.info or {"build_id": build_id, "number": brief["number"],
+                             "builder": brief["builder"], "slave": brief["slave"],
+                             "request_id": brief["request_id"], "steps": [],
+                             "started_at": brief["started_at"], "master": brief["master"]}
 
     @defer.inlineCallbacks
     def perspective_cancel(self, build_id: int | None = None, request_id: int | None = None):
@@ -286,7 +332,16 @@ class ControlPerspective(pb.Avatar):
         build_id = _build_id(build_id)
         build = queue.find_running(build_id)
         if build is None:
-            info = yield self._store(self.master.store.build(build_id))
+            store = self.master.store
+            if store.shared:
+                elsewhere = yield self._store(store.request_cancel(build_id, self.user))
+                if elsewhere is not None:
+                    log.info("{user} cancels build {id}, running on master {m}",
+                             user=self.user, id=build_id, m=elsewhere)
+                    brief = yield self._store(store.build_brief(build_id))
+                    return {"build_id": build_id, "request_id": brief["request_id"],
+                            "state": "cancelling", "master": elsewhere}
+            info = yield self._store(store.build(build_id))
             raise UnknownBuild(f"build {build_id} is not running (it ended "
                                f"{info['result_name'].upper()}); nothing to cancel")
         build.cancel(f"cancelled by {self.user}")

@@ -232,10 +232,23 @@ class MasterService:
         self.reactor = reactor
         self.load = SlaveLoad({s.name: s.max_builds for s in config.slaves})
         self.builders = {b.name: Builder(b, self.load) for b in config.builders}
-        self.store = Store(config.db_path, reactor, close_on_shutdown=False)
-        self.queue = BuildQueue(config, self.builders, self.load, self.store, reactor,
-                                self.basedir)
+        self.name = config.master_name
+        self.store = Store(config.store_location, reactor, master=self.name,
+                           close_on_shutdown=False)
+        queue_class = BuildQueue
+        if self.store.shared:
+            from .sharedqueue import SharedBuildQueue as queue_class
+        self.queue = queue_class(config, self.builders, self.load, self.store, reactor,
+                                 self.basedir)
         self.slaves = {s.name: SlavePerspective(s, config, self.builders, reactor) for s in config.slaves}
+        self.registry = None
+        if self.store.shared:
+            from .masters import MasterRegistry
+
+            self.registry = MasterRegistry(self.store, reactor, self.name,
+                                           config.heartbeat_timeout, self.slaves,
+                                           endpoint=lambda: self.endpoint,
+                                           on_declared_dead=self.queue.abandon_running)
         passwords = {s.name: s.password for s in config.slaves}
         passwords.update({u.name: u.password for u in config.control_users})
         control_names = {u.name for u in config.control_users}
@@ -280,6 +293,11 @@ class MasterService:
         tmp = self.endpoint_file.with_suffix(".endpoint.tmp")
         tmp.write_text(self.endpoint + "\n")
         os.replace(tmp, self.endpoint_file)
+        if self.registry is not None:
+            yield self.registry.start()
+            log.info("master {name} registered in {db} (heartbeat every {i:g} s; a silent "
+                     "master is declared dead within {t:g} s)", name=self.name, db=self.store.path,
+                     i=self.registry.interval, t=self.registry.timeout)
         log.info("listening on {endpoint}", endpoint=self.endpoint)
         return self.endpoint
 
@@ -303,6 +321,8 @@ class MasterService:
         self.gate.stop()
         if self._store_open:
             self._store_open = False
+            if self.registry is not None:
+                yield self.registry.stop()
             try:
                 cut = yield self.store.mark_interrupted(INTERRUPTED_REASON, requeue=True)
                 if cut:
@@ -312,6 +332,44 @@ class MasterService:
                 log.error("{e}", e=str(e))
             yield self.store.close()
         log.info("master stopped")
+
+    # -- what the control perspective reads --------------------------------------------------
+
+    @defer.inlineCallbacks
+    def slave_summaries(self, connected: bool | None = None):
+        """Every configured slave's summary (or only those attached here, connected=True, or
+        not, False), with "master": the master it is attached to (this one, another one of a
+        shared store, or None)."""
+        others = {}
+        if self.store.shared:
+            from . import store_masters
+
+            others = yield self.store.run_query(store_masters.attachments, write=False)
+        out = []
+        for slave in self.slaves.values():
+            if connected is not None and (slave.link is not None) != connected:
+                continue
+            summary = slave.summary()
+            if summary["connected"]:
+                summary["master"] = self.name
+            elif slave.name in others:
+                summary["master"], summary["connected_since"] = others[slave.name]
+            else:
+                summary["master"] = None
+            out.append(summary)
+        return out
+
+    def masters_listing(self):
+        """Fires with the masters of the store: name, state, host, pid, endpoint,
+        started_at, heartbeat_age, reason, this. A SQLite store has just this one."""
+        if self.registry is not None:
+            return self.registry.listing()
+        import socket
+
+        return defer.succeed([{"name": self.name, "state": "active", "host": socket.gethostname(),
+                               "pid": os.getpid(), "endpoint": self.endpoint,
+                               "started_at": None, "heartbeat_age": 0.0, "reason": None,
+                               "this": True}])
 
 
 

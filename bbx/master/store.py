@@ -1,27 +1,32 @@
-"""The build-history store: one SQLite file holding requests, builds, steps and every log byte.
+"""The build-history store: requests, builds, steps and every log byte, in SQLite or PostgreSQL.
 
 Two halves, one per thread:
 
 - `Store` lives on the reactor thread. Its methods return Deferreds; `append_log` returns at
   once and only queues the text in memory.
-- `Database` (bbx/master/store_db.py) owns the sqlite3 connection and runs only on the
-  store's own one-thread pool. Every SQL statement of the master runs there, in the order the
-  reactor asked for it, so log chunks, step boundaries and reads never overtake each other.
-  The statements themselves are in bbx/master/store_queries.py.
+- A `Database` owns the connection and runs only on the store's own one-thread pool:
+  bbx/master/store_sqlite.py (the default: one file, one master) or bbx/master/store_pg.py
+  (one PostgreSQL database shared by several masters), both on bbx/master/store_db.py. Every
+  SQL statement of the master runs there, in the order the reactor asked for it, so log
+  chunks, step boundaries and reads never overtake each other. The statements themselves are
+  in bbx/master/store_queries.py, written once for both engines.
+
+Every commit's events (a request queued, a build started, new log rows) are fired on
+`store.events` (bbx/master/events.py) once committed; on PostgreSQL the other masters' events
+arrive there too, through LISTEN/NOTIFY (bbx/master/store_listen.py).
 
 Log appends are batched: the queue is handed to the writer every FLUSH_INTERVAL seconds or as soon
 as FLUSH_BYTES are queued, and the writer commits the whole batch in one transaction, merging
 small consecutive chunks of one stream into rows of up to CHUNK_BYTES.
 
-When a write fails (disk full, I/O error) the writer keeps the rows in memory, in order, retries
-every RETRY_INTERVAL and the master goes on serving; past MAX_HELD_BYTES the oldest held rows are
-dropped and a marker saying how much was lost takes their place in the log.
+When a write fails (disk full, I/O error, the database server gone) the writer keeps the rows in
+memory, in order, retries every RETRY_INTERVAL and the master goes on serving; past
+MAX_HELD_BYTES the oldest held rows are dropped and a marker saying how much was lost takes
+their place in the log.
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
 from typing import Callable
 
 from twisted.internet import defer
@@ -29,12 +34,12 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from . import metrics
-from . import store_queries as sql
+from . import metrics, store_location
+from .events import EventHub
+from .store_ops import StoreOperations
 from .store_db import (CHUNK_BYTES, REQUEST_CLAIMED, REQUEST_DONE, REQUEST_QUEUED,
                        SCHEMA_VERSION, STATE_FINISHED, STATE_INTERRUPTED, STATE_RUNNING,
-                       Database, NoSuchBuild, NoSuchRequest, NoSuchStep, RequestNotQueued,
-                       StoreError)
+                       NoSuchBuild, NoSuchRequest, NoSuchStep, RequestNotQueued, StoreError)
 
 # Callers import the store's errors, states and schema version from here, wherever they live.
 __all__ = ["Store", "StoreError", "NoSuchBuild", "NoSuchStep", "NoSuchRequest", "RequestNotQueued",
@@ -54,24 +59,40 @@ RETRY_INTERVAL = 1.0
 MAX_HELD_BYTES = 64 * 1024 * 1024
 
 
-class Store:
-    """The master's build history in one SQLite file: requests, builds, steps, logs.
+class Store(StoreOperations):
+    """The master's build history: requests, builds, steps, logs.
+
+    `db` is where it lives: a StoreLocation, a `db` setting ("bbx.sqlite", "sqlite:PATH",
+    "postgresql://...") or a path. `master` is this master's name, recorded with the builds
+    it runs and the requests it claims (and the sender of its events).
 
     Every method returns a Deferred except append_log, which queues and returns None. The
     caller must `yield open()` first and `yield close()` last (close also runs on reactor
     shutdown unless close_on_shutdown=False); Store makes its own writer thread and stops it.
     """
 
-    def __init__(self, path, reactor, *, flush_interval: float = FLUSH_INTERVAL,
+    def __init__(self, db, reactor, *, master: str = "", flush_interval: float = FLUSH_INTERVAL,
                  flush_bytes: int = FLUSH_BYTES, max_held_bytes: int = MAX_HELD_BYTES,
                  retry_interval: float = RETRY_INTERVAL, close_on_shutdown: bool = True):
         self._close_on_shutdown = close_on_shutdown
-        self.path = os.path.abspath(os.fspath(path))
+        self.location = store_location.parse(db)
+        self.master = master
+        self.shared = self.location.shared
+        self.path = self.location.display()  # what messages name (no password)
         self._reactor = reactor
         self._flush_interval = flush_interval
         self._flush_bytes = flush_bytes
         self._retry_interval = retry_interval
-        self._db = Database(self.path, max_held_bytes)
+        if self.shared:
+            from .store_pg import PostgresDatabase  # psycopg only for a PostgreSQL store
+
+            self._db = PostgresDatabase(self.location.url, max_held_bytes, master)
+        else:
+            from .store_sqlite import SqliteDatabase
+
+            self._db = SqliteDatabase(str(self.location.path), max_held_bytes, master)
+        self.events = EventHub()
+        self._listener = None
         self._pool: ThreadPool | None = None
         self._shutdown_trigger = None
         self._closing: defer.Deferred | None = None
@@ -87,6 +108,7 @@ class Store:
         self._in_flight = 0
         self._failing: str | None = None
         self._warned_closed = False
+        self._step_builds: dict[int, int] = {}  # step id -> build id, for log events
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -104,6 +126,18 @@ class Store:
             yield deferToThreadPool(self._reactor, pool, self._db.close)
             pool.stop()
             raise
+        if self.shared:
+            from .store_listen import EventListener
+
+            listener = EventListener(self.location.url, self._reactor, self.events, self.master)
+            try:
+                yield listener.start()
+            except BaseException:
+                self._pool = None
+                yield deferToThreadPool(self._reactor, pool, self._db.close)
+                pool.stop()
+                raise
+            self._listener = listener
         self._is_open = True
         # "before": only before-shutdown triggers may return a Deferred the reactor waits for.
         # An owner that must write last words first (the master) closes the store itself.
@@ -142,6 +176,9 @@ class Store:
             log.error("store: closing with log data that could not be saved: {error}",
                       error=error)
         self._cancel_timers()
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            await listener.stop()
         pool, self._pool = self._pool, None
         await deferToThreadPool(self._reactor, pool, self._db.close)
         pool.stop()
@@ -214,12 +251,22 @@ class Store:
         batch, self._pending, self._pending_bytes = self._pending, [], 0
         target = self._appended
         self._in_flight += 1
+        builds = sorted({self._step_builds[step] for step, _s, _t in batch
+                         if step in self._step_builds})
         d = deferToThreadPool(self._reactor, self._pool, self._db.append, batch,
-                              self._reactor.seconds())
+                              self._reactor.seconds(), builds)
         metrics.STORE_WRITE.time(d, self._reactor)
+        if builds:
+            d.addCallback(self._logs_committed, builds)
         d.addCallbacks(self._batch_done, self._batch_crashed, callbackArgs=(target,),
                        errbackArgs=(target,))
         return d
+
+    def _logs_committed(self, status, builds):
+        if status["ok"]:
+            for build_id in builds:
+                self.events.fire("log", self.master, build_id)
+        return status
 
     def _batch_done(self, status, target):
         self._in_flight -= 1
@@ -283,89 +330,26 @@ class Store:
             return defer.fail(StoreError(f"store: {self.path} is not open"))
         self._submit_pending(force=False)
         d = deferToThreadPool(self._reactor, self._pool, self._db.transact, fn, args, write)
-        d.addErrback(self._sqlite_failed, "write to" if write else "read")
+        d.addCallbacks(self._committed, self._engine_failed,
+                       errbackArgs=("write to" if write else "read",))
         return d
 
-    def _sqlite_failed(self, failure, doing):
-        failure.trap(sqlite3.Error)
-        line = f"store: cannot {doing} {self.path}: {failure.value}"
+    def run_query(self, fn: Callable, *args, write: bool = True):
+        """Run fn(sql, *args) (an Sql of bbx/master/store_db.py) in one transaction on the
+        writer thread, after the log text queued before; fires with its result. For modules
+        with queries of their own (bbx/master/masters.py)."""
+        return self._call(fn, *args, write=write)
+
+    def _committed(self, answer):
+        result, events = answer
+        for kind, *args in events:
+            self.events.fire(kind, self.master, *args)
+        return result
+
+    def _engine_failed(self, failure, doing):
+        failure.trap(*self._db.errors)
+        from .store_db import one_line
+
+        line = f"store: cannot {doing} {self.path}: {one_line(failure.value)}"
         log.error("{line}", line=line)
         raise StoreError(line)
-
-    def queue_request(self, builder: str, reason: str = ""):
-        """Queue a build request. Fires with its id."""
-        return self._call(sql.queue_request, builder, reason, self._reactor.seconds())
-
-    def pending_requests(self, builder: str | None = None):
-        """Fires with the queued requests (oldest first) as dicts: id, builder, submitted_at,
-        reason, retries."""
-        return self._call(sql.pending_requests, builder, write=False)
-
-    def start_build(self, request_id: int | None, builder: str, slave: str):
-        """Start a build of `builder` on `slave`, claiming request `request_id` (None for a
-        build nobody queued). Fires with (build_id, number); `number` counts per builder from
-        1. NoSuchRequest / RequestNotQueued if the request cannot be claimed."""
-        return self._call(sql.start_build, request_id, builder, slave, self._reactor.seconds())
-
-    def requeue_request(self, request_id: int):
-        """Put a claimed request back in the queue (its build was cut short); retries += 1."""
-        return self._call(sql.requeue_request, request_id)
-
-    def finish_request(self, request_id: int):
-        """Mark a request done: no build will be started for it again."""
-        return self._call(sql.finish_request, request_id)
-
-    def start_step(self, build_id: int, number: int, name: str):
-        """Record that step `number` (`name`) of a build started. Fires with the step id."""
-        return self._call(sql.start_step, build_id, number, name, self._reactor.seconds())
-
-    def finish_step(self, step_id: int, result: int, rc: int | None = None):
-        """Record a step's result (bbx.master.results) and its command's rc; comes after every
-        log append made before it."""
-        return self._call(sql.finish_step, step_id, result, rc, self._reactor.seconds())
-
-    def finish_build(self, build_id: int, result: int, state: str = STATE_FINISHED,
-                     reason: str | None = None):
-        """Record a build's result; state 'finished' or 'interrupted' (with `reason`)."""
-        return self._call(sql.finish_build, build_id, result, state, reason,
-                          self._reactor.seconds())
-
-    def mark_interrupted(self, reason: str, requeue: bool = True):
-        """Close every build left unfinished (the master stopped under it), as Buildbot's
-        master-deactivation housekeeping does. Fires with their ids.
-
-        Each such build and its open steps get state 'interrupted', `reason`, and finished_at =
-        the last time the master heard of the build (its last log chunk or step start). With
-        `requeue`, their requests go back to the queue and the result is RETRY ("will be run
-        again", Buildbot's choice); without, the result is EXCEPTION.
-        """
-        return self._call(sql.mark_interrupted, reason, requeue)
-
-    def builds(self, builder: str | None = None, limit: int = 20):
-        """Fires with the most recent builds, newest first, as dicts: id, builder, number,
-        slave, state, result, result_name, started_at, finished_at, duration, request_id,
-        reason, interrupted_reason."""
-        return self._call(sql.builds, builder, limit, write=False)
-
-    def build(self, build_id: int):
-        """Fires with one build (as in builds()) plus "steps": a list of dicts id, number,
-        name, started_at, finished_at, result, result_name, rc, log_bytes. NoSuchBuild."""
-        return self._call(sql.build, build_id, write=False)
-
-    def log(self, build_id: int, step: int | str | None = None, after_seq: int | None = None,
-            max_bytes: int | None = None, with_step: bool = False):
-        """Fires with the build's log — one step's if `step` (number or name) is given — as a
-        list of (seq, stream, text) in the order received, from after `after_seq` on.
-
-        seq grows with every chunk stored, across steps, so `--follow` polls with the last
-        seq it saw. `max_bytes` stops after the row that reaches it (always at least one row),
-        for paging large logs through PB. with_step: (seq, step_number, stream, text).
-        NoSuchBuild / NoSuchStep."""
-        return self._call(sql.log, build_id, step, after_seq, max_bytes, with_step,
-                          write=False)
-
-    def set_size_limit(self, max_bytes: int | None):
-        """Cap the file's size (SQLite's max_page_count); None lifts the cap. Past it, writes
-        fail as on a full disk. Fires with the cap in bytes in force."""
-        return self._call(sql.set_size_limit, max_bytes, write=False)
-

@@ -46,7 +46,7 @@ class Slave:
                                  containment=self.containment)
         self.bot = Bot(config.basedir, reactor, shutdown=self._stop_reactor, context=context)
         self.connection = SlaveConnection(
-            reactor, config.connection, config.name, config.password, self.bot,
+            reactor, list(config.masters), config.name, config.password, self.bot,
             keepalive=config.keepalive, deadline=config.keepalive_deadline,
             policy=policy or full_jitter_backoff(cap=config.maxdelay), tls=config.tls)
         self._stamp_poll = None
@@ -73,15 +73,16 @@ class Slave:
         elif state == "disconnected" and reason:
             metrics.CONNECT_FAILURES.inc(reason=reason)
         if self.state is not None:
+            self.state.master = self.connection.description  # several masters: the one in play
             self.state.write(state, reason, detail, attempt)
-        systemd.status(f"{state}: {detail}" if detail else f"{state} ({self.config.connection})")
+        systemd.status(f"{state}: {detail}" if detail else f"{state} ({self.connection.description})")
 
     def start(self) -> None:
         from twisted.logger import Logger
 
         log = Logger(namespace="bbx.slave")
         log.info("slave {name} starting in {dir}; master {where}", name=self.config.name,
-                 dir=self.config.basedir, where=self.config.connection)
+                 dir=self.config.basedir, where=" or ".join(self.config.masters))
         if self.config.commands is not None:
             log.info("commands allowed: {names}", names=", ".join(self.config.commands))
         self.containment.start()

@@ -70,7 +70,7 @@ class SlaveConfig:
     basedir: str
     name: str
     password: str
-    connection: str
+    connection: str                 # the first master; `connections` lists them all
     keepalive: int = DEFAULT_KEEPALIVE
     keepalive_timeout: float = 0.0
     maxdelay: float = DEFAULT_MAXDELAY
@@ -90,6 +90,14 @@ class SlaveConfig:
 
         return TlsTrust(ca=self.tls_ca or None, fingerprint=self.tls_fingerprint or None,
                         insecure=self.tls_insecure)
+
+    connections: tuple[str, ...] = ()
+
+    @property
+    def masters(self) -> tuple[str, ...]:
+        """Every master to try, in order: the slave connects to the first that answers and
+        moves to the next when its master is gone (several masters on one store)."""
+        return self.connections or (self.connection,)
 
     @property
     def keepalive_deadline(self) -> float | None:
@@ -136,16 +144,21 @@ def _toml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def render_config(*, name: str, password: str, connection: str, keepalive: int,
+def render_config(*, name: str, password: str, connection, keepalive: int,
                   keepalive_timeout: float, maxdelay: float, umask: str, allow_shutdown: str,
                   tls_ca: str = "", tls_fingerprint: str = "", tls_insecure: bool = False,
                   redact=(), commands=None, cgroup: bool = True) -> str:
-    """slave.toml text, commented so an operator can edit it by hand."""
+    """slave.toml text, commented so an operator can edit it by hand. `connection` is one
+    endpoint string or a list of them (several masters)."""
     kt = int(keepalive_timeout) if float(keepalive_timeout).is_integer() else keepalive_timeout
     md = int(maxdelay) if float(maxdelay).is_integer() else maxdelay
     redact_text = "[" + ", ".join(_toml_str(g) for g in redact) + "]"
     commands_text = _toml_str("all") if commands is None else \
         "[" + ", ".join(_toml_str(c) for c in commands) + "]"
+    if isinstance(connection, str):
+        connection_value = _toml_str(connection)
+    else:
+        connection_value = "[" + ", ".join(_toml_str(c) for c in connection) + "]"
     return f"""\
 # bbx slave configuration. Edit, then restart: bbx slave stop DIR && bbx slave start DIR
 [slave]
@@ -153,8 +166,10 @@ def render_config(*, name: str, password: str, connection: str, keepalive: int,
 name = {_toml_str(name)}
 password = {_toml_str(password)}
 # Where the master listens: a Twisted client endpoint string, e.g.
-# "tcp:host=master.example.org:port=9989" or "tls:host=master.example.org:port=9989".
-connection = {_toml_str(connection)}
+# "tcp:host=master.example.org:port=9989" or "tls:host=master.example.org:port=9989";
+# or a list of them for several masters sharing one farm: the slave attaches to the first
+# that answers and moves on to the next when its master is gone.
+connection = {connection_value}
 # How a tls: connection checks the master's certificate, one of:
 #   tls_ca: a PEM file of the CA(s) that signed it ("" with a tls: connection = the system's CAs);
 #   tls_fingerprint: the SHA-256 fingerprint of the master's own certificate (exactly that
@@ -187,14 +202,19 @@ cgroup = {"true" if cgroup else "false"}
 """
 
 
-def create(basedir: str | os.PathLike, *, name: str, password: str, connection: str,
+def create(basedir: str | os.PathLike, *, name: str, password: str, connection,
            keepalive: int = DEFAULT_KEEPALIVE, keepalive_timeout: float = 0,
            maxdelay: float = DEFAULT_MAXDELAY, umask: str = "", allow_shutdown: str = "",
            redact=(), commands=None, cgroup: bool = True,
            info_admin: str | None = None, info_host: str | None = None,
            tls_ca: str = "", tls_fingerprint: str = "", tls_insecure: bool = False,
            force: bool = False) -> SlaveConfig:
-    """Create (or with force, overwrite) a slave directory; return its loaded configuration."""
+    """Create (or with force, overwrite) a slave directory; return its loaded configuration.
+    `connection` is one endpoint string, or a list of them (several masters)."""
+    if not isinstance(connection, str):
+        connection = list(connection)
+        if len(connection) == 1:
+            connection = connection[0]
     base = Path(basedir).absolute()
     config_path = base / CONFIG_NAME
     if config_path.exists() and not force:
@@ -324,11 +344,26 @@ def _check_values(path: str, v: dict, lines: dict[str, int], base: Path) -> dict
         return BasedirError(f"{_where(path, lines, key)}: {key} {why}")
 
     out = {}
-    for key in ("name", "password", "connection"):
+    for key in ("name", "password"):
         value = v[key]
         if not isinstance(value, str) or not value.strip():
             raise bad(key, f"must be a non-empty string, got {value!r}; set {key} = \"...\"")
         out[key] = value
+    connection = v["connection"]
+    if isinstance(connection, list):
+        if not connection or not all(isinstance(c, str) and c.strip() for c in connection):
+            raise bad("connection", f"must be a non-empty list of endpoint strings, got "
+                      f"{connection!r}; write connection = [\"tcp:host=A:port=9989\", ...]")
+        if len(set(connection)) != len(connection):
+            raise bad("connection", "lists a master twice; list each master once")
+        out["connection"] = connection[0]
+        out["connections"] = tuple(connection)
+    elif not isinstance(connection, str) or not connection.strip():
+        raise bad("connection", f"must be a non-empty string or list of strings, got "
+                  f"{connection!r}; set connection = \"...\"")
+    else:
+        out["connection"] = connection
+        out["connections"] = (connection,)
     if any(c.isspace() for c in v["name"]):
         raise bad("name", f"{v['name']!r} contains white space; use a name without spaces")
     for key in ("keepalive",):
@@ -367,12 +402,12 @@ def _check_values(path: str, v: dict, lines: dict[str, int], base: Path) -> dict
     if not isinstance(v["cgroup"], bool):
         raise bad("cgroup", f"must be true or false, got {v['cgroup']!r}")
     out["cgroup"] = v["cgroup"]
-    out.update(_check_tls(v, out["connection"], bad, base))
+    out.update(_check_tls(v, out["connections"], bad, base))
     return out
 
 
-def _check_tls(v: dict, connection: str, bad, base: Path) -> dict:
-    """The tls_* keys, and whether the connection string with them checks the master."""
+def _check_tls(v: dict, connections, bad, base: Path) -> dict:
+    """The tls_* keys, and whether each connection string with them checks its master."""
     from bbx.pb import tls
 
     out = {}
@@ -397,12 +432,13 @@ def _check_tls(v: dict, connection: str, bad, base: Path) -> dict:
             tls.load_ca(ca)
         except ValueError as e:
             raise bad("tls_ca", f"is unusable: {e}; give the CA certificate's PEM file") from None
-    try:
-        trust = tls.TlsTrust(ca=ca or None, fingerprint=out["tls_fingerprint"] or None,
-                             insecure=out["tls_insecure"])
-        tls.check(connection, trust)
-    except ValueError as e:
-        raise bad("connection", f"{connection!r}: {_as_keys(str(e))}") from None
+    trust = tls.TlsTrust(ca=ca or None, fingerprint=out["tls_fingerprint"] or None,
+                         insecure=out["tls_insecure"])
+    for connection in connections:
+        try:
+            tls.check(connection, trust)
+        except ValueError as e:
+            raise bad("connection", f"{connection!r}: {_as_keys(str(e))}") from None
     return out
 
 

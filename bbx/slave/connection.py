@@ -12,6 +12,10 @@ One small state machine (SlaveConnection) does that and nothing else:
   wrong password (e.g. "rejecting duplicate worker", PROTOCOL.md §2.3); bbx keeps trying,
   because the other connection usually goes away and an exited slave needs a human.
 * The attempt counter resets once a login succeeds.
+* With several masters (masters sharing one farm through a PostgreSQL store), each try goes to
+  the next master in the list once the current one has failed or gone: the slave attaches to
+  the first that answers and stays there until that master is gone. The backoff is the same
+  as with one master, counted across them.
 * While attached, `perspective.keepalive()` is called every `keepalive` seconds
   (PROTOCOL.md §4.4), and a watchdog (bbx/pb/liveness.py) drops the connection when nothing
   at all — the master's own calls, or its answers to ours — has been received for
@@ -178,18 +182,23 @@ def describe_failure(failure: Failure) -> str:
 class SlaveConnection:
     """Keeps the Bot logged in to the master at `description`, forever, until stop().
 
-    `bot` is the mind (a pb.Referenceable with `connection_lost(why)`); `policy(attempt)` gives
-    the seconds to wait before the next try; time comes from `reactor`.
+    `description` is one client endpoint string, or a list of them: then each retry goes to
+    the next master after the one that failed or went away. `bot` is the mind (a
+    pb.Referenceable with `connection_lost(why)`); `policy(attempt)` gives the seconds to wait
+    before the next try; time comes from `reactor`.
     """
 
-    def __init__(self, reactor, description: str, name: str, password: str, bot, *,
+    def __init__(self, reactor, description, name: str, password: str, bot, *,
                  keepalive: float = KEEPALIVE_INTERVAL, deadline: float | None = None,
                  policy: Callable[[int], float] | None = None,
                  connect_timeout: float = CONNECT_TIMEOUT, login_timeout: float = LOGIN_TIMEOUT,
                  tls=None):
         self.reactor = reactor
         self.tls = tls  # a bbx.pb.tls.TlsTrust: how a tls: master's certificate is checked
-        self.description = description
+        self.descriptions = [description] if isinstance(description, str) else list(description)
+        if not self.descriptions:
+            raise ValueError("no master to connect to")
+        self._master_index = 0
         self.name = name
         self.password = password
         self.bot = bot
@@ -208,6 +217,11 @@ class SlaveConnection:
         self.on_state: Callable[[str, str, str, int], None] | None = None
 
     # -- public ------------------------------------------------------------------------------
+
+    @property
+    def description(self) -> str:
+        """The endpoint string of the master being tried or attached to."""
+        return self.descriptions[self._master_index]
 
     @property
     def perspective(self):
@@ -411,7 +425,12 @@ class SlaveConnection:
         ceiling = getattr(self.policy, "ceiling", None)
         bound = f", at most {ceiling(self.attempt):g} s" if ceiling else ""
         self.attempt += 1
+        following = (self._master_index + 1) % len(self.descriptions)
+        if following != self._master_index:
+            # This master failed or is gone: the next try goes to the next one.
+            bound += f", next master {self.descriptions[following]}"
         log.info("{reason}; retrying in {delay:.1f} s (attempt {n}{bound})", reason=reason,
                  delay=delay, n=self.attempt, bound=bound)
         self._state("disconnected", s.end_kind, reason)
+        self._master_index = following
         self._retry_timer = self.reactor.callLater(delay, self._connect)
