@@ -1,7 +1,5 @@
 """The `bbx` command line. Each command module imports its heavy modules inside its functions."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated
 
