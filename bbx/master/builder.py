@@ -47,6 +47,9 @@ class Builder:
 
     def __init__(self, config: BuilderConfig, load: SlaveLoad | None = None):
         self.config = config
+        # For "may this slave run it?": a tuple scan per slave made a 10,000-slave master's
+        # start quadratic.
+        self.slave_set = frozenset(config.slaves)
         self.slave_builders: dict[str, SlaveBuilder] = {}
         self.load = load if load is not None else SlaveLoad({})
         self.on_attach = None

@@ -32,16 +32,19 @@ class SlavePerspective(pb.Avatar):
     """The avatar of one configured slave: what the slave's perspective calls reach.
 
     There is one per configured slave; `link` is its current connection (None while detached).
+    With an `admission` queue (bbx/master/admission.py) its attach sequences wait their turn
+    among all slaves'.
     """
 
     def __init__(self, config: SlaveConfig, master_config: MasterConfig,
-                 builders: dict[str, Builder], reactor):
+                 builders: dict[str, Builder], reactor, admission=None):
         self.config = config
         self.master_config = master_config
-        self.builders = {n: b for n, b in builders.items() if config.name in b.config.slaves}
+        self.builders = {n: b for n, b in builders.items() if config.name in b.slave_set}
         self.reactor = reactor
         self.link: SlaveLink | None = None
         self._lock = defer.DeferredLock()
+        self.admission = admission
 
     @property
     def name(self) -> str:
@@ -98,7 +101,11 @@ class SlavePerspective(pb.Avatar):
 
     def attach(self, mind, broker):
         """Run the attach sequence for a new connection; fire when the slave may get its avatar."""
-        return self._lock.run(self._attach, mind, broker)
+        if self.admission is None:
+            return self._lock.run(self._attach, mind, broker)
+        # The lock outside the queue: a duplicate waiting for this name holds no place in it.
+        return self._lock.run(self.admission.run, self._attach, mind, broker,
+                              wanted=lambda: not broker.disconnected)
 
     @defer.inlineCallbacks
     def _attach(self, mind, broker):
