@@ -6,6 +6,7 @@ found), the key, and what to do about it. Code elsewhere never reads the raw TOM
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import re
@@ -455,17 +456,11 @@ def _load_steps(ld: Loader, items: Any, builder_index: int, builder_label: str
 
 def _steps_before(ld: Loader, builder_index: int) -> int:
     """How many [[builders.steps]] headers precede builder number `builder_index` in the text."""
-    count = 0
-    seen_builders = -1
-    for line in ld.where.lines:
-        stripped = line.strip()
-        if re.match(r"^\[\[builders\]\]\s*(#.*)?$", stripped):
-            seen_builders += 1
-            if seen_builders > builder_index:
-                break
-        elif re.match(r"^\[\[builders\.steps\]\]\s*(#.*)?$", stripped) and seen_builders < builder_index:
-            count += 1
-    return count
+    builders = ld.where.header_lines("[[builders]]")
+    steps = ld.where.header_lines("[[builders.steps]]")
+    if builder_index >= len(builders):
+        return len(steps)
+    return bisect.bisect_left(steps, builders[builder_index])
 
 
 def _seconds(ld: Loader, item: dict, key: str, default, line, label):
