@@ -174,14 +174,13 @@ class LoginGate:
         if mine is not None and len(mine) >= self.max_pending_per_host:
             self._evict(host, f"more than {self.max_pending_per_host} connections from {host} "
                               "have not logged in; closing the oldest")
-        elif self._pending_count >= self.max_pending:
+        elif self._pending_count >= self.max_pending and (
+                self._pause is None or self._age(next(iter(self._since))) >= STORM_GRACE):
+            # (With a port to pause, nobody is closed while even the oldest is within its
+            # grace: one read of the paused port may overshoot the cap by its accept burst.)
             busiest = max(self._pending, key=lambda h: len(self._pending[h]))
-            oldest = next(iter(self._pending[busiest]))
-            if self._pause is None or self._age(oldest) >= STORM_GRACE:
-                self._evict(busiest, f"more than {self.max_pending} connections have not "
-                                     f"logged in; closing the oldest from {busiest}, the "
-                                     "busiest address")
-            # else: one read of the paused port may overshoot the cap by its accept burst.
+            self._evict(busiest, f"more than {self.max_pending} connections have not logged "
+                                 f"in; closing the oldest from {busiest}, the busiest address")
         now = self.clock.seconds()
         timer = self.clock.callLater(self.login_timeout, self._timed_out, conn)
         self._pending.setdefault(host, OrderedDict())[conn] = timer
