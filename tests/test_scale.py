@@ -54,7 +54,7 @@ class Pinger:
         for r in self.runs:
             if r is None:
                 out.append(f"a bbx ping did not exit within {PING_DEADLINE:g} s")
-            elif r.returncode != 0 and "no slave" not in r.stderr.lower():
+            elif r.returncode != 0 and "has no attached slave" not in r.stderr:
                 out.append(r.stderr.strip())
         return out
 

@@ -38,6 +38,10 @@ class SlaveLoad:
         self.running[slave] = max(0, self.running.get(slave, 0) - 1)
 
 
+# Slave names an operator message lists before "and N more" (a builder may have thousands).
+NAMES_IN_MESSAGE = 10
+
+
 class Builder:
     """One configured builder and the SlaveBuilders of its currently attached slaves.
 
@@ -73,10 +77,14 @@ class Builder:
 
     def any_attached(self) -> "SlaveBuilder":
         """The first attached SlaveBuilder; NoSlaveAttached when there is none."""
-        for name in self.attached():
-            return self.slave_builders[name]
-        raise NoSlaveAttached(f"builder {self.name} has no attached slave "
-                              f"(configured: {', '.join(self.config.slaves)})")
+        for name in self.config.slaves:
+            if name in self.slave_builders:
+                return self.slave_builders[name]
+        names = self.config.slaves
+        shown = ", ".join(names[:NAMES_IN_MESSAGE])
+        if len(names) > NAMES_IN_MESSAGE:
+            shown += f" and {len(names) - NAMES_IN_MESSAGE} more"
+        raise NoSlaveAttached(f"builder {self.name} has no attached slave (configured: {shown})")
 
     def free_slave_builder(self) -> "SlaveBuilder | None":
         """An attached SlaveBuilder that is idle on a slave below its max_builds, or None."""
