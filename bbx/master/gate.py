@@ -57,7 +57,7 @@ MAX_QUEUED_CHECKS = MAX_PENDING_PER_HOST
 # Addresses whose failures are remembered; beyond this the oldest are forgotten.
 MAX_TRACKED_HOSTS = 10_000
 # While accepting is paused at MAX_PENDING, a connection on probation this long is closed to
-# make room: an honest login takes two round trips (PROTOCOL.md §2.2), well under a second
+# make room: an honest login takes two round trips (docs/protocol.md §1.4), well under a second
 # even in a storm, since the attach sequence itself runs after probation
 # (bbx/master/admission.py).
 STORM_GRACE = 5.0

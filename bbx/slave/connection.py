@@ -67,7 +67,7 @@ def _greeting_timeout() -> float:
     return value if value > 0 else CONNECT_TIMEOUT
 
 
-# A master sends PB's version banner as soon as it accepts a connection (PROTOCOL.md §2.2).
+# A master sends PB's version banner as soon as it accepts a connection (docs/protocol.md §1.1).
 # Nothing at all for this long after the TCP connect means the kernel completed the
 # handshake but the master never accepted it (its listen queue overflowed in a storm, or it
 # is wedged): give up and retry with the backoff rather than wait out the login deadline.
