@@ -19,6 +19,8 @@ from its own 127.1.x.y address), then measures:
   N attached and nothing but keepalives (both sides every 30 s) flowing, as % of one core;
 - storm: the master killed (SIGKILL) and started again on the same port; seconds from the
   restart until all N are attached again, and the same ping figures taken throughout;
+- retries: connects or logins the swarm had to try again (a lost connection counts once, so
+  the storm's figure leaves out the N losses the kill itself caused);
 - the swarm's own CPU over the whole run (% of one core per process): near 100 % means the
   swarm, not the master, set the pace.
 
@@ -150,6 +152,7 @@ def one(n: int, args, workdir: Path) -> dict:
     try:
         result["attach"] = swarm.wait(lambda s: s.attached == n, args.bound / 3, "all attached")
         result["attach_load"] = load()
+        result["attach_retries"] = swarm.failures
         result["procs"] = procs
         time.sleep(1.0)
         rss = rss_kb(pid)
@@ -182,6 +185,7 @@ def one(n: int, args, workdir: Path) -> dict:
                    args.bound / 3, "all re-attached")
         result["reattach"] = time.monotonic() - restarted
         result["reattach_load"] = load()
+        result["reattach_retries"] = swarm.failures - result["attach_retries"] - n
         done.set()
         pinger.join(timeout=60)
         result["storm_ping"] = ping_figures(runs)
@@ -195,20 +199,21 @@ def one(n: int, args, workdir: Path) -> dict:
 
 def row(r: dict) -> str:
     p, s = r["ping"], r["storm_ping"]
-    return (f"| {r['n']:>6} | {r['checkconfig']:.2f} | {r['attach']:.1f} ({r['attach_load']}) | "
+    return (f"| {r['n']:>6} | {r['checkconfig']:.2f} | {r['attach']:.1f} ({r['attach_load']}; "
+            f"{r['attach_retries']} retries) | "
             f"{r['rss_mb']:.0f} | {r['rss_per_slave_kb']:.1f} | "
             f"{p['proc_p50']:.2f} / {p['proc_p99']:.2f} | "
             f"{1000 * p['rtt_p50']:.1f} / {1000 * p['rtt_p99']:.1f} | "
             f"{r['idle_cpu']:.1f} ({r['idle_load']}) | "
-            f"{r['reattach']:.1f} ({r['reattach_load']}) | "
+            f"{r['reattach']:.1f} ({r['reattach_load']}; {r['reattach_retries']} retries) | "
             f"{s['proc_p50']:.2f} / {s['proc_p99']:.2f} ({s['failed']}/{s['runs']} failed) | "
             f"{1000 * s['rtt_p50']:.1f} / {1000 * s['rtt_p99']:.1f} | "
             f"{r['procs']} × {'/'.join(f'{c:.0f}' for c in r['swarm_cpu'])} |")
 
 
-HEADER = ("| N | checkconfig s | all attached s (load) | master RSS MB | KB / slave | "
+HEADER = ("| N | checkconfig s | all attached s (load; retries) | master RSS MB | KB / slave | "
           "ping proc p50 / p99 s | ping RTT p50 / p99 ms | idle CPU % (load) | "
-          "re-attached s (load) | storm ping proc p50 / p99 s | storm RTT p50 / p99 ms | "
+          "re-attached s (load; retries) | storm ping proc p50 / p99 s | storm RTT p50 / p99 ms | "
           "swarm procs × CPU % |\n|" + "---|" * 12)
 
 
