@@ -196,3 +196,27 @@ def test_a_builder_without_a_matching_attached_slave_says_so(tmp_path):
         wait_until(lambda: "s2" in farm.attached(), 10, what="s2 still attached")
     finally:
         farm.stop()
+
+
+def test_an_info_tags_file_offers_tags_and_junk_in_it_is_bounded_not_fatal(tmp_path):
+    """What a real buildbot-worker sends with an info/tags file: one str of words. Bad words
+    are dropped, and more than MAX_TAGS are cut, with a warning in the master's log."""
+    farm = Farm(tmp_path, _farm_toml())
+    try:
+        farm.start_master()
+        made = run_bbx("slave", "create", tmp_path / "s2", f"127.0.0.1:{farm.port}", "s2",
+                       "pw-s2", "--maxdelay", "1")
+        assert made.returncode == 0, made.stderr
+        junk = " ".join(f"extra{i}" for i in range(100))
+        (tmp_path / "s2" / "info" / "tags").write_text(f"linux, b\x01d {junk}\n")
+        farm.start_slave("s2")
+        slaves = {s["name"]: s for s in json.loads(farm.bbx("slaves", "--json").stdout)}
+        tags = slaves["s2"]["tags"]
+        assert tags[0] == "linux" and len(tags) == MAX_TAGS and "b\x01d" not in tags
+        assert slaves["s2"]["builders"] == ["linux", "only-s2"]
+        log = farm.master.output()
+        assert "ignored a tag" in log and f"more than {MAX_TAGS} tags" in log
+        ran = farm.bbx("run", "linux", "--", "echo", "via-info-file")
+        assert ran.returncode == 0 and "via-info-file" in ran.stdout
+    finally:
+        farm.stop()
