@@ -86,7 +86,11 @@ def serves(builder: "BuilderConfig", slave: str, tags: Iterable[str]) -> bool:
     """May `slave`, with these effective tags, run `builder`?"""
     if slave in builder.slaves:
         return True
-    return bool(builder.tags) and set(builder.tags) <= set(tags)
+    if not builder.tags:
+        return False
+    if not isinstance(tags, (set, frozenset)):
+        tags = frozenset(tags)
+    return all(tag in tags for tag in builder.tags)
 
 
 def builders_for(builders: dict, slave: str, tags: Iterable[str]) -> dict:
