@@ -188,6 +188,7 @@ def test_the_state_column_renders_each_state():
     assert [slave_state(s) for s in SLAVES] == [
         "idle", "building (build 7)", "paused (build 8 running)", "draining", "disconnected"]
     assert slave_state({"name": "old master"}) == "-"
+    assert slave_state({"state": "disconnected", "master": "b"}) == "elsewhere"
     console = Console(record=True, width=160, color_system=None)
     console.print(slaves_table(SLAVES, now=0))
     text = console.export_text()

@@ -105,6 +105,8 @@ def slave_state(slave: dict) -> str:
         return f"building (build {builds})" if builds else "building"
     if state in ("paused", "draining") and builds:
         return f"{state} (build {builds} running)"
+    if state == "disconnected" and slave.get("master"):
+        return "elsewhere"  # attached to another master of the shared store
     return str(state)
 
 

@@ -99,7 +99,8 @@ class FarmState:
         slave = self.slaves.get(name) if isinstance(name, str) else None
         if slave is None:
             choices = ", ".join(sorted(self.slaves)) or "none"
-            raise UnknownSlave(f"no slave named {name!r} (configured: {choices})")
+            shown = repr(name[:80] if isinstance(name, str) else name)[:100]
+            raise UnknownSlave(f"no slave named {shown} (configured: {choices})")
         return slave
 
     def _heard(self, _sender, name, state, *_rest) -> None:
