@@ -24,6 +24,7 @@ from .builder import Builder, SlaveLoad
 from .buildqueue import INTERRUPTED_REASON, BuildQueue
 from .config import MasterConfig
 from .control import ControlPerspective
+from .farmstate import FarmState
 from .gate import LoginGate
 from .realm import Dispatcher
 from .slave import SlavePerspective
@@ -252,6 +253,7 @@ class MasterService:
         self.slaves = {s.name: SlavePerspective(s, config, self.builders, reactor,
                                                 admission=self.admission)
                        for s in config.slaves}
+        self.farm = FarmState(self.store, self.slaves, reactor, self.queue.maybe_start)
         self.registry = None
         if self.store.shared:
             from .masters import MasterRegistry
@@ -298,6 +300,7 @@ class MasterService:
                      old=budget.raised_from, new=budget.soft, n=len(self.config.slaves))
         yield self.store.open()
         self._store_open = True
+        yield self.farm.start()  # before the queue: a paused slave must not get its requests
         yield self.queue.resume()
         try:
             self.port = yield endpoint.listen(self.factory)
@@ -332,6 +335,7 @@ class MasterService:
         except FileNotFoundError:
             pass
         self.queue.stop()
+        self.farm.stop()
         if self.port is not None:
             port, self.port = self.port, None
             self.gate.watch_port(None, None)
