@@ -26,22 +26,32 @@ _BOOKKEEPING = re.compile(
     r"|^elapsedTime=[0-9.]+$")
 _ENVIRONMENT_START = " environment:"
 _ENVIRONMENT_LINE = "  "  # its NAME=value lines are indented by two spaces
+# Starts of hidden lines: a piece that ends while it is still a prefix of one of these is held
+# until the rest of its line arrives (a cut can fall anywhere).
+_HIDDEN_STARTS = (" watching logfiles ", " argv: ", " using PTY: ", " writing ",
+                  _ENVIRONMENT_START, "elapsedTime=")
 
 
 class HeaderFilter:
     """Feed it header text as it arrives; it returns the part a terminal should show.
 
-    Nothing is held back: a line cut between two pieces is classified by its start, and its
-    rest follows that decision.
+    A line cut between two pieces is classified by its start, and its rest follows that
+    decision; a piece too short to tell (a prefix of a hidden line's start) waits for more.
     """
 
     def __init__(self) -> None:
         self._in_environment = False
         self._continuing: bool | None = None  # shown? for a line whose start came earlier
+        self._held = ""
 
     def feed(self, text: str) -> str:
         out = []
+        text, self._held = self._held + text, ""
         for piece in text.splitlines(keepends=True):
+            if (self._continuing is None and not piece.endswith("\n")
+                    and self._undecided(piece)):
+                self._held = piece
+                break
             if self._continuing is not None:
                 shown = self._continuing
             else:
@@ -50,6 +60,11 @@ class HeaderFilter:
             if shown:
                 out.append(piece)
         return "".join(out)
+
+    def _undecided(self, piece: str) -> bool:
+        if self._in_environment and piece in (" ", ""):
+            return True
+        return any(start.startswith(piece) for start in _HIDDEN_STARTS)
 
     def _shown(self, line: str) -> bool:
         if self._in_environment:
