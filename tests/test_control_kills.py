@@ -40,6 +40,14 @@ command = "{IGNORES_TERM} # MARK-BUILD"
 sigtermTime = 1
 
 [[builders]]
+name = "very-stubborn"
+slaves = ["s1"]
+[[builders.steps]]
+name = "work"
+command = "{IGNORES_TERM} # MARK-LONG"
+sigtermTime = 3600
+
+[[builders]]
 name = "ok"
 slaves = ["s1"]
 [[builders.steps]]
@@ -177,6 +185,23 @@ def test_bbx_cancel_kills_a_step_ignoring_term_after_its_sigterm_time(farm):
     assert done["result_name"] == "cancelled"
     assert "SIGTERM did not stop everything; sending SIGKILL" in stored_log(farm.db, build["id"])
     wait_until(lambda: running_with("MARK-BUILD") == [], 10, what="nothing of the step left")
+
+
+def test_a_second_bbx_cancel_kills_at_once(farm):
+    idle(farm)
+    queued = json.loads(farm.bbx("build", "very-stubborn", "--no-wait", "--json").stdout)
+    build = farm.wait_build(lambda b: b["request_id"] == queued["request_id"],
+                            what="the build to start")
+    wait_until(lambda: "ready" in stored_log(farm.db, build["id"]), 30, what="the step to run")
+    assert farm.bbx("cancel", str(build["id"])).returncode == 0
+    wait_until(lambda: "attempting to kill" in stored_log(farm.db, build["id"]), 30,
+               what="the first cancel to reach the slave")
+    assert farm.bbx("cancel", str(build["id"])).returncode == 0
+    done = farm.wait_build(lambda b: b["id"] == build["id"] and b["finished_at"] is not None,
+                           what="the build to end long before its hour of grace")
+    assert done["result_name"] == "cancelled"
+    assert "not waiting for the rest of the grace" in stored_log(farm.db, build["id"])
+    wait_until(lambda: running_with("MARK-LONG") == [], 10, what="nothing of the step left")
 
 
 def test_bbx_run_on_a_busy_builder_waits_in_line_then_runs(farm, tmp_path):

@@ -84,9 +84,9 @@ def run(
         "to the command's tree.")] = DEFAULT_INTERRUPT_SIGNAL,
     kill_after: Annotated[float, typer.Option(
         "--kill-after", min=0, help="Seconds from --signal to SIGKILL.")] = DEFAULT_KILL_AFTER,
-    wait_for_slave: Annotated[bool, typer.Option(
-        "--wait-for-slave/--no-wait-for-slave", help="Wait for a free slave when all are busy "
-        "(or fail at once).")] = True,
+    no_wait_for_slave: Annotated[bool, typer.Option(
+        "--no-wait-for-slave", help="Fail at once when every slave of the builder is busy "
+        "(by default the command waits for one).")] = False,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Show every header line (environment, Buildbot's bookkeeping) "
         "on a terminal too.")] = False,
@@ -127,7 +127,7 @@ def run(
     request = dict(builder=builder, command=argv, workdir=workdir, env=environment,
                    timeout=timeout, max_time=max_time, log_environ=log_environ,
                    interrupt_signal=interrupt_signal, kill_after=kill_after,
-                   wait_for_slave=wait_for_slave)
+                   wait_for_slave=not no_wait_for_slave)
     call(conn(master_dir, master, user, password, connect_timeout, ca, fingerprint, insecure),
          lambda perspective, reactor: session.run(perspective, reactor, **request))
     exit_code = session.report()

@@ -146,13 +146,15 @@ class Build:
 
     def cancel(self, why: str) -> None:
         """Stop the build: the running step is interrupted, later steps skipped unless
-        alwaysRun; the result is CANCELLED (Buildbot's stopBuild)."""
-        if self.cancelled is None:
+        alwaysRun; the result is CANCELLED (Buildbot's stopBuild). Cancelled again while its
+        step is still within its grace, the step is killed at once."""
+        again = self.cancelled is not None
+        if not again:
             self.cancelled = why
             log.info("build {id} of {builder}: cancelling ({why})", id=self.build_id,
                      builder=self.builder.name, why=why)
         if self.command is not None:
-            self.command.interrupt(why)
+            self.command.interrupt(why, now=again)
 
     def slave_lost(self, why: str) -> None:
         """The slave's connection went away (called by the SlaveBuilder before the command

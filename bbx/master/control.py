@@ -383,8 +383,8 @@ class ControlPerspective(pb.Avatar):
                     pass  # not queued (any more): its build, if it runs, is cancelled below
             state = yield self._store(self.master.store.request_state(request_id))
             if state is None or state["build_id"] is None:
-                raise UnknownBuild(f"no build request {request_id} is queued or running; "
-                                   "`bbx builds` lists them")
+                raise UnknownBuild(f"no queued build request {request_id}, nor a running "
+                                   "build for it; `bbx builds` lists them")
             build_id = state["build_id"]
         build_id = _build_id(build_id)
         build = queue.find_running(build_id)
