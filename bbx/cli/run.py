@@ -12,10 +12,10 @@ from typing import Annotated
 
 import typer
 
-from .client import (CaOption, ConnectTimeoutOption, FingerprintOption, InsecureOption,
-                     MasterDirOption, MasterOption, PasswordOption, UserOption)
 from bbx.pb.interrupts import DEFAULT_INTERRUPT_SIGNAL, DEFAULT_KILL_AFTER
 
+from .client import (CaOption, ConnectTimeoutOption, FingerprintOption, InsecureOption,
+                     MasterDirOption, MasterOption, PasswordOption, UserOption)
 from .output import conn, consoles, json_line
 
 # Exit codes of `bbx run` besides the command's own rc (documented in its --help).
@@ -205,8 +205,8 @@ class RunSession:
     # -- the conversation
 
     async def run(self, perspective, reactor, *, builder, command, workdir, env, timeout, max_time,
-                  log_environ=False, interrupt_signal="TERM", kill_after=10.0,
-                  wait_for_slave=True):
+                  log_environ=False, interrupt_signal=DEFAULT_INTERRUPT_SIGNAL,
+                  kill_after=DEFAULT_KILL_AFTER, wait_for_slave=True):
         import signal
 
         from twisted.internet import defer, task
@@ -290,6 +290,9 @@ class RunSession:
             return
         first = self.waiting is None
         self.waiting = info
+        if self.sigints and self._gate is not None and not self._gate.called:
+            self._gate.callback(None)  # Ctrl-C came before we knew we would wait
+            return
         if self.json:
             json_line({"waiting": info})
         elif first or not hasattr(self.sink, "clear_status"):
