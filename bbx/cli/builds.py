@@ -295,7 +295,7 @@ class BuildSession:
             else:
                 self.out.print(f"queued build request {answer.get('request_id')} "
                                f"(position {answer.get('position') or '—'}); `bbx log --request "
-                               f"{answer.get('request_id')}` follows it once it starts",
+                               f"{answer.get('request_id')} --follow` shows its build",
                                highlight=False, markup=False)
             return 0
         info = self.finished
