@@ -17,6 +17,8 @@ from bbx.pb.interrupts import (DEFAULT_INTERRUPT_SIGNAL, DEFAULT_KILL_AFTER,
 from .build import CommandStartFailed, error_line
 from .command import RemoteCommand, RemoteObserver
 from .config import DEFAULT_STEP_WORKDIR, StepConfig, workdir_problem
+from . import farmstate
+from .control_farm import FarmControl
 from .runwait import RunWaiter
 from .store import NoSuchBuild, NoSuchStep, StoreError
 
@@ -52,9 +54,9 @@ class CommandHandle(pb.Referenceable):
         return None
 
 
-class ControlPerspective(pb.Avatar):
+class ControlPerspective(FarmControl, pb.Avatar):
     """The avatar of one control user: ping, info, slaves, builders, run, build, builds,
-    build_info, log, watch, cancel."""
+    build_info, log, watch, cancel; pause, drain, resume (bbx/master/control_farm.py)."""
 
     def __init__(self, user: str, master):
         self.user = user
@@ -140,9 +142,17 @@ class ControlPerspective(pb.Avatar):
         return self._store(self.master.masters_listing())
 
     def perspective_builders(self):
-        """No arguments. Returns one dict per builder: name, slaves, builddir, attached."""
-        return [{"name": b.name, "slaves": list(b.config.slaves), "builddir": b.config.builddir,
-                 "attached": b.attached()} for b in self.master.builders.values()]
+        """No arguments. Returns one dict per builder: name, slaves (the names it lists),
+        tags (the tags it selects by, all needed), builddir, attached (attached slaves that
+        may run it), usable (those of them that take work now: not paused or draining)."""
+        out = []
+        for b in self.master.builders.values():
+            attached = b.attached()
+            out.append({"name": b.name, "slaves": list(b.config.slaves),
+                        "tags": list(b.config.tags), "builddir": b.config.builddir,
+                        "attached": attached,
+                        "usable": [n for n in attached if b.slave_builders[n].slave.takes_work]})
+        return out
 
     @defer.inlineCallbacks
     def perspective_run(self, builder: str, observer, command, workdir: str | None = None,
@@ -200,8 +210,10 @@ class ControlPerspective(pb.Avatar):
         try:
             sb = b.idle_slave_builder()
         except SlaveBusy:
-            if not wait_for_slave:
-                raise
+            paused = all(b.slave_builders[n].slave.operator_state != farmstate.ACTIVE
+                         for n in b.attached())
+            if not wait_for_slave or paused:
+                raise  # only a busy slave ends by itself; a paused one waits for an operator
             waiter = RunWaiter(b.name, start, observer)
             waiting.append(waiter)
             log.info("{user}'s command waits for a free slave of builder {builder}",
