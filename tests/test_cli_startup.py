@@ -28,7 +28,7 @@ HTTP_CLIENT = ("urllib.request", "http.client", "email.parser", "email.feedparse
 # annotations` it evals each one from a string, twice per command, for every command that
 # --help lists (~75 M instructions, a sixth of `bbx --help`, measured with valgrind).
 COMMAND_MODULES = ("bbx.cli", "bbx.cli.builds", "bbx.cli.completion", "bbx.cli.doctor",
-                   "bbx.cli.history", "bbx.cli.master", "bbx.cli.ops", "bbx.cli.roleopts",
+                   "bbx.cli.farm", "bbx.cli.history", "bbx.cli.master", "bbx.cli.ops", "bbx.cli.roleopts",
                    "bbx.cli.run", "bbx.cli.slave")
 
 
