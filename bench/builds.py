@@ -1,6 +1,7 @@
 """Benchmark builds: trivial builds back to back on one slave, and a big log into the store.
 
     .venv/bin/python bench/builds.py [--builds 1000] [--log-mb 200] [--engines sqlite,postgresql]
+                                     [--profile DIR]
 
 For each store engine in turn — the default SQLite file, then a PostgreSQL database on a
 server this script starts (tests/postgres.py, PostgreSQL's default durable settings, unix
@@ -12,6 +13,10 @@ from a control client in this process (over PB, not one `bbx` process per build)
    the observer's buildFinished;
 2. runs one build whose step writes --log-mb MB of output and prints how fast it went into
    the store (stored bytes / the build's duration, from the store's own timestamps).
+
+--profile DIR runs the master and the slave under cProfile (DIR/ENGINE-master.prof,
+DIR/ENGINE-slave.prof, written when they are stopped with SIGTERM) and prints the top functions
+by own time and the load average, so CPU per build can be compared when wall time is noise.
 
 Reference: a Buildbot 4.3 master + worker pair here needs 0.256 s per trivial build and stores
 log at ~8 MB/s (the issue's numbers). The PostgreSQL targets (issue 12): <= 30 ms per trivial
@@ -75,6 +80,8 @@ def main() -> int:
     parser.add_argument("--log-mb", type=int, default=200)
     parser.add_argument("--engines", default="sqlite,postgresql",
                         help="comma-separated: sqlite, postgresql")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="directory for cProfile output of the master and the slave")
     parser.add_argument("--result-file", help=argparse.SUPPRESS)
     options = parser.parse_args()
     engines = options.engines.split(",")
@@ -83,9 +90,10 @@ def main() -> int:
         results = {}
         for engine in engines:
             out = Path(tempfile.mkstemp(prefix="bbx-bench-result-")[1])
+            extra = ["--profile", str(options.profile)] if options.profile else []
             subprocess.run([sys.executable, __file__, "--builds", str(options.builds),
                             "--log-mb", str(options.log_mb), "--engines", engine,
-                            "--result-file", str(out)])
+                            "--result-file", str(out), *extra])
             if out.read_text().strip():
                 results[engine] = json.loads(out.read_text())
             out.unlink()
@@ -97,7 +105,12 @@ def main() -> int:
                   f"{r['p99_ms']:>8.1f} {r['log_mb_s']:>9.0f} {r['rss_mb']:>14.0f}")
         return 0
     engine = engines[0]
-    print(f"== {engine}", flush=True)
+    if options.profile:
+        options.profile = options.profile.resolve()
+        options.profile.mkdir(parents=True, exist_ok=True)
+    options.engine = engine
+    print(f"== {engine} (load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})",
+          flush=True)
     if engine == "sqlite":
         run_farm("bbx.sqlite", options)
     elif engine == "postgresql":
@@ -128,7 +141,8 @@ def run_farm(db: str, options) -> dict:
     procs = []
     try:
         master_out = open(root / "master.out", "wb")
-        procs.append(subprocess.Popen([BBX, "master", "start", str(master_dir)], stdout=master_out,
+        procs.append(subprocess.Popen(bbx_argv(options, "master", "master", "start",
+                                               str(master_dir)), stdout=master_out,
                                       stderr=subprocess.STDOUT, start_new_session=True))
         wait_for(lambda: (master_dir / "master.endpoint").exists(), 30, "the master")
         endpoint = (master_dir / "master.endpoint").read_text().strip()
@@ -136,7 +150,8 @@ def run_farm(db: str, options) -> dict:
         subprocess.run([BBX, "slave", "create", str(root / "s"), f"127.0.0.1:{port}", "s1", "pw"],
                        check=True, capture_output=True)
         slave_out = open(root / "slave.out", "wb")
-        procs.append(subprocess.Popen([BBX, "slave", "start", str(root / "s")], stdout=slave_out,
+        procs.append(subprocess.Popen(bbx_argv(options, "slave", "slave", "start",
+                                               str(root / "s")), stdout=slave_out,
                                       stderr=subprocess.STDOUT, start_new_session=True))
         wait_for(lambda: b"message from master: attached" in (root / "slave.out").read_bytes(),
                  30, "the slave")
@@ -151,6 +166,41 @@ def run_farm(db: str, options) -> dict:
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 os.killpg(proc.pid, signal.SIGKILL)
         shutil.rmtree(root, ignore_errors=True)
+        print(f"load average after the run: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        if options.profile:
+            print_profiles(options.profile, options.engine)
+
+
+def bbx_argv(options, role: str, *args: str) -> list[str]:
+    if options.profile is None:
+        return [BBX, *args]
+    out = options.profile / f"{options.engine}-{role}.prof"
+    # CPU time, not wall time: on a loaded machine wall time is mostly other processes' turn.
+    return [sys.executable, "-c", _PROFILED, str(out), *args]
+
+
+_PROFILED = """
+import atexit, cProfile, sys, time
+out = sys.argv[1]
+sys.argv = ["bbx", *sys.argv[2:]]
+profile = cProfile.Profile(time.process_time)
+atexit.register(lambda: (profile.disable(), profile.dump_stats(out)))
+profile.enable()
+from bbx.cli import main
+main()
+"""
+
+
+def print_profiles(profile: Path, engine: str, top: int = 25) -> None:
+    import pstats
+
+    for prof in sorted(profile.glob(f"{engine}-*.prof")):
+        stats = pstats.Stats(str(prof))
+        print(f"\n=== {prof.stem}: {stats.total_tt:.2f} s CPU in profiled code; top {top} by own time")
+        rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
+        for (file, line, func), (cc, nc, tt, ct, _callers) in rows:
+            short = file if len(file) < 60 else "..." + file[-57:]
+            print(f"{tt:6.2f}s own {ct:6.2f}s cum {nc:>9} calls  {func}  {short}:{line}")
 
 
 def rss_mb(pid: int) -> float:
