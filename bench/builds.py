@@ -182,7 +182,9 @@ def run_farm(db: str, options) -> dict:
 
 def bbx_argv(options, role: str, *args: str) -> list[str]:
     if options.profile is None:
-        return [BBX, *args]
+        # `python -m bbx` rather than the venv's script, so PYTHONPATH can point the roles at
+        # another checkout (git archive main | tar -x -C /tmp/old) for an interleaved A/B.
+        return [sys.executable, "-m", "bbx", *args]
     out = options.profile / f"{options.engine}-{role}.prof"
     # CPU time, not wall time: on a loaded machine wall time is mostly other processes' turn.
     return [sys.executable, "-c", _PROFILED, str(out), *args]
