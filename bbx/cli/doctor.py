@@ -84,7 +84,7 @@ def doctor(
         trust = trust_for(conn(None, master, None, None, ca=ca, fingerprint=fingerprint,
                                insecure=insecure), endpoint, None)
         who = dict(endpoint=endpoint, name=config.name, password=config.password, slave=True,
-                   configured=_configured(master_dir, True), tls=trust)
+                   configured=_configured(master_dir, True), tls=trust, tags=config.tags)
         local = _local_slave(config)
     else:
         target = resolve(conn(master_dir, master, user, password, timeout or LOGIN_TIMEOUT,
@@ -157,7 +157,7 @@ async def _diagnose(reactor, who, timeout: float, max_skew: float) -> list:
             if offered is None:
                 return stages
             stages.append(d.Stage("builders", True, ", ".join(offered) if offered else
-                                  "none: no builder lists this slave (builders.slaves in master.toml)",
+                                  "none: no builder selects this slave (builders.slaves in master.toml, by name or tags)",
                                   data={"builders": offered}))
         else:
             builders = await perspective.callRemote("builders")

@@ -15,7 +15,11 @@ from rich.text import Text
 
 from .masks import MASK, mask_environ, mask_header, masked_info  # noqa: F401
 from .output import to_json  # noqa: F401  (kept importable from here)
-from .text import duration, human_bytes, relative_time  # noqa: F401
+from .text import builder_slaves, duration, human_bytes, relative_time, slave_state  # noqa: F401
+
+# The state column of `bbx slaves`: an operator's hold in yellow, work in progress in cyan.
+_STATE_STYLES = {"paused": "yellow", "draining": "yellow", "building": "cyan",
+                 "idle": "green", "disconnected": "dim"}
 
 
 # ---------------------------------------------------------------------------- small formats
@@ -92,7 +96,7 @@ def slaves_table(slaves: list[dict], *, now: float | None = None) -> Table:
     now = time.time() if now is None else now
     table = Table(title="slaves", title_justify="left", title_style="bold")
     elsewhere = any(not s.get("connected") and s.get("master") for s in slaves)
-    columns = ["name", "connected", "since", "builders", "dialect", "last message"]
+    columns = ["name", "connected", "state", "since", "builders", "dialect", "last message"]
     if elsewhere:
         columns.insert(2, "master")
     for column in columns:
@@ -104,6 +108,7 @@ def slaves_table(slaves: list[dict], *, now: float | None = None) -> Table:
             Text(str(slave.get("name"))),
             Text("✓", style="green") if connected else
             Text("✓", style="yellow") if there else Text("✗", style="red"),
+            Text(slave_state(slave), style=_STATE_STYLES.get(slave.get("state"), "")),
             relative_time(slave.get("connected_since"), now) if connected or there else "—",
             Text(", ".join(slave.get("builders") or [])),
             Text(str(slave.get("dialect") or "—")),
@@ -139,16 +144,22 @@ def masters_table(masters: list[dict]) -> Table:
 
 
 def builders_table(builders: list[dict]) -> Table:
-    """One row per builder: its slaves, which are attached, its builddir."""
+    """One row per builder: the slaves it selects (names, tags), those it can use now
+    (attached, matching, not paused or draining), its builddir."""
     table = Table(title="builders", title_justify="left", title_style="bold")
-    for column in ("name", "slaves", "attached", "builddir"):
+    for column in ("name", "slaves", "can use now", "builddir"):
         table.add_column(column)
     for builder in builders:
         attached = builder.get("attached") or []
+        usable = builder.get("usable", attached) or []
+        held = [n for n in attached if n not in usable]
+        cell = Text(", ".join(usable), style="green") if usable else Text("none", style="red")
+        if held:
+            cell.append(f" (paused: {', '.join(held)})", style="yellow")
         table.add_row(
             Text(str(builder.get("name"))),
-            Text(", ".join(builder.get("slaves") or [])),
-            Text(", ".join(attached), style="green") if attached else Text("none", style="red"),
+            Text(builder_slaves(builder)),
+            cell,
             Text(str(builder.get("builddir", ""))),
         )
     return table

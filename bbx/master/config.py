@@ -17,6 +17,7 @@ from typing import Any, Iterable
 from bbx.pb.liveness import KEEPALIVE_DEADLINE, KEEPALIVE_INTERVAL
 from bbx.pb.tls import resolve_files
 
+from . import selection
 from .tomlcheck import ConfigError, Loader, parse_toml
 
 CONFIG_NAME = "master.toml"
@@ -63,11 +64,13 @@ _STEP_FLAGS = ("haltOnFailure", "flunkOnFailure", "warnOnFailure", "alwaysRun", 
 
 @dataclass(frozen=True)
 class SlaveConfig:
-    """One slave the master accepts: its login name, password and how many builds it runs at once."""
+    """One slave the master accepts: its login name, password, how many builds it runs at
+    once, and its tags (the slave may offer more at attach: bbx/master/selection.py)."""
 
     name: str
     password: str
     max_builds: int = DEFAULT_MAX_BUILDS
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,12 +102,14 @@ class StepConfig:
 
 @dataclass(frozen=True)
 class BuilderConfig:
-    """One builder: which slaves may run it and the directory it uses on them."""
+    """One builder: which slaves may run it — by name (`slaves`) or by tags, all of which a
+    slave must have (bbx/master/selection.py) — and the directory it uses on them."""
 
     name: str
     slaves: tuple[str, ...]
     builddir: str
     steps: tuple[StepConfig, ...] = ()
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -280,15 +285,16 @@ def _load_slaves(ld: Loader, items: Any) -> list[SlaveConfig]:
         if not isinstance(item, dict):
             raise ld.fail(ld.where.line(None, "slaves"), f"slaves[{index}]", "must be a table",
                           "write each slave as a [[slaves]] block")
-        ld.unknown(item, ("name", "password", "max_builds"), header, index)
+        ld.unknown(item, ("name", "password", "max_builds", "tags"), header, index)
         name = ld.string(item, "name", header, index, label=f"slaves[{index}].name")
         password = ld.string(item, "password", header, index, label=f"slaves[{index}].password")
         max_builds = ld.count(item, "max_builds", header, DEFAULT_MAX_BUILDS,
                               f"slaves[{index}].max_builds", index)
+        tags = selection.load_tags(ld, item, header, index, f"slaves[{index}].tags")
         if any(s.name == name for s in slaves):
             raise ld.fail(ld.where.line(header, "name", index), f"slaves[{index}].name",
                           f"slave {name!r} is configured twice", "give each slave a unique name")
-        slaves.append(SlaveConfig(name, password, max_builds))
+        slaves.append(SlaveConfig(name, password, max_builds, tags))
     return slaves
 
 
@@ -313,18 +319,7 @@ def _load_builders(ld: Loader, items: Any, slaves: list[SlaveConfig]) -> list[Bu
         if any(b.name == name for b in builders):
             raise ld.fail(ld.where.line(header, "name", index), f"{label}.name",
                           f"builder {name!r} is configured twice", "give each builder a unique name")
-        names = item.get("slaves")
-        line = ld.where.line(header, "slaves", index)
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise ld.fail(line, f"{label}.slaves", "must be a non-empty list of slave names",
-                          'write e.g. slaves = ["local"]')
-        for slave_name in names:
-            if slave_name not in known:
-                choices = ", ".join(sorted(known)) or "none configured"
-                raise ld.fail(line, f"{label}.slaves", f"slave {slave_name!r} is not configured",
-                              f"add a [[slaves]] block for it or use one of: {choices}")
-        if len(set(names)) != len(names):
-            raise ld.fail(line, f"{label}.slaves", "lists a slave twice", "list each slave once")
+        names, tags = selection.load_selection(ld, item, header, index, label, known)
         builddir = ld.string(item, "builddir", header, index, required=False,
                              default=safe_builddir(name), label=f"{label}.builddir")
         if os.path.isabs(builddir) or ".." in Path(builddir).parts:
@@ -332,7 +327,7 @@ def _load_builders(ld: Loader, items: Any, slaves: list[SlaveConfig]) -> list[Bu
                           f"{builddir!r} leaves the slave's basedir",
                           "use a relative directory name")
         steps = _load_steps(ld, item.get("steps", []), index, label)
-        builders.append(BuilderConfig(name, tuple(names), builddir, steps))
+        builders.append(BuilderConfig(name, names, builddir, steps, tags))
     return builders
 
 
@@ -531,13 +526,19 @@ def render_config(listen: str, slaves: Iterable[SlaveConfig], builders: Iterable
         f"# retry_lost = {DEFAULT_RETRY_LOST}",
         "",
         "# One [[slaves]] block per machine allowed to connect. A slave logs in with this",
-        "# name and password (`bbx slave create` or `buildbot-worker create-worker`).",
+        "# name and password (`bbx slave create` or `buildbot-worker create-worker`);",
+        '# tags = ["linux", "x86_64"] say what it is (the slave may offer more itself).',
     ]
     for slave in slaves:
-        out += ["[[slaves]]", f"name = {_quote(slave.name)}", f"password = {_quote(slave.password)}", ""]
+        out += ["[[slaves]]", f"name = {_quote(slave.name)}", f"password = {_quote(slave.password)}"]
+        if slave.tags:
+            out.append(f"tags = [{', '.join(_quote(t) for t in slave.tags)}]")
+        out.append("")
     out += [
         "# One [[builders]] block per kind of job: the slaves that may run it and the",
-        "# directory it uses inside each slave's basedir. Steps run by `bbx build` go in",
+        "# directory it uses inside each slave's basedir. Slaves by name, by tags (all must",
+        '# match), or both: slaves = ["a"], slaves = { tags = ["linux", "docker"] },',
+        '# slaves = { names = ["a"], tags = ["linux"] }. Steps run by `bbx build` go in',
         "# [[builders.steps]] blocks after their builder, e.g.:",
         "#   [[builders.steps]]",
         '#   name = "test"',
@@ -547,8 +548,12 @@ def render_config(listen: str, slaves: Iterable[SlaveConfig], builders: Iterable
         '#   upload = { src = "build/out.tar", dest = "artifacts/out.tar" }',
     ]
     for builder in builders:
-        names = ", ".join(_quote(n) for n in builder.slaves)
-        out += ["[[builders]]", f"name = {_quote(builder.name)}", f"slaves = [{names}]",
+        names = "[" + ", ".join(_quote(n) for n in builder.slaves) + "]"
+        if builder.tags:
+            tags = "[" + ", ".join(_quote(t) for t in builder.tags) + "]"
+            names = f"{{ names = {names}, tags = {tags} }}" if builder.slaves else \
+                f"{{ tags = {tags} }}"
+        out += ["[[builders]]", f"name = {_quote(builder.name)}", f"slaves = {names}",
                 f"builddir = {_quote(builder.builddir)}", ""]
     out += [
         "# Operators: `bbx ping`, `bbx run`, ... log in with one of these.",

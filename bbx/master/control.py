@@ -15,6 +15,7 @@ from bbx.pb.control import (CommandFailed, NoSteps, ControlError, NoSlaveAttache
 from .build import CommandStartFailed, error_line
 from .command import RemoteCommand, RemoteObserver
 from .config import DEFAULT_STEP_WORKDIR, StepConfig, workdir_problem
+from .control_farm import FarmControl
 from .store import NoSuchBuild, NoSuchStep, StoreError
 
 log = Logger()
@@ -48,9 +49,9 @@ class CommandHandle(pb.Referenceable):
         return None
 
 
-class ControlPerspective(pb.Avatar):
+class ControlPerspective(FarmControl, pb.Avatar):
     """The avatar of one control user: ping, info, slaves, builders, run, build, builds,
-    build_info, log, watch, cancel."""
+    build_info, log, watch, cancel; pause, drain, resume (bbx/master/control_farm.py)."""
 
     def __init__(self, user: str, master):
         self.user = user
@@ -136,9 +137,17 @@ class ControlPerspective(pb.Avatar):
         return self._store(self.master.masters_listing())
 
     def perspective_builders(self):
-        """No arguments. Returns one dict per builder: name, slaves, builddir, attached."""
-        return [{"name": b.name, "slaves": list(b.config.slaves), "builddir": b.config.builddir,
-                 "attached": b.attached()} for b in self.master.builders.values()]
+        """No arguments. Returns one dict per builder: name, slaves (the names it lists),
+        tags (the tags it selects by, all needed), builddir, attached (attached slaves that
+        may run it), usable (those of them that take work now: not paused or draining)."""
+        out = []
+        for b in self.master.builders.values():
+            attached = b.attached()
+            out.append({"name": b.name, "slaves": list(b.config.slaves),
+                        "tags": list(b.config.tags), "builddir": b.config.builddir,
+                        "attached": attached,
+                        "usable": [n for n in attached if b.slave_builders[n].slave.takes_work]})
+        return out
 
     @defer.inlineCallbacks
     def perspective_run(self, builder: str, observer, command, workdir: str | None = None,

@@ -22,6 +22,7 @@ from .builder import Builder, SlaveLoad
 from .buildqueue import INTERRUPTED_REASON, BuildQueue
 from .config import MasterConfig
 from .control import ControlPerspective
+from .farmstate import FarmState
 from .gate import LoginGate
 from .realm import Dispatcher
 from .slave import SlavePerspective
@@ -241,6 +242,7 @@ class MasterService:
         self.queue = queue_class(config, self.builders, self.load, self.store, reactor,
                                  self.basedir)
         self.slaves = {s.name: SlavePerspective(s, config, self.builders, reactor) for s in config.slaves}
+        self.farm = FarmState(self.store, self.slaves, reactor, self.queue.maybe_start)
         self.registry = None
         if self.store.shared:
             from .masters import MasterRegistry
@@ -281,6 +283,7 @@ class MasterService:
         endpoint = server_endpoint(self.reactor, self.config.listen)
         yield self.store.open()
         self._store_open = True
+        yield self.farm.start()  # before the queue: a paused slave must not get its requests
         yield self.queue.resume()
         try:
             self.port = yield endpoint.listen(self.factory)
@@ -310,6 +313,7 @@ class MasterService:
         except FileNotFoundError:
             pass
         self.queue.stop()
+        self.farm.stop()
         if self.port is not None:
             port, self.port = self.port, None
             yield port.stopListening()

@@ -13,6 +13,9 @@ from twisted.spread import pb
 
 from bbx.pb import dialect
 from bbx.pb.liveness import SilenceWatchdog
+from bbx.pb.tags import offered_tags
+
+from . import farmstate, selection
 
 from .builder import Builder, SlaveBuilder
 from .config import MasterConfig, SlaveConfig
@@ -32,13 +35,18 @@ class SlavePerspective(pb.Avatar):
     """The avatar of one configured slave: what the slave's perspective calls reach.
 
     There is one per configured slave; `link` is its current connection (None while detached).
+    `operator_state` is what an operator made of it (bbx/master/farmstate.py): "active",
+    "paused" or "draining"; `offered_tags` are the tags the slave sent at its last attach.
     """
 
     def __init__(self, config: SlaveConfig, master_config: MasterConfig,
                  builders: dict[str, Builder], reactor):
         self.config = config
         self.master_config = master_config
-        self.builders = {n: b for n, b in builders.items() if config.name in b.config.slaves}
+        self.all_builders = builders
+        self.offered_tags: tuple[str, ...] = ()
+        self.operator_state = farmstate.ACTIVE
+        self.builders = selection.builders_for(builders, config.name, config.tags)
         self.reactor = reactor
         self.link: SlaveLink | None = None
         self._lock = defer.DeferredLock()
@@ -51,6 +59,16 @@ class SlavePerspective(pb.Avatar):
     def shutting_down(self) -> bool:
         """True while the connected slave waits for a graceful shutdown: no new work for it."""
         return self.link is not None and self.link.graceful
+
+    @property
+    def takes_work(self) -> bool:
+        """May a new build or command start here? Not while paused, draining or shutting down."""
+        return self.operator_state == farmstate.ACTIVE and not self.shutting_down
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """The effective tags: master.toml's, then those the slave offered (selection.py)."""
+        return tuple(dict.fromkeys(self.config.tags + self.offered_tags))
 
     # -- what the slave calls -------------------------------------------------------------
 
@@ -70,10 +88,18 @@ class SlavePerspective(pb.Avatar):
         and once everything running on it — whole builds, not just the current step — has
         ended, the master calls `Bot.shutdown()`.
         """
+        if self.link is not None:
+            log.info("slave {name} asked to shut down; it gets no new work", name=self.name)
+            self.shutdown_when_idle()
+        return None
+
+    def shutdown_when_idle(self) -> bool:
+        """Give the connected slave no new work and, once every build running on it has
+        ended, call its shutdown (PROTOCOL.md §4.5). False when it is not attached. Setting
+        `link.graceful` back to False before then (bbx slave resume) calls the shutdown off."""
         link = self.link
         if link is None:
-            return None
-        log.info("slave {name} asked to shut down; it gets no new work", name=self.name)
+            return False
         link.graceful = True
         running = []
         for sb in link.slave_builders.values():
@@ -83,7 +109,7 @@ class SlavePerspective(pb.Avatar):
                 running.append(sb.command.done)
 
         def stop(_=None):
-            if not link.gone:
+            if not link.gone and link.graceful:
                 log.info("slave {name} is idle; telling it to shut down", name=self.name)
                 link.shutdown().addErrback(
                     lambda f: log.warn("shutting slave {name} down failed: {why}",
@@ -92,7 +118,7 @@ class SlavePerspective(pb.Avatar):
             defer.DeferredList(running, consumeErrors=True).addCallback(stop)
         else:
             stop()
-        return None
+        return True
 
     # -- attach -----------------------------------------------------------------------------
 
@@ -108,6 +134,7 @@ class SlavePerspective(pb.Avatar):
                 yield self._arbitrate(link)
             yield link.print(dialect.ATTACHED_MESSAGE)
             yield link.fetch_info()
+            self._take_tags(link)
             yield self._set_builders(link, self.builders)
             if not link.slave_builders:
                 yield link.print(dialect.ATTACHED_MESSAGE)
@@ -123,6 +150,15 @@ class SlavePerspective(pb.Avatar):
             raise pb.PBConnectionLost("the slave went away while attaching")
         self._accept(link)
         return link
+
+    def _take_tags(self, link: SlaveLink) -> None:
+        """The tags the slave offers in its info (optional; bounded by bbx/pb/tags.py), and the
+        builders they, with master.toml's, give it."""
+        tags, problems = offered_tags(link.info.get("tags"))
+        for problem in problems:
+            log.warn("slave {name}: {problem}", name=self.name, problem=problem)
+        self.offered_tags = tags
+        self.builders = selection.builders_for(self.all_builders, self.name, self.tags)
 
     @defer.inlineCallbacks
     def _set_builders(self, link: SlaveLink, builders: dict[str, Builder]):
@@ -199,6 +235,8 @@ class SlavePerspective(pb.Avatar):
             sb.lost()
         if self.link is link:
             self.link = None
+            if self.operator_state == farmstate.DRAINING:
+                self.operator_state = farmstate.PAUSED  # drained: no work when it comes back
             log.info("slave {name} detached ({why})", name=self.name, why=why)
 
     def logout(self, link: SlaveLink) -> None:
@@ -232,4 +270,6 @@ class SlavePerspective(pb.Avatar):
             "last_message": link.last_message if link else None,
             "peer": link.peer if link else None,
             "version": str(link.info.get("version")) if link and link.info.get("version") else None,
+            "tags": list(self.tags),
+            **farmstate.describe(self),
         }
