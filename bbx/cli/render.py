@@ -173,6 +173,32 @@ def run_status(where: str, elapsed: float, nbytes: int) -> Text:
     return Text(f"▶ running on {where} · {duration(elapsed)} · {human_bytes(nbytes)}", style="dim")
 
 
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def waiting_line(info: dict) -> str:
+    """One line for a `bbx run` waiting for a free slave: {"builder", "position", "busy"}."""
+    busy = ", ".join(info.get("busy") or []) or "none attached"
+    return (f"every slave of builder {info.get('builder')} is busy ({busy}); waiting, "
+            f"{_ordinal(int(info.get('position') or 1))} in line (Ctrl-C leaves the line)")
+
+
+def waiting_status(info: dict, elapsed: float) -> Text:
+    """The live status line while a `bbx run` waits for a slave."""
+    return Text(f"⏳ waiting for a free slave of {info.get('builder')} · "
+                f"{_ordinal(int(info.get('position') or 1))} in line · {duration(elapsed)}",
+                style="dim")
+
+
+def build_status(number, total, name, elapsed: float, nbytes: int) -> Text:
+    """The live status line of `bbx build`: step n of m, its name, the build's time, bytes."""
+    of = f" of {total}" if total else ""
+    return Text(f"▶ step {number}{of} · {name} · {duration(elapsed)} · {human_bytes(nbytes)}",
+                style="dim")
+
+
 def run_summary(message: str, exit_code: int, elapsed: float, nbytes: int) -> Text:
     """The final line after a command: what happened and which exit code bbx returns."""
     style = "green" if exit_code == 0 else "red"

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from bbx.pb.interrupts import (DEFAULT_INTERRUPT_SIGNAL, DEFAULT_KILL_AFTER, MAX_KILL_AFTER,
+                               BadSignal, kill_after, signal_name)
 from bbx.pb.liveness import KEEPALIVE_DEADLINE, KEEPALIVE_INTERVAL
 from bbx.pb.tls import resolve_files
 
@@ -58,7 +60,8 @@ DEFAULT_STEP_WORKDIR = "build"
 DEFAULT_STEP_TIMEOUT = 1200.0
 
 _STEP_KEYS = ("name", "command", "workdir", "env", "timeout", "maxTime", "haltOnFailure",
-              "flunkOnFailure", "warnOnFailure", "alwaysRun", "logEnviron", "upload", "download")
+              "flunkOnFailure", "warnOnFailure", "alwaysRun", "logEnviron", "upload", "download",
+              "interruptSignal", "sigtermTime")
 _STEP_FLAGS = ("haltOnFailure", "flunkOnFailure", "warnOnFailure", "alwaysRun", "logEnviron")
 
 
@@ -96,6 +99,10 @@ class StepConfig:
     warn_on_failure: bool = False
     always_run: bool = False
     log_environ: bool = True  # the slave lists the command's environment in its header
+    # An interrupt (bbx cancel, bbx run's Ctrl-C, a timeout) sends this signal to the tree, then
+    # SIGKILL after sigterm_time s: bbx's meaning of the two keys (bbx/pb/interrupts.py).
+    interrupt_signal: str = DEFAULT_INTERRUPT_SIGNAL
+    sigterm_time: float = DEFAULT_KILL_AFTER
     src: str | None = None
     dest: str | None = None
 
@@ -384,6 +391,7 @@ def _load_steps(ld: Loader, items: Any, builder_index: int, builder_label: str
                           'write env = { CC = "clang" }')
         timeout = _seconds(ld, item, "timeout", DEFAULT_STEP_TIMEOUT, line, label)
         max_time = _seconds(ld, item, "maxTime", None, line, label)
+        interrupt_signal, sigterm_time = _interrupt(ld, item, line, label)
         command = src = dest = None
         if kind == "shell":
             command = item["command"]
@@ -427,7 +435,7 @@ def _load_steps(ld: Loader, items: Any, builder_index: int, builder_label: str
             halt_on_failure=flags["haltOnFailure"], flunk_on_failure=flags["flunkOnFailure"],
             warn_on_failure=flags["warnOnFailure"], always_run=flags["alwaysRun"],
             log_environ=flags["logEnviron"], src=src,
-            dest=dest))
+            dest=dest, interrupt_signal=interrupt_signal, sigterm_time=sigterm_time))
     return tuple(steps)
 
 
@@ -454,6 +462,28 @@ def _seconds(ld: Loader, item: dict, key: str, default, line, label):
         raise ld.fail(line(key), f"{label}.{key}", f"must be a positive number of seconds, not "
                       f"{value!r}", f"write e.g. {key} = 600")
     return float(value)
+
+
+def _interrupt(ld: Loader, item: dict, line, label) -> tuple[str, float]:
+    """A step's interruptSignal (a signal name) and sigtermTime (s before SIGKILL, 0 = at once)."""
+    signal_value = item.get("interruptSignal", DEFAULT_INTERRUPT_SIGNAL)
+    try:
+        name = signal_name(signal_value) if isinstance(signal_value, str) else None
+    except BadSignal:
+        name = None
+    if name is None:
+        raise ld.fail(line("interruptSignal"), f"{label}.interruptSignal",
+                      f"{signal_value!r} is not a signal name", 'write interruptSignal = "TERM"')
+    grace = item.get("sigtermTime", DEFAULT_KILL_AFTER)
+    try:
+        if isinstance(grace, bool):
+            raise ValueError(grace)
+        grace = kill_after(grace)
+    except ValueError:
+        raise ld.fail(line("sigtermTime"), f"{label}.sigtermTime",
+                      f"must be seconds from 0 to {MAX_KILL_AFTER:g}, not {grace!r}",
+                      "write e.g. sigtermTime = 10") from None
+    return name, grace
 
 
 def _load_control(ld: Loader, control: Any) -> list[ControlUser]:

@@ -136,6 +136,11 @@ class StoreOperations:
         unknown. For following a build another master runs."""
         return self._call(sql.build_brief, build_id, write=False)
 
+    def request_state(self, request_id: int):
+        """Fires with {"request_id", "builder", "state", "build_id"} (the newest build serving
+        the request, None before one started), or None for an unknown request."""
+        return self._call(sql.request_state, request_id, write=False)
+
     def request_cancel(self, build_id: int, who: str):
         """Ask whichever master runs `build_id` to cancel it; fires with that master's name,
         or None if the build is not running. NoSuchBuild."""

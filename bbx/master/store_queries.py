@@ -40,6 +40,17 @@ def _build_dict(row) -> dict[str, Any]:
 
 # -- requests --------------------------------------------------------------------------------
 
+def request_state(sql, request_id):
+    """A request and the newest build serving it: {"request_id", "builder", "state",
+    "build_id" (None before it started)}; None for an unknown request."""
+    row = sql.one("SELECT builder, state FROM requests WHERE id = ?", (request_id,))
+    if row is None:
+        return None
+    build = sql.one("SELECT MAX(id) FROM builds WHERE request_id = ?", (request_id,))
+    return {"request_id": request_id, "builder": row[0], "state": row[1],
+            "build_id": build[0] if build else None}
+
+
 def queue_request(sql, builder, reason, now):
     request_id = sql.insert("INSERT INTO requests (builder, submitted_at, reason) "
                             "VALUES (?, ?, ?)", (builder, now, reason))
