@@ -59,7 +59,10 @@ class Builder:
         """Names of the attached slaves that may run this builder: those it names, in their
         configured order, then those its tags chose, by name."""
         named = [n for n in self.config.slaves if n in self.slave_builders]
-        return named + sorted(n for n in self.slave_builders if n not in self.config.slaves)
+        if len(named) == len(self.slave_builders):
+            return named
+        names = self.config.slave_set
+        return named + sorted(n for n in self.slave_builders if n not in names)
 
     def attach(self, slave_builder: "SlaveBuilder") -> None:
         self.slave_builders[slave_builder.slave.name] = slave_builder

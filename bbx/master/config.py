@@ -6,6 +6,8 @@ found), the key, and what to do about it. Code elsewhere never reads the raw TOM
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 import os
 import re
@@ -31,6 +33,13 @@ DEFAULT_KEEPALIVE_INTERVAL = float(KEEPALIVE_INTERVAL)
 DEFAULT_KEEPALIVE_TIMEOUT = float(KEEPALIVE_DEADLINE)
 # Seconds a connection has to log in before the master closes it (bbx/master/gate.py).
 DEFAULT_LOGIN_TIMEOUT = 30.0
+# Connections the kernel completes and holds for the master to accept (listen(2)'s backlog).
+# Twisted's default is 50: a storm of slaves overflows it and the rest sit in SYN retries.
+# Linux caps it at net.core.somaxconn (4096 since Linux 5.4).
+DEFAULT_LISTEN_BACKLOG = 4096
+# Attach sequences (print, info, builder list: PROTOCOL.md §4.1) the master runs at once; later
+# logins wait their turn in order (bbx/master/admission.py).
+DEFAULT_MAX_ATTACHING = 100
 DEFAULT_LOG = "master.log"
 DEFAULT_CONTROL_USER = "admin"
 DEFAULT_SLAVE = "local"
@@ -118,6 +127,12 @@ class BuilderConfig:
     steps: tuple[StepConfig, ...] = ()
     tags: tuple[str, ...] = ()
 
+    @functools.cached_property
+    def slave_set(self) -> frozenset[str]:
+        """`slaves` as a set: "is this slave named?" is asked per slave and attach, and a scan
+        of a tuple of thousands made a 10,000-slave master quadratic."""
+        return frozenset(self.slaves)
+
 
 @dataclass(frozen=True)
 class ControlUser:
@@ -145,6 +160,8 @@ class MasterConfig:
     login_timeout: float = DEFAULT_LOGIN_TIMEOUT
     name: str = ""
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
+    listen_backlog: int = DEFAULT_LISTEN_BACKLOG
+    max_attaching: int = DEFAULT_MAX_ATTACHING
 
     @property
     def store_location(self):
@@ -232,7 +249,8 @@ def parse_config(text: str, path: Path) -> MasterConfig:
     if not isinstance(master, dict):
         raise ld.fail(ld.where.line(None, "master"), "master", "must be a table", "write it as [master]")
     ld.unknown(master, ("listen", "keepalive_interval", "keepalive_timeout", "login_timeout",
-                        "log", "db", "retry_lost", "http", "name", "heartbeat_timeout"),
+                        "log", "db", "retry_lost", "http", "name", "heartbeat_timeout",
+                        "listen_backlog", "max_attaching"),
                "[master]")
     listen = ld.string(master, "listen", "[master]", required=False, default=DEFAULT_LISTEN,
                        label="master.listen")
@@ -264,6 +282,10 @@ def parse_config(text: str, path: Path) -> MasterConfig:
     http = ld.string(master, "http", "[master]", required=False, default="", label="master.http")
     retry_lost = ld.count(master, "retry_lost", "[master]", DEFAULT_RETRY_LOST, "master.retry_lost",
                           minimum=0)
+    backlog = ld.count(master, "listen_backlog", "[master]", DEFAULT_LISTEN_BACKLOG,
+                       "master.listen_backlog")
+    max_attaching = ld.count(master, "max_attaching", "[master]", DEFAULT_MAX_ATTACHING,
+                             "master.max_attaching")
 
     slaves = _load_slaves(ld, data.get("slaves", []))
     control = _load_control(ld, data.get("control", {}))
@@ -279,7 +301,8 @@ def parse_config(text: str, path: Path) -> MasterConfig:
                         keepalive_timeout=timeout, log=log, slaves=tuple(slaves),
                         builders=tuple(builders), control_users=tuple(control), db=db,
                         retry_lost=retry_lost, http=http, login_timeout=login_timeout,
-                        name=name, heartbeat_timeout=heartbeat_timeout)
+                        name=name, heartbeat_timeout=heartbeat_timeout,
+                        listen_backlog=backlog, max_attaching=max_attaching)
 
 
 def _load_slaves(ld: Loader, items: Any) -> list[SlaveConfig]:
@@ -287,6 +310,7 @@ def _load_slaves(ld: Loader, items: Any) -> list[SlaveConfig]:
         raise ld.fail(ld.where.line(None, "slaves"), "slaves", "must be an array of tables",
                       "write each slave as a [[slaves]] block")
     slaves: list[SlaveConfig] = []
+    seen: set[str] = set()  # a set, not a scan of `slaves`: 10,000 slaves load in well under 1 s
     for index, item in enumerate(items):
         header = "[[slaves]]"
         if not isinstance(item, dict):
@@ -298,9 +322,10 @@ def _load_slaves(ld: Loader, items: Any) -> list[SlaveConfig]:
         max_builds = ld.count(item, "max_builds", header, DEFAULT_MAX_BUILDS,
                               f"slaves[{index}].max_builds", index)
         tags = selection.load_tags(ld, item, header, index, f"slaves[{index}].tags")
-        if any(s.name == name for s in slaves):
+        if name in seen:
             raise ld.fail(ld.where.line(header, "name", index), f"slaves[{index}].name",
                           f"slave {name!r} is configured twice", "give each slave a unique name")
+        seen.add(name)
         slaves.append(SlaveConfig(name, password, max_builds, tags))
     return slaves
 
@@ -441,17 +466,11 @@ def _load_steps(ld: Loader, items: Any, builder_index: int, builder_label: str
 
 def _steps_before(ld: Loader, builder_index: int) -> int:
     """How many [[builders.steps]] headers precede builder number `builder_index` in the text."""
-    count = 0
-    seen_builders = -1
-    for line in ld.where.lines:
-        stripped = line.strip()
-        if re.match(r"^\[\[builders\]\]\s*(#.*)?$", stripped):
-            seen_builders += 1
-            if seen_builders > builder_index:
-                break
-        elif re.match(r"^\[\[builders\.steps\]\]\s*(#.*)?$", stripped) and seen_builders < builder_index:
-            count += 1
-    return count
+    builders = ld.where.header_lines("[[builders]]")
+    steps = ld.where.header_lines("[[builders.steps]]")
+    if builder_index >= len(builders):
+        return len(steps)
+    return bisect.bisect_left(steps, builders[builder_index])
 
 
 def _seconds(ld: Loader, item: dict, key: str, default, line, label):
@@ -542,6 +561,13 @@ def render_config(listen: str, slaves: Iterable[SlaveConfig], builders: Iterable
         f"keepalive_timeout = {int(DEFAULT_KEEPALIVE_TIMEOUT)}",
         "# Seconds a new connection has to log in before it is closed.",
         f"# login_timeout = {int(DEFAULT_LOGIN_TIMEOUT)}",
+        "# Connections the kernel may hold for the master to accept during a storm of",
+        "# (re)connecting slaves; Linux caps it at net.core.somaxconn (cat",
+        "# /proc/sys/net/core/somaxconn; 4096 by default). A listen string's own backlog= wins.",
+        f"# listen_backlog = {DEFAULT_LISTEN_BACKLOG}",
+        "# Attach sequences run at once; later slaves wait their turn, in order, so a storm",
+        "# cannot starve the slaves already attached.",
+        f"# max_attaching = {DEFAULT_MAX_ATTACHING}",
         "# Log file, relative to this directory.",
         f'# log = "{DEFAULT_LOG}"',
         '# http = "tcp:9100:interface=127.0.0.1"   # /metrics and /healthz (or --http)',

@@ -137,6 +137,7 @@ class SlaveLink:
         self.gone = False
         self.graceful = False
         self.loops: list[task.LoopingCall] = []
+        self.slave_keepalive_at: float | None = None  # when the slave last sent its keepalive
         self._builders: dict[str, Any] = {}  # builder name -> the slave's builder reference
         self._master_sides: dict[str, _MasterSideBuilder] = {}
         peer = broker.transport.getPeer() if broker.transport else None

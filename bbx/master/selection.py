@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import BuilderConfig, MasterConfig
     from .tomlcheck import Loader
 
+# Slave names a description lists before "and N more".
+NAMES_IN_MESSAGE = 10
 _SHAPES = ('write slaves = ["a", "b"], slaves = { tags = ["linux"] } or '
            'slaves = { names = ["a"], tags = ["linux"] }')
 
@@ -84,7 +86,7 @@ def load_selection(ld: "Loader", item: dict, header: str, index: int, label: str
 
 def serves(builder: "BuilderConfig", slave: str, tags: Iterable[str]) -> bool:
     """May `slave`, with these effective tags, run `builder`?"""
-    if slave in builder.slaves:
+    if slave in builder.slave_set:
         return True
     if not builder.tags:
         return False
@@ -103,7 +105,11 @@ def describe(builder: "BuilderConfig") -> str:
     """A builder's selection in a few words: "a, b", "tags linux+docker", or both."""
     parts = []
     if builder.slaves:
-        parts.append(", ".join(builder.slaves))
+        names = builder.slaves
+        shown = ", ".join(names[:NAMES_IN_MESSAGE])
+        if len(names) > NAMES_IN_MESSAGE:
+            shown += f" and {len(names) - NAMES_IN_MESSAGE} more"  # a builder may have thousands
+        parts.append(shown)
     if builder.tags:
         parts.append("tags " + "+".join(builder.tags))
     return " or ".join(parts)

@@ -37,10 +37,12 @@ class SlavePerspective(pb.Avatar):
     There is one per configured slave; `link` is its current connection (None while detached).
     `operator_state` is what an operator made of it (bbx/master/farmstate.py): "active",
     "paused" or "draining"; `offered_tags` are the tags the slave sent at its last attach.
+    With an `admission` queue (bbx/master/admission.py) its attach sequences wait their turn
+    among all slaves'.
     """
 
     def __init__(self, config: SlaveConfig, master_config: MasterConfig,
-                 builders: dict[str, Builder], reactor):
+                 builders: dict[str, Builder], reactor, admission=None):
         self.config = config
         self.master_config = master_config
         self.all_builders = builders
@@ -50,6 +52,7 @@ class SlavePerspective(pb.Avatar):
         self.reactor = reactor
         self.link: SlaveLink | None = None
         self._lock = defer.DeferredLock()
+        self.admission = admission
 
     @property
     def name(self) -> str:
@@ -74,6 +77,9 @@ class SlavePerspective(pb.Avatar):
 
     def perspective_keepalive(self):
         """The slave's periodic keepalive (no arguments); returns None. Only proves liveness."""
+        link = self.link
+        if link is not None:
+            link.slave_keepalive_at = self.reactor.seconds()
         return None
 
     def perspective_clock(self):
@@ -124,7 +130,11 @@ class SlavePerspective(pb.Avatar):
 
     def attach(self, mind, broker):
         """Run the attach sequence for a new connection; fire when the slave may get its avatar."""
-        return self._lock.run(self._attach, mind, broker)
+        if self.admission is None:
+            return self._lock.run(self._attach, mind, broker)
+        # The lock outside the queue: a duplicate waiting for this name holds no place in it.
+        return self._lock.run(self.admission.run, self._attach, mind, broker,
+                              wanted=lambda: not broker.disconnected)
 
     @defer.inlineCallbacks
     def _attach(self, mind, broker):
@@ -205,7 +215,7 @@ class SlavePerspective(pb.Avatar):
         for sb in link.slave_builders.values():
             sb.builder.attach(sb)
         cfg = self.master_config
-        keepalive = task.LoopingCall(link.keepalive)
+        keepalive = task.LoopingCall(self._keepalive, link, cfg.keepalive_interval)
         keepalive.clock = self.reactor
         keepalive.start(cfg.keepalive_interval, now=False)
         watch = SilenceWatchdog(self.reactor, cfg.keepalive_timeout, lambda: link.last_message,
@@ -218,6 +228,15 @@ class SlavePerspective(pb.Avatar):
                  builders=", ".join(link.slave_builders) or "none")
 
     # -- liveness and detach -------------------------------------------------------------------
+
+    def _keepalive(self, link: SlaveLink, interval: float) -> None:
+        # A slave that sends its own keepalives (a bbx slave, every 30 s) hears our answers to
+        # them: printing to it as well doubles the idle traffic for nothing (at 10,000 slaves,
+        # 333 messages a second). A buildbot-worker sends one every 600 s, so it still gets ours.
+        since = link.slave_keepalive_at
+        if since is not None and self.reactor.seconds() - since < interval:
+            return
+        link.keepalive()
 
     def _silent(self, link: SlaveLink, silent: float) -> None:
         if link.gone:
