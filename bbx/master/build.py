@@ -355,14 +355,11 @@ class Build:
             return
         if self.build_id is not None:
             try:
-                yield self.store.finish_build(self.build_id, self.result)
-                if self.request_id is not None:
-                    if (self.result == results.RETRY and self.lost
-                            and self.retries < self.queue.retry_lost):
-                        yield self.store.requeue_request(self.request_id)
-                        self.requeued = True
-                    else:
-                        yield self.store.finish_request(self.request_id)
+                # One transaction for the build's result and its request (store.end_build).
+                requeue = (self.request_id is not None and self.result == results.RETRY
+                           and bool(self.lost) and self.retries < self.queue.retry_lost)
+                yield self.store.end_build(self.build_id, self.result, self.request_id, requeue)
+                self.requeued = requeue
             except Exception:
                 log.failure("build {id}: could not record its end", id=self.build_id)
             log.info("build {id} (#{number} of {builder}) on slave {slave} ended: {result}"

@@ -64,6 +64,15 @@ class StoreOperations:
         return self._call(sql.finish_build, build_id, result, state, reason,
                           self._reactor.seconds())
 
+    def end_build(self, build_id: int, result: int, request_id: int | None,
+                  requeue: bool = False):
+        """finish_build (state 'finished') and, for a build of a request, finish_request — or
+        requeue_request with `requeue` — in one transaction: a build's last write is one
+        commit. Fires once both are committed."""
+        self._forget_steps({build_id})
+        return self._call(sql.end_build, build_id, result, STATE_FINISHED, None,
+                          self._reactor.seconds(), request_id, requeue)
+
     def _forget_steps(self, builds) -> None:
         for step in [s for s, b in self._step_builds.items() if b in builds]:
             del self._step_builds[step]

@@ -230,6 +230,19 @@ def finish_build(sql, build_id, result, state, reason, now):
     sql.event("build", build_id, None)
 
 
+def end_build(sql, build_id, result, state, reason, now, request_id, requeue):
+    """finish_build, then the build's request done — or queued again with `requeue` — in the
+    same transaction: one commit at the end of every build instead of two. An unknown
+    request changes nothing (the build is still closed)."""
+    finish_build(sql, build_id, result, state, reason, now)
+    if request_id is None:
+        return
+    if not requeue:
+        finish_request(sql, request_id)
+    elif sql.one("SELECT id FROM requests WHERE id = ?", (request_id,)) is not None:
+        requeue_request(sql, request_id)
+
+
 def mark_interrupted(sql, reason, requeue, master=None):
     """Close every unfinished build (of `master`, or of any master when None); see
     Store.mark_interrupted. Returns their ids."""
