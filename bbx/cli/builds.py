@@ -4,8 +4,6 @@ The command parses its options, then imports Twisted, rich and the client inside
 so `bbx --help` stays fast.
 """
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

@@ -11,10 +11,7 @@ The master's log says which (it is the operator's), and doctor, given the master
 operator on the master's host learns exactly what is wrong, and a peer learns nothing.
 """
 
-from __future__ import annotations
-
 import sys
-import tomllib
 from pathlib import Path
 from typing import Annotated
 
@@ -42,6 +39,8 @@ def _configured(master_dir: Path | None, slave: bool) -> dict | None:
     """name -> password of master.toml's slaves (or control users), when it can be read."""
     if master_dir is None or not (master_dir / CONFIG_FILE).is_file():
         return None
+    import tomllib  # here: registering the command (every `bbx --help`) should not load it
+
     try:
         data = tomllib.loads((master_dir / CONFIG_FILE).read_text())
     except (OSError, tomllib.TOMLDecodeError):

@@ -4,8 +4,6 @@ Each is one control call (bbx/master/control_farm.py) on the master; the state i
 master's, kept in its store. Imports Twisted only inside the command functions.
 """
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

@@ -3,8 +3,6 @@
 Each command parses its options, then imports Twisted, rich and the client inside its body.
 """
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated, Any
 

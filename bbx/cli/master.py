@@ -4,8 +4,6 @@
 `buildbot stop` does: stopping is idempotent, so scripts can call it unconditionally.
 """
 
-from __future__ import annotations
-
 import sys
 import time
 from pathlib import Path

@@ -5,8 +5,6 @@ command with an observer, handle Ctrl-C, collect the result); `run_exit` turns t
 into bbx's exit code. Twisted is imported only inside the session, so `bbx --help` stays fast.
 """
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated
 

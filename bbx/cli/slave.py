@@ -4,8 +4,6 @@
 `buildbot-worker stop` does, so scripts can call it unconditionally.
 """
 
-from __future__ import annotations
-
 import re
 import subprocess
 import sys

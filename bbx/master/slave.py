@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from twisted.spread import pb
 
 from bbx.pb import dialect
+from bbx.pb.banana import printable
 from bbx.pb.liveness import SilenceWatchdog
 from bbx.pb.tags import offered_tags
 
@@ -24,6 +25,8 @@ from .link import PeerTimeout, SlaveLink
 log = Logger()
 
 # Sent to the newcomer while the old connection is checked, as 0.8 masters do (§2.4).
+# A stale connection's method name is logged at most this long (a name is a few dozen bytes).
+STALE_NAME_LIMIT = 80
 DUPLICATE_NEW_MESSAGE = "master already has a connection named '{name}' - checking its liveness"
 
 
@@ -272,7 +275,9 @@ class SlavePerspective(pb.Avatar):
         link = self.link
         if link is None or link.broker is not broker:
             # A call from a connection this slave no longer uses (replaced or declared gone).
-            log.info("slave {name}: ignoring {m} from a stale connection", name=self.name, m=message)
+            # The method name is the peer's bytes: escaped and bounded like every peer string.
+            log.info("slave {name}: ignoring {m} from a stale connection", name=self.name,
+                     m=printable(message, STALE_NAME_LIMIT))
             return None
         return super().perspectiveMessageReceived(broker, message, args, kw)
 
