@@ -75,3 +75,37 @@ def test_bad_log_options_are_one_line_and_exit_2(tmp_path):
     assert run_bbx("slave", "create", d, "127.0.0.1:1", "w", "pw").returncode == 0
     r = run_bbx("slave", "start", d, "--log-format", "xml")
     assert r.returncode == 2 and r.stderr.strip() == "bbx: --log-format must be text or json, not 'xml'"
+
+
+def test_files_an_older_bbx_left_readable_are_made_private_at_start(tmp_path):
+    farm = Farm(tmp_path, master_toml(""))
+    farm.start_master()
+    farm.master.terminate()
+    # As an older master left them: the store, its WAL, the logs and a rotated log, all 0644.
+    (farm.dir / "master.log.1").write_text("old line\n")
+    loose = [farm.dir / n for n in ("bbx.sqlite", "master.log", "master.log.1")]
+    loose += [p for p in (farm.dir / "bbx.sqlite-wal",) if p.exists()]
+    for path in loose:
+        path.chmod(0o644)
+    farm.start_master()
+    try:
+        wait_until(lambda: file_contains(farm.dir / "master.log", "made "), 30,
+                   what="the master's line about the files it made private")
+    finally:
+        farm.master.terminate()
+    for path in loose:
+        assert mode(path) == 0o600, path
+    line = next(ln for ln in (farm.dir / "master.log").read_text().splitlines() if "made " in ln)
+    assert "bbx.sqlite" in line and "master.log.1" in line
+
+    d = tmp_path / "slave"
+    assert run_bbx("slave", "create", d, "127.0.0.1:1", "w", "pw", "--maxdelay", "1").returncode == 0
+    (d / "slave.log.1").write_text("old line\n")
+    (d / "slave.log.1").chmod(0o644)
+    proc = Proc([BBX, "slave", "start", d], log_path=tmp_path / "slave-out.txt")
+    try:
+        wait_until(lambda: file_contains(d / "slave.log", "made 1 file(s) private"), 30,
+                   what="the slave's line about its rotated log")
+    finally:
+        proc.terminate()
+    assert mode(d / "slave.log.1") == 0o600

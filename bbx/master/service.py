@@ -41,6 +41,20 @@ HTTP_FILE = "master.http"  # the URL of /metrics and /healthz while serving (por
 PRIVATE_UMASK = 0o077
 
 
+def _tighten_old_files(config, log_path: Path) -> None:
+    """Make private the store and rotated logs an older master left readable (0644)."""
+    from bbx import private
+
+    paths = private.with_rotations(log_path)
+    location = config.store_location
+    if location.path is not None:
+        paths += private.sqlite_files(location.path)
+    changed = private.tighten(paths)
+    if changed:
+        log.warn("made {n} file(s) private (mode 0600) that an older bbx left readable by "
+                 "others: {files}", n=len(changed), files=", ".join(changed))
+
+
 def open_log(path: Path, binary: bool = False):
     """Open the master's log for appending, mode 0600 even if an older run left it wider."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -441,6 +455,7 @@ def run(basedir, config: MasterConfig, *, to_terminal: bool, log_options=None,
         raise StartFailed(f"cannot write {e.filename}: {e.strerror}; check the directory's "
                           f"permissions") from None
     pid_path = basedir / PID_FILE
+    _tighten_old_files(config, log_path)
     service = MasterService(config, basedir, reactor)
     problem: list[str] = []
 

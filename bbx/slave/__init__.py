@@ -198,6 +198,7 @@ def run(config, *, console: bool = True, log_options=None, http: str | None = No
     if config.umask is not None:
         os.umask(config.umask)
     log_file = start_logging(config.path(LOG_NAME), console=console, options=log_options)
+    _tighten_old_logs(config.path(LOG_NAME))
     pid_path = config.path(PID_NAME)
     pidfile.write(pid_path)
     slave = Slave(config, reactor)
@@ -254,3 +255,18 @@ def run(config, *, console: bool = True, log_options=None, http: str | None = No
             slave.state.write("stopped", "", "the slave stopped")
         log_file.flush()
     return 2 if problem else 0
+
+
+def _tighten_old_logs(log_path: str) -> None:
+    """Make private the rotated logs an older slave left readable (0644); the current log is
+    made 0600 when it is opened (bbx/logs.py)."""
+    from twisted.logger import Logger
+
+    from bbx import private
+
+    changed = private.tighten(private.with_rotations(log_path))
+    if changed:
+        Logger(namespace="bbx.slave").warn(
+            "made {n} file(s) private (mode 0600) that an older bbx left readable by others: "
+            "{files}", n=len(changed), files=", ".join(changed))
+
