@@ -57,15 +57,21 @@ class StoreLog:
     def __init__(self, store, step_id: int):
         self.store = store
         self.step_id = step_id
+        # The unfinished last line of the header text so far: a header cut between two
+        # updates (a slave splits long text) could split "  GITHUB_TOKEN=" from its value,
+        # and each half would pass the mask. It is held until its newline, or flush().
+        self._header_tail = ""
 
     def append(self, key: str, value) -> None:
         if key in TEXT_STREAMS:
             if key == "header" and isinstance(value, (str, bytes)):
                 # A Buildbot worker lists the environment in clear; secrets never reach the
-                # store (issue 8, case 5). A header is one update, so its lines arrive whole.
+                # store (issue 8, case 5): mask whole lines only.
                 if isinstance(value, bytes):
                     value = value.decode("utf-8", "replace")
-                value = mask_header(value)
+                value = self._whole_header_lines(value)
+                if not value:
+                    return
             if isinstance(value, (str, bytes)):
                 self.store.append_log(self.step_id, key, value)
         elif key == "log" and isinstance(value, (list, tuple)) and len(value) == 2:
@@ -75,10 +81,31 @@ class StoreLog:
             if isinstance(text, (str, bytes)):
                 self.store.append_log(self.step_id, f"log:{name}", text)
 
+    def _whole_header_lines(self, text: str) -> str:
+        """The masked complete lines of the header so far; keeps the unfinished last one back
+        (up to HEADER_TAIL_LIMIT characters: no environment line is longer)."""
+        text = self._header_tail + text
+        cut = text.rfind("\n") + 1
+        if len(text) - cut > HEADER_TAIL_LIMIT:
+            cut = len(text)
+        self._header_tail = text[cut:]
+        return mask_header(text[:cut]) if cut else ""
+
+    def flush(self) -> None:
+        """The command ended: store the header's unfinished last line, masked."""
+        if self._header_tail:
+            tail, self._header_tail = self._header_tail, ""
+            self.store.append_log(self.step_id, "header", mask_header(tail))
+
     def note(self, text: str) -> None:
         """A line the master itself adds to the step's log, as a header."""
+        self.flush()
         self.store.append_log(self.step_id, "header", text)
 
+
+# The longest unfinished header line held back for masking (StoreLog); past it the text is
+# stored as it is, so a peer sending a header with no newline cannot grow the master's memory.
+HEADER_TAIL_LIMIT = 64 * 1024
 
 # The update keys whose text is the step's log (PROTOCOL.md §5.3); `log` carries (name, text).
 TEXT_STREAMS = frozenset({"stdout", "stderr", "header"})
@@ -207,6 +234,7 @@ class RemoteCommand:
         if self.log is None:
             self._finish(reason, lost=False)
         else:
+            self.log.flush()
             # After the updates still waiting for their commit, so observers see them first.
             self.log.store.written().addCallback(lambda _: self._finish(reason, lost=False))
 
@@ -227,6 +255,8 @@ class RemoteCommand:
 
     def lost(self, why: str) -> None:
         """The slave's connection went away: the command is over, as lost."""
+        if self.log is not None and not self.finished:
+            self.log.flush()
         self._finish(why, lost=True)
 
     def _finish(self, failure: str | None, *, lost: bool) -> None:
