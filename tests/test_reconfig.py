@@ -269,3 +269,38 @@ def test_reconfig_without_a_running_master_says_so(tmp_path):
     result = run_bbx("master", "reconfig", tmp_path / "m")
     assert result.returncode == 1
     assert "no master is running in" in result.stderr
+
+
+def test_a_running_bbx_run_command_survives_the_removal_of_its_builder(farm, tmp_path):
+    f = farm(master_toml(builder("b1") + builder("b2")))
+    slave = f.start_slave("s1")
+    run = f.cli("run", "b1", "--shell", "--", held_step(tmp_path), name="run")
+    wait_until(lambda: (tmp_path / "started").exists(), 60, what="the command to start")
+    rewrite(f, master_toml(builder("b2")))
+    assert "b1 stays on s1 until" in reconfig(f).stdout
+    (tmp_path / "go").touch()
+    assert run.popen.wait(60) == 0, run.output()
+    assert "step-done" in run.output()
+    slave.wait_for_output("builder b1 removed by the master", 30)
+    assert f.bbx("ping", "b2").returncode == 0
+
+
+# -- the plan, a pure function of two configs ------------------------------------------------
+
+def test_the_plan_names_every_change_and_keeps_restart_settings_as_running(tmp_path):
+    from bbx.master.config import parse_config
+    from bbx.master.reconfig import plan
+
+    path = tmp_path / "master.toml"
+    old = parse_config(master_toml(builder("a") + builder("b"), slaves=(("s1", 1), ("s2", 1))),
+                       path)
+    new_text = master_toml(builder("b", command="make") + builder("c", ("s3",)),
+                           slaves=(("s1", 2), ("s3", 1)), master_extra='db = "other.sqlite"')
+    change = plan(old, parse_config(new_text, path))
+    assert change.slaves_added == ("s3",) and change.slaves_removed == ("s2",)
+    assert change.slaves_changed == ("s1",)
+    assert change.builders_added == ("c",) and change.builders_removed == ("a",)
+    assert change.builders_changed == ("b",)
+    assert change.needs_restart == ("master.db",) and change.config.db == old.db
+    assert not change.control_changed
+    assert plan(old, old).empty
