@@ -270,16 +270,19 @@ class Reconfigurator:
 
     @defer.inlineCallbacks
     def _sync_all(self):
-        slaves = [p for p in self.service.slaves.values()
-                  if p.link is not None and not p.link.gone and p.name not in self._retiring]
+        slaves = [p for p in self.service.slaves.values() if p.name not in self._retiring]
         answers = yield defer.DeferredList([self.sync(p) for p in slaves], consumeErrors=True)
         return [note for ok, note in answers if ok and note]
 
     def sync(self, slave: SlavePerspective) -> defer.Deferred:
         """Send `slave` setBuilderList if its builders differ from its config; fires with a note
         for the summary ("" when nothing was sent)."""
+        # An attach in progress may have sent the list from before this reconfiguration.
+        return slave.settled().addCallback(lambda _: self._sync(slave))
+
+    def _sync(self, slave: SlavePerspective) -> defer.Deferred:
         link = slave.link
-        if link is None or link.gone:
+        if link is None or link.gone or slave.name in self._retiring:
             return defer.succeed("")
         wanted = dict(slave.builders)
         dirs = {name: b.config.builddir for name, b in wanted.items()}

@@ -124,6 +124,10 @@ class SlavePerspective(pb.Avatar):
         self._accept(link)
         return link
 
+    def settled(self) -> defer.Deferred:
+        """Fires (None) once no attach of this slave is in progress."""
+        return self._lock.run(lambda: None)
+
     def update_builders(self, link: SlaveLink, builders: dict[str, Builder],
                         builddirs: dict[str, str]) -> defer.Deferred:
         """Reconfiguration (bbx/master/reconfig.py): give the attached slave of `link` these
