@@ -438,17 +438,20 @@ def _load_steps(ld: Loader, items: Any, builder_index: int, builder_label: str
 
 def _steps_before(ld: Loader, builder_index: int) -> int:
     """How many [[builders.steps]] headers precede builder number `builder_index` in the text."""
-    count = 0
-    seen_builders = -1
-    for line in ld.where.lines:
-        stripped = line.strip()
-        if re.match(r"^\[\[builders\]\]\s*(#.*)?$", stripped):
-            seen_builders += 1
-            if seen_builders > builder_index:
-                break
-        elif re.match(r"^\[\[builders\.steps\]\]\s*(#.*)?$", stripped) and seen_builders < builder_index:
-            count += 1
-    return count
+    counts = getattr(ld, "_steps_before", None)
+    if counts is None:
+        # One pass over the text for all builders: per builder it made loading quadratic
+        # (bench/reconfig.py: 200 builders took seconds to load).
+        counts, steps = [], 0
+        for line in ld.where.lines:
+            stripped = line.strip()
+            if re.match(r"^\[\[builders\]\]\s*(#.*)?$", stripped):
+                counts.append(steps)
+            elif re.match(r"^\[\[builders\.steps\]\]\s*(#.*)?$", stripped):
+                steps += 1
+        counts.append(steps)  # past the last builder: every step header in the text
+        ld._steps_before = counts
+    return counts[min(builder_index, len(counts) - 1)]
 
 
 def _seconds(ld: Loader, item: dict, key: str, default, line, label):

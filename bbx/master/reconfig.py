@@ -245,9 +245,13 @@ class Reconfigurator:
                 perspectives.setdefault(name, persp)
         slaves.clear()
         slaves.update(perspectives)
+        by_slave: dict[str, dict[str, Builder]] = {}
+        for name, builder in builders.items():  # one pass, not one per slave: farms are large
+            for slave_name in builder.config.slaves:
+                by_slave.setdefault(slave_name, {})[name] = builder
         for persp in slaves.values():
             persp.master_config = config
-            persp.builders = {n: b for n, b in builders.items() if persp.name in b.config.slaves}
+            persp.builders = by_slave.get(persp.name, {})
         for name in change.slaves_removed:
             if name in slaves:
                 self._retire(slaves[name])

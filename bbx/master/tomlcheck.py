@@ -38,16 +38,15 @@ class Locator:
 
     def __init__(self, text: str):
         self.lines = text.splitlines()
+        self._starts: dict[str, list[int]] = {}  # header -> the line numbers it stands on
 
     def _section_start(self, header: str, index: int) -> int | None:
-        pattern = re.compile(r"^\s*" + re.escape(header) + r"\s*(#.*)?$")
-        seen = -1
-        for number, line in enumerate(self.lines):
-            if pattern.match(line):
-                seen += 1
-                if seen == index:
-                    return number
-        return None
+        starts = self._starts.get(header)
+        if starts is None:  # one scan per header, not per lookup: a farm has 10,000 [[slaves]]
+            pattern = re.compile(r"^\s*" + re.escape(header) + r"\s*(#.*)?$")
+            starts = self._starts[header] = [n for n, line in enumerate(self.lines)
+                                             if pattern.match(line)]
+        return starts[index] if 0 <= index < len(starts) else None
 
     def line(self, header: str | None, key: str | None = None, index: int = 0,
              value: str | None = None) -> int | None:
