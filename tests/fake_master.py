@@ -52,13 +52,13 @@ def say(line: str) -> None:
 
 
 class Handle(pb.Referenceable):
-    """The running command, as handed to the CLI: remote_interrupt(why) → None."""
+    """The running command, as handed to the CLI: remote_interrupt(why, now) → None."""
 
     def __init__(self):
         self.interrupted = defer.Deferred()
 
-    def remote_interrupt(self, why):
-        say(f"interrupt: {why}")
+    def remote_interrupt(self, why, now=False):
+        say(f"interrupt: {why}" + (" (now)" if now else ""))
         if not self.interrupted.called:
             self.interrupted.callback(why)
 
@@ -103,7 +103,8 @@ class Control(pb.Avatar):
                 {"name": "idle", "slaves": ["lonely"], "builddir": "idle", "attached": []}]
 
     def perspective_run(self, builder, observer, command, workdir=None, env=None, timeout=None,
-                        max_time=None, log_environ=False):
+                        max_time=None, log_environ=False, interrupt_signal="TERM",
+                        kill_after=10.0, wait_for_slave=True):
         self._check(builder)
         if builder == "idle":
             raise control.NoSlaveAttached("no slave of builder 'idle' is attached")

@@ -3,10 +3,11 @@
     from tests.peers08 import install_slave08, BuildSlave08, install_master08, BuildMaster08
 
 Both peers run under Python 2.7 (`BBX_PY2`, else pyenv's 2.7.18, else `python2.7` on PATH),
-each from its own `pip --target` directory under `${BBX_PEERS08_CACHE:-~/.cache/bbx/peers08}`.
-The first test run on a machine installs them from the package index (a minute or so); later
-runs reuse the directories. An fcntl lock per peer makes parallel pytest-xdist workers install
-once: the others wait, then reuse. Where no Python 2.7 exists, `install_*` skip the test and
+each from its own `pip --target` directory, cached by tests/cache.py (`cached_dir`, under
+`$BBX_TEST_CACHE`, default ~/.cache/bbx-tests; `$BBX_PEERS08_CACHE` overrides the root for
+these two). The first test run on a machine installs them from the package index (a minute or
+so); later runs reuse the directories. Parallel pytest-xdist workers install once: the others
+wait on the cache's lock (with its deadline), then reuse. Where no Python 2.7 exists, `install_*` skip the test and
 say why.
 
 2014-era packages need three fixes on a 2026 machine, applied at install time:
@@ -26,7 +27,7 @@ and their step logs from the builder's directory.
 from __future__ import annotations
 
 import bz2
-import fcntl
+import hashlib
 import json
 import os
 import re
@@ -43,6 +44,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for `python tests/peers08.py`
 
+from tests import cache  # noqa: E402
 from tests.support import Proc, wait_until  # noqa: E402
 
 # What pip 19 under Python 2.7 must be pinned to, or it picks releases that are Python 3 only:
@@ -101,7 +103,13 @@ def python2() -> str | None:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("BBX_PEERS08_CACHE") or "~/.cache/bbx/peers08").expanduser()
+    """Where the 0.8 peers are cached: $BBX_PEERS08_CACHE, else tests/cache.py's root."""
+    override = os.environ.get("BBX_PEERS08_CACHE")
+    if override:
+        root = Path(override).expanduser()
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return root
+    return cache.cache_root()
 
 
 @dataclass(frozen=True)
@@ -138,8 +146,12 @@ class Install08:
         return Proc(argv, cwd=basedir, env={**self.env(), **(env or {})}, log_path=log_path)
 
 
-def _marker(pins) -> str:
-    return json.dumps({"layout": LAYOUT_VERSION, "pins": list(pins)})
+def cache_key(kind: str, pins) -> str:
+    """The cache directory's name: the pins and the install fixes are part of it, so changing
+    either installs afresh beside the old directory instead of trusting it."""
+    digest = hashlib.sha256(json.dumps({"layout": LAYOUT_VERSION, "pins": list(pins)})
+                            .encode()).hexdigest()[:12]
+    return f"buildbot08-{kind}-{digest}"
 
 
 def _install(kind: str, pins) -> Install08:
@@ -148,31 +160,23 @@ def _install(kind: str, pins) -> Install08:
         pytest.skip("the Buildbot 0.8.14 interop tests need Python 2.7 (set BBX_PY2 to one, "
                     "or install it with `pyenv install 2.7.18`)")
     started = time.monotonic()
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / kind
-    stamp = target / ".installed"
-    marker = _marker(pins)
-    with open(root / f".{kind}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another xdist worker installing: wait for it
-        if not (stamp.exists() and stamp.read_text() == marker):
-            staging = root / f".{kind}.staging-{os.getpid()}"
-            shutil.rmtree(staging, ignore_errors=True)
-            argv = [python, "-m", "pip", "install", "-q", "--no-warn-script-location",
-                    "--target", str(staging), *pins]
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=PIP_TIMEOUT,
-                                 stdin=subprocess.DEVNULL)
-            if out.returncode != 0:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise AssertionError(f"installing the Buildbot 0.8.14 {kind} failed "
-                                     f"({out.returncode}): {' '.join(argv)}\n{out.stderr[-4000:]}")
-            (staging / "zope" / "__init__.py").touch()  # fix 1
-            if kind == "master":
-                (staging / "sitecustomize.py").write_text(_SITECUSTOMIZE)  # fix 2
-            (staging / ".installed").write_text(marker)
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)
-    return Install08(python, target, time.monotonic() - started)
+
+    def build(target: Path) -> None:
+        argv = [python, "-m", "pip", "install", "-q", "--no-warn-script-location",
+                "--target", str(target), *pins]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=PIP_TIMEOUT,
+                             stdin=subprocess.DEVNULL)
+        if out.returncode != 0:
+            raise AssertionError(f"installing the Buildbot 0.8.14 {kind} failed "
+                                 f"({out.returncode}): {' '.join(argv)}\n{out.stderr[-4000:]}")
+        (target / "zope" / "__init__.py").touch()  # fix 1
+        if kind == "master":
+            (target / "sitecustomize.py").write_text(_SITECUSTOMIZE)  # fix 2
+
+    # tests/cache.py: one install per machine, parallel workers wait (with a deadline) for it,
+    # and a half-finished install is never reused.
+    path = cache.cached_dir(cache_key(kind, pins), build, root=cache_root())
+    return Install08(python, path, time.monotonic() - started)
 
 
 def install_slave08() -> Install08:

@@ -37,6 +37,8 @@ class FullStore:
 class IdleSlave:
     name = "s1"
     shutting_down = False
+    takes_work = True
+    operator_state = "active"
     link = None
 
 

@@ -159,3 +159,75 @@ def test_the_log_throttle_keeps_a_burst_then_counts(logged):
     assert len(logged) == 5 and logged[-1].startswith("7 more like these about 10.0.0.1")
     throttle.warn("10.0.0.1", "after the window")
     assert "after the window" in logged
+
+
+# -- a storm: accepting paused at the cap instead of cutting honest logins off -------------------
+
+class Port:
+    def __init__(self):
+        self.reading = True
+
+    def pause(self):
+        self.reading = False
+
+    def resume(self):
+        self.reading = True
+
+
+def storm_gate(max_pending=8):
+    clock, gate = make(max_pending_per_host=4, max_pending=max_pending)
+    port = Port()
+    gate.watch_port(port.pause, port.resume)
+    return clock, gate, port
+
+
+def test_at_the_total_cap_accepting_pauses_and_nobody_young_is_cut_off():
+    clock, gate, port = storm_gate()
+    conns = [Conn(f"10.1.0.{i}") for i in range(8)]
+    for c in conns:
+        gate.connected(c)
+    assert not port.reading and gate.paused
+    late = [Conn(f"10.2.0.{i}") for i in range(3)]  # the rest of one accept burst
+    for c in late:
+        gate.connected(c)
+    assert not any(c.refused for c in conns + late)
+
+
+def test_accepting_resumes_once_logins_have_made_room():
+    clock, gate, port = storm_gate()
+    conns = [Conn(f"10.1.0.{i}") for i in range(8)]
+    for c in conns:
+        gate.connected(c)
+    gate.authenticated(conns[0])
+    assert not port.reading, "not at the first free place: three quarters of the cap"
+    for c in conns[1:3]:
+        gate.authenticated(c)
+    assert port.reading and not gate.paused
+
+
+def test_while_paused_connections_idle_past_the_grace_are_closed_to_make_room():
+    clock, gate, port = storm_gate()
+    idle = [Conn(f"10.1.0.{i}") for i in range(8)]
+    for c in idle:
+        gate.connected(c)
+    clock.advance(gate_module.STORM_GRACE)
+    closed = [c for c in idle if c.refused]
+    assert len(closed) == 3 and closed == idle[:3], "oldest first, down to three quarters"
+    assert "while 8 connections were logging in" in closed[0].refused
+    assert port.reading
+
+
+def test_over_the_per_host_cap_one_address_still_loses_its_oldest_during_a_storm():
+    clock, gate, port = storm_gate()
+    conns = [Conn("10.9.9.9") for _ in range(5)]
+    for c in conns:
+        gate.connected(c)
+    assert conns[0].refused and not any(c.refused for c in conns[1:])
+
+
+def test_stopping_forgets_the_port():
+    clock, gate, port = storm_gate()
+    for i in range(8):
+        gate.connected(Conn(f"10.1.0.{i}"))
+    gate.stop()
+    assert not gate.paused and not clock.getDelayedCalls()

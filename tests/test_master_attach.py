@@ -76,7 +76,8 @@ def test_slaves_lists_every_configured_slave_with_its_state(farm):
 def test_builders_lists_attached_slaves(farm):
     master, _ = farm
     rows = {row["name"]: row for row in call(master, "builders")["result"]}
-    assert rows["w1"] == {"name": "w1", "slaves": ["w1"], "builddir": "w1", "attached": ["w1"]}
+    assert rows["w1"] == {"name": "w1", "slaves": ["w1"], "tags": [], "builddir": "w1",
+                          "attached": ["w1"], "usable": ["w1"]}
     assert rows["w2"]["attached"] == []
 
 

@@ -126,3 +126,82 @@ def test_write_config_refuses_to_overwrite_without_force(tmp_path):
     with pytest.raises(FileExistsError):
         write_config(*args)
     write_config(*args, force=True)
+
+
+# -- storms: the listen backlog and the attach queue -------------------------------------------
+
+def test_listen_backlog_and_max_attaching_default_and_load(tmp_path):
+    from bbx.master.config import DEFAULT_LISTEN_BACKLOG, DEFAULT_MAX_ATTACHING
+
+    config = load_config(write(tmp_path, GOOD))
+    assert (config.listen_backlog, config.max_attaching) == (DEFAULT_LISTEN_BACKLOG,
+                                                             DEFAULT_MAX_ATTACHING)
+    text = GOOD.replace("keepalive_interval = 5", "keepalive_interval = 5\nlisten_backlog = 512\n"
+                        "max_attaching = 8")
+    config = load_config(write(tmp_path, text))
+    assert (config.listen_backlog, config.max_attaching) == (512, 8)
+
+
+@pytest.mark.parametrize("key", ["listen_backlog", "max_attaching"])
+def test_a_backlog_or_attach_limit_below_one_names_its_line(tmp_path, key):
+    message = error_of(tmp_path, GOOD.replace("keepalive_interval = 5",
+                                              f"keepalive_interval = 5\n{key} = 0"))
+    assert ":4:" in message and f"master.{key}" in message and ">= 1" in message
+
+
+def test_the_commented_config_documents_the_storm_settings(tmp_path):
+    path = write_config(tmp_path, "tcp:0", [SlaveConfig("s1", "p")], [])
+    text = path.read_text()
+    assert "# listen_backlog = 4096" in text and "somaxconn" in text
+    assert "# max_attaching = 100" in text
+
+
+def test_the_listen_string_gets_the_backlog_unless_it_names_one():
+    from bbx.pb.endpoints import with_backlog
+
+    assert with_backlog("tcp:9989:interface=127.0.0.1", 4096) == \
+        "tcp:9989:interface=127.0.0.1:backlog=4096"
+    assert with_backlog("unix:/run/bbx.sock", 64) == "unix:/run/bbx.sock:backlog=64"
+    assert with_backlog(r"tcp6:9989:interface=\:\:1", 8) == r"tcp6:9989:interface=\:\:1:backlog=8"
+    assert with_backlog("tcp:9989:backlog=10", 4096) == "tcp:9989:backlog=10"
+    assert with_backlog("systemd:domain=INET:index=0", 4096) == "systemd:domain=INET:index=0"
+    assert with_backlog(r"ssl:9989:privateKey=a\:backlog=1.pem", 7).endswith(":backlog=7")
+
+
+def test_a_master_with_10000_slaves_loads_its_config(tmp_path):
+    # The number is not timed here (bench/swarm.py prints it); a quadratic scan would show as
+    # a run of minutes.
+    slaves = [SlaveConfig(f"s{i}", f"p{i}") for i in range(10_000)]
+    builders = [BuilderConfig(f"b{k}", tuple(f"s{i}" for i in range(k, 10_000, 10)), f"b{k}")
+                for k in range(10)]
+    path = write_config(tmp_path, "tcp:0", slaves, builders, force=True)
+    config = load_config(path.parent)
+    assert len(config.slaves) == 10_000 and len(config.builders) == 10
+
+
+def test_the_open_file_limit_is_raised_towards_the_hard_limit_only_as_needed():
+    from bbx.master import fdlimit
+
+    class Resource:
+        RLIMIT_NOFILE = 7
+        RLIM_INFINITY = -1
+
+        def __init__(self, soft, hard):
+            self.limits = (soft, hard)
+
+        def getrlimit(self, which):
+            return self.limits
+
+        def setrlimit(self, which, limits):
+            self.limits = limits
+
+    res = Resource(1024, 20000)
+    budget = fdlimit.raise_nofile(10_512, res)
+    assert res.limits == (10_512, 20000) and budget.raised_from == 1024 and budget.enough
+    res = Resource(1024, 4096)
+    budget = fdlimit.raise_nofile(10_512, res)
+    assert res.limits == (4096, 4096) and not budget.enough
+    assert "open-file limit is 4096" in budget.problem() and "LimitNOFILE" in budget.problem()
+    res = Resource(50_000, 50_000)
+    budget = fdlimit.raise_nofile(10_512, res)
+    assert res.limits == (50_000, 50_000) and budget.raised_from is None and budget.enough

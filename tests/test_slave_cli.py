@@ -180,7 +180,9 @@ def test_daemon_start_without_a_master_reports_the_reason_and_keeps_trying(tmp_p
         assert r.returncode == 3  # cannot connect
         line = _one_clear_line(r)
         assert "has not attached" in line and "connection refused" in line
-        assert 9 < time.monotonic() - t0 < 20
+        # It waited for the attach (about 10 s) before giving the reason; run_bbx's timeout
+        # bounds the rest, so no upper bound here (that would be a timing assertion).
+        assert time.monotonic() - t0 > 9
         pid = int((d / "slave.pid").read_text())
         assert run_bbx("slave", "status", d).returncode == 3
         r = run_bbx("slave", "stop", d)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 
@@ -93,6 +94,26 @@ def test_silent_master_is_dropped_after_the_keepalive_deadline(tmp_path):
     finally:
         proc.terminate()
         silent.close()
+
+
+def test_a_connection_the_master_never_accepts_is_given_up_and_retried(tmp_path):
+    # A master in a storm whose listen queue is full: the kernel completes the TCP handshake
+    # of the first connection (listen(0) keeps one), nothing ever accepts it, and later SYNs
+    # are dropped. The slave must give up and retry, never hang on it.
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    port = stuck.getsockname()[1]
+    d = _slave(tmp_path, f"tcp:host=127.0.0.1:port={port}", "--maxdelay", "1")
+    env = dict(os.environ, BBX_SLAVE_GREETING_TIMEOUT="1")
+    proc = Proc([BBX, "slave", "start", d], log_path=tmp_path / "out.txt", env=env)
+    try:
+        proc.wait_for_output("sent nothing within 1 s (not accepted", 30)
+        wait_until(lambda: len(RETRY.findall(proc.output())) >= 2, 60, what="a second retry")
+        assert proc.popen.poll() is None, "the slave keeps trying"
+    finally:
+        proc.terminate()
+        stuck.close()
 
 
 # -- the state machine on a fake reactor (time driven by hand) --------------------------------

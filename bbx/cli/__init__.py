@@ -1,6 +1,9 @@
-"""The `bbx` command line. Each command module imports its heavy modules inside its functions."""
+"""The `bbx` command line. Each command module imports its heavy modules inside its functions.
 
-from __future__ import annotations
+Command modules (the ones whose functions typer turns into commands) do not use `from __future__
+import annotations`: typer would then eval every parameter's annotation from a string, twice
+per command, for every command `--help` lists (a sixth of `bbx --help`; tests/test_cli_startup.py).
+"""
 
 import sys
 from typing import Annotated

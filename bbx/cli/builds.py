@@ -4,8 +4,6 @@ The command parses its options, then imports Twisted, rich and the client inside
 so `bbx --help` stays fast.
 """
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer
@@ -22,10 +20,14 @@ EXIT_LOST = 255             # lost the connection to the master while waiting
 GOOD_RESULTS = ("success", "warnings")
 # How often the "waiting in the queue" line is redrawn on a terminal, in seconds.
 WAITING_INTERVAL = 0.5
+# How long `bbx build --no-wait` waits for the build id of a request that started at once
+# (a free slave: the master is recording the build): long enough for a loaded master to
+# answer, short enough for a script. A request that waits in the queue is not waited for.
+NO_WAIT_BUILD_ID = 5.0
 
 BUILD_HELP = """Queue a build of BUILDER (the steps master.toml gives it) and show each step live.
 
-The build waits in the master's queue while every slave of the builder is busy or absent. Each step gets a rule with its name; its output is shown as `bbx run` shows it; a table of step results ends the build. With --no-wait the request id is printed and bbx exits at once. Ctrl-C cancels the build (and still waits for it to end); a second Ctrl-C leaves at once.
+The build waits in the master's queue while every slave of the builder is busy or absent. Each step gets a rule with its name; its output is shown as `bbx run` shows it (on a terminal without the environment and Buildbot's bookkeeping header lines unless --verbose), under a status line (step n of m, elapsed time, bytes); a table of step results ends the build. With --no-wait bbx prints the request id and exits: when a slave was free it first waits (up to 5 s) for the build to start and prints its build id too; `bbx log --request N` and `bbx cancel --request N` find the build later. Ctrl-C cancels the build (and still waits for it to end); a second Ctrl-C leaves at once.
 
 \b
 Exit status:
@@ -52,6 +54,9 @@ def build(
         "--json", help="Print each event and update as a JSON line, then the result.")] = False,
     show_secrets: Annotated[bool, typer.Option(
         "--show-secrets", help="Do not mask secret-looking NAME=value lines of headers.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show every header line (environment, Buildbot's bookkeeping) "
+        "on a terminal too.")] = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None, timeout: TimeoutOption = 10.0,
     ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
@@ -60,7 +65,7 @@ def build(
     from .client import call
 
     out, err = consoles()
-    session = BuildSession(out, err, json=json, show_secrets=show_secrets)
+    session = BuildSession(out, err, json=json, show_secrets=show_secrets, verbose=verbose)
     call(conn(master_dir, master, user, password, timeout, ca, fingerprint, insecure),
          lambda perspective, reactor: session.run(perspective, reactor, builder, not no_wait))
     raise typer.Exit(session.report())
@@ -74,8 +79,9 @@ class BuildSession:
     goes away, or on a second Ctrl-C. `report()` prints the summary and returns the exit code.
     """
 
-    def __init__(self, out, err, *, json: bool = False, show_secrets: bool = False):
-        from .sinks import make_sink
+    def __init__(self, out, err, *, json: bool = False, show_secrets: bool = False,
+                 verbose: bool = False):
+        from .sinks import header_filter, make_sink
 
         self.out, self.err, self.json, self.show_secrets = out, err, json, show_secrets
         self.answer: dict | None = None
@@ -86,6 +92,9 @@ class BuildSession:
         self.sigints = 0
         self.wait = True
         self.sink = make_sink(out, err, json)
+        self.verbose = verbose
+        self.headers = header_filter(self.sink, verbose)
+        self._build_since: float | None = None
         self._ticker = None
         self._queued_since: float | None = None
         self._why = ""
@@ -100,12 +109,18 @@ class BuildSession:
         self.reactor = reactor
         self.perspective = perspective
         self.done = defer.Deferred()
-        observer = _observer_class()(self) if wait else None
+        # Without waiting, the observer only hears whether the build starts at once.
+        observer = _observer_class()(self)
         perspective.notifyOnDisconnect(lambda _: self._end(master_lost=True))
         if wait:
             signal.signal(signal.SIGINT, lambda s, f: reactor.callFromThread(self._sigint))
-        self.answer = await perspective.callRemote("build", builder, observer, wait)
+        self.answer = await perspective.callRemote("build", builder, observer, True)
         if not wait:
+            if self.answer.get("position") is None and self.started is None:
+                timer = reactor.callLater(NO_WAIT_BUILD_ID, self._end)
+                await self.done
+                if timer.active():
+                    timer.cancel()
             return self.answer
         if self.answer.get("position") and not self.json and self.started is None:
             attached = self.answer.get("attached") or []
@@ -147,9 +162,13 @@ class BuildSession:
             text = (f"⏳ waiting in the queue · {duration(now - self._queued_since)}"
                     f" · {self._why}")
         elif self._step is not None:
+            from .render import build_status
+
             number, name, since = self._step
-            text = (f"▶ step {number} · {name} · {duration(now - since)}"
-                    f" · {human_bytes(self.sink.nbytes)}")
+            total = len((self.started or {}).get("steps") or [])
+            self.sink.status(build_status(number, total, name, now - (self._build_since or since),
+                                          self.sink.nbytes))
+            return
         else:
             return
         self.sink.status(Text(text, style="dim"))
@@ -186,6 +205,10 @@ class BuildSession:
 
     def build_started(self, info: dict) -> None:
         self.started = info
+        self._build_since = self.reactor.seconds()
+        if not self.wait:
+            self._end()
+            return
         if hasattr(self.sink, "clear_status"):
             self.sink.clear_status()
         if self.json:
@@ -195,7 +218,12 @@ class BuildSession:
                    f"started on slave {info['slave']}")
 
     def step_started(self, info: dict) -> None:
+        if not self.wait:
+            return  # --no-wait: only the build id was wanted
+        from .sinks import header_filter
+
         self._step = (info.get("number"), info.get("name"), self.reactor.seconds())
+        self.headers = header_filter(self.sink, self.verbose)  # a new command's header
         if self.json:
             json_line({"event": "stepStarted", **info})
             return
@@ -204,6 +232,8 @@ class BuildSession:
         self.sink.section(step_rule(info))
 
     def step_finished(self, info: dict) -> None:
+        if not self.wait:
+            return  # --no-wait: only the build id was wanted
         self._step = None
         if hasattr(self.sink, "clear_status"):
             self.sink.clear_status()
@@ -216,6 +246,9 @@ class BuildSession:
             self.sink.section(step_rule(info))
 
     def build_finished(self, info: dict) -> None:
+        if not self.wait:
+            self._end()
+            return
         if self.json:
             json_line({"event": "buildFinished", **info})
         if info.get("requeued"):
@@ -227,6 +260,8 @@ class BuildSession:
         self._end()
 
     def update(self, updates) -> None:
+        if not self.wait:
+            return  # --no-wait: only the build id was wanted
         from bbx.pb.updates import iter_updates
 
         from .render import mask_header
@@ -239,20 +274,27 @@ class BuildSession:
             return
         from .sinks import paint_updates
 
-        paint_updates(self.sink, updates, self.show_secrets)
+        paint_updates(self.sink, updates, self.show_secrets, headers=self.headers)
 
     # -- the end
 
     def report(self) -> int:
         """Print the summary (table and line); return bbx's exit code."""
         if not self.wait:
-            answer = self.answer or {}
+            answer = dict(self.answer or {})
+            if self.started is not None:
+                answer["build_id"] = self.started.get("build_id")
             if self.json:
                 print_json(answer)
+            elif answer.get("build_id") is not None:
+                self.out.print(f"queued build request {answer.get('request_id')}; started as "
+                               f"build {answer['build_id']} on slave {self.started.get('slave')}",
+                               highlight=False, markup=False)
             else:
                 self.out.print(f"queued build request {answer.get('request_id')} "
-                               f"(position {answer.get('position') or '—'})", highlight=False,
-                               markup=False)
+                               f"(position {answer.get('position') or '—'}); `bbx log --request "
+                               f"{answer.get('request_id')} --follow` shows its build",
+                               highlight=False, markup=False)
             return 0
         info = self.finished
         if info is None:

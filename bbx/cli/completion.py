@@ -5,8 +5,6 @@ complete without a new script. completions/ in the repository holds the same tex
 (tests/test_completions.py fails when it is stale; regenerate with `bbx completion show SHELL`).
 """
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 from typing import Annotated

@@ -55,6 +55,7 @@ class Who:
     slave: bool
     configured: dict | None = None  # from the master's master.toml when given: name -> password
     tls: Any = None  # the bbx.pb.tls.TlsTrust a tls:/ssl: master's certificate is checked with
+    tags: tuple = ()  # the slave's own tags (slave.toml), offered as the real slave offers them
 
 
 def endpoint_parts(endpoint: str) -> tuple[str, str | None, int | None]:
@@ -177,7 +178,8 @@ class DoctorBot(pb.Referenceable):
     """The mind doctor logs in with as a slave: it answers the attach sequence (PROTOCOL.md
     §4.1) without taking builders, and records the builder list the master offers."""
 
-    def __init__(self):
+    def __init__(self, tags=()):
+        self.tags = list(tags)
         self.offered: list[str] | None = None
         self.messages: list[str] = []
 
@@ -189,8 +191,11 @@ class DoctorBot(pb.Referenceable):
         """Gets nothing; returns a minimal info dict that says who is asking."""
         import bbx
 
-        return {"admin": "bbx doctor", "host": socket.gethostname(), "version": bbx.__version__,
+        info = {"admin": "bbx doctor", "host": socket.gethostname(), "version": bbx.__version__,
                 "worker_commands": {}, "environ": {}}
+        if self.tags:  # so the master offers the builders the slave's tags select
+            info["tags"] = self.tags
+        return info
 
     def remote_setBuilderList(self, wanted):
         """Gets [(name, builddir), ...]; takes none of them (returns {})."""
@@ -262,7 +267,7 @@ async def login_stage(reactor, factory, who: Who, timeout: float):
     """Log in (as a slave: the attach sequence runs inside this call)."""
     from twisted.cred.credentials import UsernamePassword
 
-    mind = DoctorBot() if who.slave else None
+    mind = DoctorBot(who.tags) if who.slave else None
     creds = UsernamePassword(who.name.encode("utf-8"), who.password.encode("utf-8"))
     started = reactor.seconds()
     try:

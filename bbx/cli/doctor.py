@@ -11,10 +11,7 @@ The master's log says which (it is the operator's), and doctor, given the master
 operator on the master's host learns exactly what is wrong, and a peer learns nothing.
 """
 
-from __future__ import annotations
-
 import sys
-import tomllib
 from pathlib import Path
 from typing import Annotated
 
@@ -42,6 +39,8 @@ def _configured(master_dir: Path | None, slave: bool) -> dict | None:
     """name -> password of master.toml's slaves (or control users), when it can be read."""
     if master_dir is None or not (master_dir / CONFIG_FILE).is_file():
         return None
+    import tomllib  # here: registering the command (every `bbx --help`) should not load it
+
     try:
         data = tomllib.loads((master_dir / CONFIG_FILE).read_text())
     except (OSError, tomllib.TOMLDecodeError):
@@ -84,7 +83,7 @@ def doctor(
         trust = trust_for(conn(None, master, None, None, ca=ca, fingerprint=fingerprint,
                                insecure=insecure), endpoint, None)
         who = dict(endpoint=endpoint, name=config.name, password=config.password, slave=True,
-                   configured=_configured(master_dir, True), tls=trust)
+                   configured=_configured(master_dir, True), tls=trust, tags=config.tags)
         local = _local_slave(config)
     else:
         target = resolve(conn(master_dir, master, user, password, timeout or LOGIN_TIMEOUT,
@@ -157,7 +156,7 @@ async def _diagnose(reactor, who, timeout: float, max_skew: float) -> list:
             if offered is None:
                 return stages
             stages.append(d.Stage("builders", True, ", ".join(offered) if offered else
-                                  "none: no builder lists this slave (builders.slaves in master.toml)",
+                                  "none: no builder selects this slave (builders.slaves in master.toml, by name or tags)",
                                   data={"builders": offered}))
         else:
             builders = await perspective.callRemote("builders")

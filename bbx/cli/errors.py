@@ -10,7 +10,6 @@ that they agree); every command uses these names.
 
 from __future__ import annotations
 
-import json
 import sys
 
 EXIT_OK = 0
@@ -149,6 +148,8 @@ def report(error: BbxError, *, as_json: bool = False) -> int:
     """Print one line for `error` on stderr (and, under --json, one object on stdout); return
     its exit code."""
     if as_json:
+        import json  # only errors under --json need it; `bbx --help` should not pay for it
+
         sys.stdout.write(json.dumps({"error": error.message, "exit": error.exit_code}) + "\n")
         sys.stdout.flush()
     sys.stderr.write(f"bbx: {error.message}\n")

@@ -3,8 +3,6 @@
 Each command parses its options, then imports Twisted, rich and the client inside its body.
 """
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated, Any
 
@@ -18,6 +16,8 @@ from .output import conn, consoles, json_line, print_json
 # answers "nothing new yet" (the master caps it at 10 s): the master answers as soon as rows
 # are committed — its own, or another master's (NOTIFY) — so nothing polls.
 FOLLOW_WAIT = 5.0
+# How often `bbx log --request N --follow` asks whether a queued request has started a build.
+REQUEST_POLL = 1.0
 # One page of stored log per call (bbx/master/control.py MAX_LOG_PAGE caps it too).
 LOG_PAGE = 256 * 1024
 
@@ -62,9 +62,13 @@ def builds(
 
 
 def log(
-    build_id: Annotated[int, typer.Argument(metavar="BUILD", help="The build id (see bbx builds).")],
+    build_id: Annotated[int, typer.Argument(metavar="BUILD", help="The build id (see bbx builds), "
+                                            "or with --request a build request's id.")],
     step: Annotated[str | None, typer.Argument(help="Only this step (number or name).")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing while the build runs.")] = False,
+    request: Annotated[bool, typer.Option(
+        "--request", help="BUILD is a build request id (as bbx build --no-wait prints): show "
+        "the newest build serving it; with --follow, wait for it to start.")] = False,
     json: Annotated[bool, typer.Option(
         "--json", help="One JSON line per stored chunk: seq, step, stream, text.")] = False,
     show_secrets: Annotated[bool, typer.Option(
@@ -81,6 +85,9 @@ def log(
     step_arg: Any = int(step) if step is not None and step.isdigit() else step
 
     async def conversation(perspective, reactor):
+        nonlocal build_id
+        if request:
+            build_id = await _request_build(perspective, reactor, build_id, follow)
         info = await perspective.callRemote("build_info", build_id)
         printer.steps = {s["number"]: s["name"] for s in info.get("steps", [])}
         after = None
@@ -101,6 +108,25 @@ def log(
     final = call(conn(master_dir, master, user, password, timeout, ca, fingerprint, insecure),
                   conversation)
     printer.end(final)
+
+
+async def _request_build(perspective, reactor, request_id: int, follow: bool) -> int:
+    """The newest build serving a request; with `follow`, waits until one started."""
+    from twisted.internet import task
+
+    from .errors import BbxError
+
+    while True:
+        state = await perspective.callRemote("request", request_id)
+        if state.get("build_id") is not None:
+            return state["build_id"]
+        if state.get("state") == "done":
+            raise BbxError(f"build request {request_id} ended without a build (cancelled "
+                           "while queued)")
+        if not follow:
+            raise BbxError(f"build request {request_id} is still queued; add --follow to wait "
+                           "for its build")
+        await task.deferLater(reactor, REQUEST_POLL, lambda: None)
 
 
 class LogPrinter:
@@ -164,13 +190,15 @@ def cancel(
     build_id: Annotated[int, typer.Argument(metavar="BUILD", help="The running build's id "
                                             "(or, with --request, a queued request's id).")],
     request: Annotated[bool, typer.Option(
-        "--request", help="BUILD is a queued build request id: remove it from the queue.")] = False,
+        "--request", help="BUILD is a build request id: remove it from the queue, or cancel "
+        "the build serving it.")] = False,
     json: JsonOption = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None, timeout: TimeoutOption = 10.0,
     ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
-    """Cancel a running build (its step is interrupted; result CANCELLED) or a queued request."""
+    """Cancel a running build (its step gets its interrupt signal, then SIGKILL after its
+    grace; result CANCELLED) or a queued request."""
     from .client import call
 
     args = (None, build_id) if request else (build_id,)

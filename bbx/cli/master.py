@@ -4,8 +4,6 @@
 `buildbot stop` does: stopping is idempotent, so scripts can call it unconditionally.
 """
 
-from __future__ import annotations
-
 import sys
 import time
 from pathlib import Path
@@ -180,10 +178,15 @@ def checkconfig(directory: Path = typer.Argument(..., help="The master's directo
     _print_certificate(config.listen)
     print(f"  keepalive: every {config.keepalive_interval:g} s; a slave silent for "
           f"{config.keepalive_timeout:g} s is declared gone")
-    print(f"  slaves ({len(config.slaves)}): {', '.join(s.name for s in config.slaves) or 'none'}")
+    from bbx.master.selection import describe, unserved
+
+    print(f"  slaves ({len(config.slaves)}): "
+          f"{', '.join(_slave_text(s) for s in config.slaves) or 'none'}")
     print(f"  builders ({len(config.builders)}):")
     for b in config.builders:
-        print(f"    {b.name}: slaves {', '.join(b.slaves)}; builddir {b.builddir}")
+        print(f"    {b.name}: slaves {describe(b)}; builddir {b.builddir}")
+    for line in unserved(config):
+        print(f"  warning: {line}")
     print(f"  control users: {', '.join(u.name for u in config.control_users) or 'none'}")
     print(f"  log: {directory / config.log}")
     location = config.store_location
@@ -193,6 +196,10 @@ def checkconfig(directory: Path = typer.Argument(..., help="The master's directo
               f"{config.heartbeat_timeout:g} s")
     else:
         print(f"  store: {location.display()} (SQLite)")
+
+
+def _slave_text(slave) -> str:
+    return f"{slave.name} [{', '.join(slave.tags)}]" if slave.tags else slave.name
 
 
 def _print_certificate(listen: str) -> None:

@@ -6,8 +6,6 @@ so `bbx --help` stays fast. Talking to the master is bbx/cli/client.py's job; wh
 operator sees is bbx/cli/render.py's.
 """
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

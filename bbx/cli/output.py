@@ -5,7 +5,6 @@ Kept free of Twisted so that importing it costs nothing at start-up.
 
 from __future__ import annotations
 
-import json as _json
 import sys
 from typing import Any
 
@@ -59,6 +58,8 @@ def consoles():
 
 def to_json(value: Any) -> str:
     """Plain JSON text for --json output (no markup, stable key order)."""
+    import json as _json  # here: `bbx --help` and plain-text runs need no JSON
+
     return _json.dumps(value, indent=2, sort_keys=True, default=str)
 
 
@@ -75,5 +76,7 @@ def plain(line: str = "") -> None:
 
 def json_line(value: Any) -> None:
     """One compact JSON line on stdout (for streams of events)."""
+    import json as _json
+
     sys.stdout.write(_json.dumps(value, default=str) + "\n")
     sys.stdout.flush()

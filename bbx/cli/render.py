@@ -15,7 +15,11 @@ from rich.text import Text
 
 from .masks import MASK, mask_environ, mask_header, masked_info  # noqa: F401
 from .output import to_json  # noqa: F401  (kept importable from here)
-from .text import duration, human_bytes, relative_time  # noqa: F401
+from .text import builder_slaves, duration, human_bytes, relative_time, slave_state  # noqa: F401
+
+# The state column of `bbx slaves`: an operator's hold in yellow, work in progress in cyan.
+_STATE_STYLES = {"paused": "yellow", "draining": "yellow", "building": "cyan",
+                 "idle": "green", "disconnected": "dim"}
 
 
 # ---------------------------------------------------------------------------- small formats
@@ -92,7 +96,7 @@ def slaves_table(slaves: list[dict], *, now: float | None = None) -> Table:
     now = time.time() if now is None else now
     table = Table(title="slaves", title_justify="left", title_style="bold")
     elsewhere = any(not s.get("connected") and s.get("master") for s in slaves)
-    columns = ["name", "connected", "since", "builders", "dialect", "last message"]
+    columns = ["name", "connected", "state", "since", "builders", "dialect", "last message"]
     if elsewhere:
         columns.insert(2, "master")
     for column in columns:
@@ -104,6 +108,7 @@ def slaves_table(slaves: list[dict], *, now: float | None = None) -> Table:
             Text(str(slave.get("name"))),
             Text("✓", style="green") if connected else
             Text("✓", style="yellow") if there else Text("✗", style="red"),
+            Text(slave_state(slave), style=_STATE_STYLES.get(slave.get("state"), "")),
             relative_time(slave.get("connected_since"), now) if connected or there else "—",
             Text(", ".join(slave.get("builders") or [])),
             Text(str(slave.get("dialect") or "—")),
@@ -139,16 +144,22 @@ def masters_table(masters: list[dict]) -> Table:
 
 
 def builders_table(builders: list[dict]) -> Table:
-    """One row per builder: its slaves, which are attached, its builddir."""
+    """One row per builder: the slaves it selects (names, tags), those it can use now
+    (attached, matching, not paused or draining), its builddir."""
     table = Table(title="builders", title_justify="left", title_style="bold")
-    for column in ("name", "slaves", "attached", "builddir"):
+    for column in ("name", "slaves", "can use now", "builddir"):
         table.add_column(column)
     for builder in builders:
         attached = builder.get("attached") or []
+        usable = builder.get("usable", attached) or []
+        held = [n for n in attached if n not in usable]
+        cell = Text(", ".join(usable), style="green") if usable else Text("none", style="red")
+        if held:
+            cell.append(f" (paused: {', '.join(held)})", style="yellow")
         table.add_row(
             Text(str(builder.get("name"))),
-            Text(", ".join(builder.get("slaves") or [])),
-            Text(", ".join(attached), style="green") if attached else Text("none", style="red"),
+            Text(builder_slaves(builder)),
+            cell,
             Text(str(builder.get("builddir", ""))),
         )
     return table
@@ -160,6 +171,32 @@ def builders_table(builders: list[dict]) -> Table:
 def run_status(where: str, elapsed: float, nbytes: int) -> Text:
     """The live status line under a running command's output ('where': 'slave x', 'builder b')."""
     return Text(f"▶ running on {where} · {duration(elapsed)} · {human_bytes(nbytes)}", style="dim")
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def waiting_line(info: dict) -> str:
+    """One line for a `bbx run` waiting for a free slave: {"builder", "position", "busy"}."""
+    busy = ", ".join(info.get("busy") or []) or "none attached"
+    return (f"every slave of builder {info.get('builder')} is busy ({busy}); waiting, "
+            f"{_ordinal(int(info.get('position') or 1))} in line (Ctrl-C leaves the line)")
+
+
+def waiting_status(info: dict, elapsed: float) -> Text:
+    """The live status line while a `bbx run` waits for a slave."""
+    return Text(f"⏳ waiting for a free slave of {info.get('builder')} · "
+                f"{_ordinal(int(info.get('position') or 1))} in line · {duration(elapsed)}",
+                style="dim")
+
+
+def build_status(number, total, name, elapsed: float, nbytes: int) -> Text:
+    """The live status line of `bbx build`: step n of m, its name, the build's time, bytes."""
+    of = f" of {total}" if total else ""
+    return Text(f"▶ step {number}{of} · {name} · {duration(elapsed)} · {human_bytes(nbytes)}",
+                style="dim")
 
 
 def run_summary(message: str, exit_code: int, elapsed: float, nbytes: int) -> Text:

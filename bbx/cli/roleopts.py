@@ -3,8 +3,6 @@
 --daemon passes them on to the background child (`child_args`).
 """
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

@@ -5,12 +5,12 @@ command with an observer, handle Ctrl-C, collect the result); `run_exit` turns t
 into bbx's exit code. Twisted is imported only inside the session, so `bbx --help` stays fast.
 """
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated
 
 import typer
+
+from bbx.pb.interrupts import DEFAULT_INTERRUPT_SIGNAL, DEFAULT_KILL_AFTER
 
 from .client import (CaOption, ConnectTimeoutOption, FingerprintOption, InsecureOption,
                      MasterDirOption, MasterOption, PasswordOption, UserOption)
@@ -34,7 +34,9 @@ RUN_HELP = """Run CMD ARG... on a slave of BUILDER and show its output live.
 
 Put `--` before the command so its options are not taken for bbx's: `bbx run linux -- make -j4 check`. The argv is executed as given (no shell); with --shell the words are joined with spaces and run by /bin/sh -c on the slave: `bbx run linux --shell -- 'make && make check'`.
 
-When stdout is not a terminal, the command's stdout goes to bbx's stdout byte for byte and everything else (its stderr, headers, the final status) to bbx's stderr, so `bbx run b -- make | grep error` works. Ctrl-C interrupts the command and waits for it to end; a second Ctrl-C leaves at once.
+On a terminal the header shows the command and its directory; --verbose adds the environment and Buildbot's bookkeeping lines (all of them are stored: `bbx log` shows them). When stdout is not a terminal, the command's stdout goes to bbx's stdout byte for byte and everything else (its stderr, every header line, the final status) to bbx's stderr, so `bbx run b -- make | grep error` works.
+
+Ctrl-C interrupts the command: --signal (default TERM) goes to its whole process tree, SIGKILL follows --kill-after seconds later (default 10), and bbx waits for the end. A second Ctrl-C sends SIGKILL at once; a third leaves without waiting. When every slave of the builder is busy, the command waits for one, showing its place in line (Ctrl-C leaves the line; nothing ran); --no-wait-for-slave fails at once instead.
 
 \b
 Exit status:
@@ -75,14 +77,34 @@ def run(
     log_environ: Annotated[bool, typer.Option(
         "--log-environ", help="Have the slave list the command's whole environment in its header "
         "(as Buildbot steps do; off by default for bbx run).")] = False,
+    interrupt_signal: Annotated[str, typer.Option(
+        "--signal", metavar="SIG", help="What Ctrl-C (or bbx cancel, or a timeout) sends first "
+        "to the command's tree.")] = DEFAULT_INTERRUPT_SIGNAL,
+    kill_after: Annotated[float, typer.Option(
+        "--kill-after", min=0, help="Seconds from --signal to SIGKILL.")] = DEFAULT_KILL_AFTER,
+    no_wait_for_slave: Annotated[bool, typer.Option(
+        "--no-wait-for-slave", help="Fail at once when every slave of the builder is busy "
+        "(by default the command waits for one).")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show every header line (environment, Buildbot's bookkeeping) "
+        "on a terminal too.")] = False,
     master_dir: MasterDirOption = None, master: MasterOption = None,
     user: UserOption = None, password: PasswordOption = None,
     connect_timeout: ConnectTimeoutOption = 10.0,
     ca: CaOption = None, fingerprint: FingerprintOption = None, insecure: InsecureOption = False,
 ) -> None:
     """Run a command on a slave (the operator-facing help is RUN_HELP)."""
+    from bbx.pb.interrupts import BadSignal, kill_after as kill_after_seconds, signal_name
+
     from .errors import UsageError
 
+    try:
+        interrupt_signal = signal_name(interrupt_signal)
+        kill_after = kill_after_seconds(kill_after)
+    except BadSignal as e:
+        raise UsageError(f"--signal {e}") from None
+    except ValueError as e:
+        raise UsageError(f"--kill-after: {e}") from None
     environment = {}
     for item in env or []:
         name, sep, value = item.partition("=")
@@ -99,9 +121,11 @@ def run(
 
     from .client import call
 
-    session = RunSession(out, err, json=json, show_secrets=show_secrets)
+    session = RunSession(out, err, json=json, show_secrets=show_secrets, verbose=verbose)
     request = dict(builder=builder, command=argv, workdir=workdir, env=environment,
-                   timeout=timeout, max_time=max_time, log_environ=log_environ)
+                   timeout=timeout, max_time=max_time, log_environ=log_environ,
+                   interrupt_signal=interrupt_signal, kill_after=kill_after,
+                   wait_for_slave=not no_wait_for_slave)
     call(conn(master_dir, master, user, password, connect_timeout, ca, fingerprint, insecure),
          lambda perspective, reactor: session.run(perspective, reactor, **request))
     exit_code = session.report()
@@ -119,6 +143,8 @@ def run_exit(result: dict, *, failure_reason: str | None, operator_interrupted: 
     failure = result.get("failure")
     if result.get("master_lost"):
         return EXIT_LOST, "lost the connection to the master; the command may still be running"
+    if result.get("left_queue"):
+        return EXIT_INTERRUPTED, "left the line before a slave was free; nothing ran"
     if result.get("left"):
         return EXIT_INTERRUPTED, "left without waiting; the command may still be running on the slave"
     if result.get("lost"):
@@ -155,8 +181,11 @@ class RunSession:
 
     INTERRUPT_WHY = "interrupted by operator"
 
-    def __init__(self, out, err, *, json: bool = False, show_secrets: bool = False):
+    def __init__(self, out, err, *, json: bool = False, show_secrets: bool = False,
+                 verbose: bool = False):
         self.out, self.err, self.json, self.show_secrets = out, err, json, show_secrets
+        self.waiting: dict | None = None  # the master's last `waiting` notice, until started
+        self._gate = None
         self.slave = "?"
         self.result: dict | None = None
         self.failure_reason: str | None = None
@@ -166,14 +195,16 @@ class RunSession:
         self.handle = None
         self.started_at = 0.0
         self.ended_at = 0.0
-        from .sinks import make_sink
+        from .sinks import header_filter, make_sink
 
         self.sink = make_sink(out, err, json)
+        self.headers = header_filter(self.sink, verbose)
 
     # -- the conversation
 
     async def run(self, perspective, reactor, *, builder, command, workdir, env, timeout, max_time,
-                  log_environ=False):
+                  log_environ=False, interrupt_signal=DEFAULT_INTERRUPT_SIGNAL,
+                  kill_after=DEFAULT_KILL_AFTER, wait_for_slave=True):
         import signal
 
         from twisted.internet import defer, task
@@ -195,8 +226,21 @@ class RunSession:
             ticker.clock = reactor
             ticker.start(STATUS_INTERVAL)
         try:
-            started = await perspective.callRemote("run", builder, observer, command, workdir, env,
-                                                   timeout, max_time, log_environ)
+            call = perspective.callRemote("run", builder, observer, command, workdir, env,
+                                          timeout, max_time, log_environ, interrupt_signal,
+                                          kill_after, wait_for_slave)
+            # While the command waits for a slave, Ctrl-C leaves the line: the gate fires
+            # without an answer, and our disconnecting takes us off the master's line.
+            self._gate = gate = defer.Deferred()
+            call.addBoth(lambda answer: None if gate.called else gate.callback(answer))
+            started = await gate
+            if started is None:
+                self.result = {"left_queue": True}
+                return self.result
+            if self.waiting is not None:
+                self.waiting = None
+                if hasattr(self.sink, "clear_status"):
+                    self.sink.clear_status()
             self.slave = str(started.get("slave", "?"))
             self.handle = started.get("handle")
             if self.sigints or self.pipe_closed:
@@ -215,21 +259,49 @@ class RunSession:
     def _tick(self) -> None:
         from .render import run_status
 
+        if self.waiting is not None:
+            from .render import waiting_status
+
+            self.sink.status(waiting_status(self.waiting, self.reactor.seconds() - self.started_at))
+            return
         where = f"builder {self.builder}" if self.slave == "?" else f"slave {self.slave}"
         self.sink.status(run_status(where, self.reactor.seconds() - self.started_at, self.sink.nbytes))
 
     def _sigint(self) -> None:
         self.sigints += 1
+        if self.handle is None and self.waiting is not None and self._gate is not None:
+            if not self._gate.called:
+                self._gate.callback(None)
+            return
         if self.sigints == 1:
-            self._note("interrupting the command (Ctrl-C again to leave at once)")
+            self._note("interrupting the command (Ctrl-C again to kill it at once)")
             self._interrupt(self.INTERRUPT_WHY)
+        elif self.sigints == 2:
+            self._note("killing the command (Ctrl-C again to leave at once)")
+            self._interrupt(self.INTERRUPT_WHY, now=True)
         else:
             self._finish({"left": True})
 
-    def _interrupt(self, why: str) -> None:
+    def waiting_for_slave(self, info) -> None:
+        """The master's notice that the command waits for a free slave (its place in line)."""
+        if not isinstance(info, dict) or self.handle is not None:
+            return
+        first = self.waiting is None
+        self.waiting = info
+        if self.sigints and self._gate is not None and not self._gate.called:
+            self._gate.callback(None)  # Ctrl-C came before we knew we would wait
+            return
+        if self.json:
+            json_line({"waiting": info})
+        elif first or not hasattr(self.sink, "clear_status"):
+            from .render import waiting_line
+
+            self._note(waiting_line(info))
+
+    def _interrupt(self, why: str, now: bool = False) -> None:
         if self.handle is None:
             return  # sent as soon as `run` answers
-        self.handle.callRemote("interrupt", why).addErrback(
+        self.handle.callRemote("interrupt", why, now).addErrback(
             lambda f: self._note(f"could not interrupt: {f.getErrorMessage()}"))
 
     def _note(self, text: str) -> None:
@@ -257,7 +329,7 @@ class RunSession:
         from .sinks import paint_updates
 
         sink = self.sink
-        paint_updates(sink, updates, self.show_secrets, self._record)
+        paint_updates(sink, updates, self.show_secrets, self._record, self.headers)
         if sink.broken_pipe and not self.pipe_closed:
             self.pipe_closed = True
             self._interrupt("output pipe closed")
@@ -326,6 +398,12 @@ def _observer_class():
             def remote_update(self, updates):
                 """Paint the updates; None when done."""
                 self.session.update(updates)
+                return None
+
+            def remote_waiting(self, info):
+                """Every slave is busy: {"builder", "position" (1 = next), "busy": [slaves]},
+                sent again when the position changes. Returns None."""
+                self.session.waiting_for_slave(info)
                 return None
 
             def remote_complete(self, result=None):

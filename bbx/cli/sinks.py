@@ -186,9 +186,20 @@ def note(sink, err: Console, text: str) -> None:
         err.print(f"bbx: {text}", highlight=False, soft_wrap=True, markup=False)
 
 
+def header_filter(sink, verbose: bool):
+    """The HeaderFilter for a session's headers: on a terminal unless --verbose, else None
+    (a pipe keeps every header line on stderr, as before)."""
+    if verbose or not isinstance(sink, TerminalOutput):
+        return None
+    from .headers import HeaderFilter
+
+    return HeaderFilter()
+
+
 def paint_updates(sink, updates, show_secrets: bool,
-                  other: Callable[[str, object], None] | None = None) -> None:
-    """Paint one received update envelope; keys that are not output go to `other`."""
+                  other: Callable[[str, object], None] | None = None, headers=None) -> None:
+    """Paint one received update envelope; keys that are not output go to `other`.
+    `headers` (a HeaderFilter, or None for all) decides which header lines are shown."""
     from bbx.pb.updates import iter_updates
 
     for key, value in iter_updates(updates):
@@ -197,7 +208,9 @@ def paint_updates(sink, updates, show_secrets: bool,
         elif key == "stderr":
             sink.stderr(value)
         elif key == "header":
-            sink.header(mask_header(str(value), show_secrets))
+            text = str(value) if headers is None else headers.feed(str(value))
+            if text:
+                sink.header(mask_header(text, show_secrets))
         elif key == "log" and isinstance(value, (list, tuple)) and len(value) == 2:
             sink.header(f"[{value[0]}] {value[1]}")
         elif other is not None:

@@ -4,8 +4,6 @@
 `buildbot-worker stop` does, so scripts can call it unconditionally.
 """
 
-from __future__ import annotations
-
 import re
 import subprocess
 import sys
@@ -143,6 +141,10 @@ def create(
              "default all."),
     cgroup: bool = typer.Option(True, "--cgroup/--no-cgroup",
                                 help="Run each command in its own cgroup where the host allows it."),
+    tag: List[str] = typer.Option(
+        [], "--tag", metavar="TAG",
+        help="A tag this slave offers the master (e.g. linux, x86_64, docker); builders that "
+             "select slaves by tags may use it. Repeatable."),
     info_admin: Optional[str] = typer.Option(None, "--info-admin", help="Contents of DIR/info/admin."),
     info_host: Optional[str] = typer.Option(None, "--info-host", help="Contents of DIR/info/host."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing slave.toml."),
@@ -196,6 +198,12 @@ def create(
         globs = [check_glob(g) for g in redact]
     except ValueError as e:
         raise UsageError(f"--redact: {e}") from None
+    from bbx.pb.tags import check_tags
+
+    try:
+        tags = check_tags(tag)
+    except ValueError as e:
+        raise UsageError(f"--tag: {e}") from None
     allowed = None
     if commands.strip().lower() != "all":
         try:
@@ -206,7 +214,7 @@ def create(
         config = basedir.create(directory, name=name, password=password, connection=connection,
                                 keepalive=keepalive, keepalive_timeout=keepalive_timeout,
                                 maxdelay=maxdelay, umask=umask, allow_shutdown=allow_shutdown,
-                                redact=globs, commands=allowed, cgroup=cgroup,
+                                redact=globs, commands=allowed, cgroup=cgroup, tags=tags,
                                 info_admin=info_admin, info_host=info_host,
                                 tls_ca=str(trust.ca or ""), tls_fingerprint=trust.fingerprint or "",
                                 tls_insecure=trust.insecure, force=force)
@@ -415,3 +423,9 @@ def restart(
     stop(directory)
     start(directory, daemon=True, detached=False, log_format=log_format,
           log_max_bytes=log_max_bytes, log_backups=log_backups, http=http)
+
+
+# bbx slave pause | drain | resume NAME: operator commands on a running master's slaves.
+from . import farm as _farm  # noqa: E402  (light: typer and the client's options only)
+
+_farm.register(app)

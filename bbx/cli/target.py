@@ -20,7 +20,6 @@ operator's laptop that only has the file, never importing the master role. No Tw
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +97,8 @@ _toml_cache: dict[Path, dict] = {}
 def _load_toml(path: Path) -> dict:
     if path in _toml_cache:
         return _toml_cache[path]
+    import tomllib  # here, not at the top: `bbx --help` and `--master` runs never parse TOML
+
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)

@@ -94,6 +94,32 @@ def relative_time(then: float | None, now: float) -> str:
     return f"{int(seconds)}s ago"
 
 
+def slave_state(slave: dict) -> str:
+    """The state column of `bbx slaves`: idle, building (build N), paused, draining (with the
+    builds still running), disconnected; "-" from a master too old to say."""
+    state = slave.get("state")
+    if not state:
+        return "-"
+    builds = ", ".join(str(b) for b in slave.get("running_builds") or [])
+    if state == "building":
+        return f"building (build {builds})" if builds else "building"
+    if state in ("paused", "draining") and builds:
+        return f"{state} (build {builds} running)"
+    if state == "disconnected" and slave.get("master"):
+        return "elsewhere"  # attached to another master of the shared store
+    return str(state)
+
+
+def builder_slaves(builder: dict) -> str:
+    """What a builder selects its slaves by: names, "tags a+b", or both."""
+    parts = []
+    if builder.get("slaves"):
+        parts.append(", ".join(builder["slaves"]))
+    if builder.get("tags"):
+        parts.append("tags " + "+".join(builder["tags"]))
+    return " or ".join(parts) or "-"
+
+
 def slaves_lines(slaves: list[dict], now: float | None = None) -> list[str]:
     """`bbx slaves` as plain aligned columns (for pipes and very long lists)."""
     import time
@@ -105,12 +131,13 @@ def slaves_lines(slaves: list[dict], now: float | None = None) -> list[str]:
 
     # Several masters: a slave attached to another master is "elsewhere", and a column says which.
     elsewhere = any(not s.get("connected") and s.get("master") for s in slaves)
-    rows = [("name", "connected", "since", "builders", "dialect", "last message")
+    rows = [("name", "connected", "state", "since", "builders", "dialect", "last message")
             + (("master",) if elsewhere else ())]
     for s in slaves:
         up = bool(s.get("connected"))
         there = not up and bool(s.get("master"))
         rows.append((str(s.get("name")), "yes" if up else "elsewhere" if there else "no",
+                     slave_state(s),
                      ago(s.get("connected_since")) if up or there else "-",
                      ",".join(s.get("builders") or []) or "-", str(s.get("dialect") or "-"),
                      ago(s.get("last_message")))

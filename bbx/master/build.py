@@ -17,6 +17,8 @@ from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
+from bbx.pb.interrupts import DEFAULT_INTERRUPT_SIGNAL, DEFAULT_KILL_AFTER, buildbot_kill_args
+
 from . import metrics
 from . import results
 from .clients import ClientRef
@@ -29,9 +31,12 @@ log = Logger()
 
 
 def shell_args(command, workdir: str | None, env: dict | None, timeout: Any,
-               max_time: float | None, log_environ: bool = True) -> dict:
-    """The full shell argument dict a Buildbot 4.3 master would send (PROTOCOL.md §5.4)."""
-    return {
+               max_time: float | None, log_environ: bool = True,
+               interrupt_signal: str = DEFAULT_INTERRUPT_SIGNAL,
+               kill_after: float = DEFAULT_KILL_AFTER) -> dict:
+    """The full shell argument dict a Buildbot 4.3 master would send (PROTOCOL.md §5.4), with
+    the interrupt said in Buildbot's terms (docs/protocol.md §6.1)."""
+    args = {
         "workdir": workdir or DEFAULT_STEP_WORKDIR,
         "command": command,
         "env": dict(env or {}),
@@ -47,6 +52,8 @@ def shell_args(command, workdir: str | None, env: dict | None, timeout: Any,
         "initial_stdin": None,
         "interruptSignal": "KILL",
     }
+    args.update(buildbot_kill_args(interrupt_signal, kill_after))
+    return args
 
 
 def _policy(step: StepConfig) -> results.FailurePolicy:
@@ -139,13 +146,15 @@ class Build:
 
     def cancel(self, why: str) -> None:
         """Stop the build: the running step is interrupted, later steps skipped unless
-        alwaysRun; the result is CANCELLED (Buildbot's stopBuild)."""
-        if self.cancelled is None:
+        alwaysRun; the result is CANCELLED (Buildbot's stopBuild). Cancelled again while its
+        step is still within its grace, the step is killed at once."""
+        again = self.cancelled is not None
+        if not again:
             self.cancelled = why
             log.info("build {id} of {builder}: cancelling ({why})", id=self.build_id,
                      builder=self.builder.name, why=why)
         if self.command is not None:
-            self.command.interrupt(why)
+            self.command.interrupt(why, now=again)
 
     def slave_lost(self, why: str) -> None:
         """The slave's connection went away (called by the SlaveBuilder before the command
@@ -261,7 +270,8 @@ class Build:
         if step.kind == "shell":
             command = list(step.command) if isinstance(step.command, tuple) else step.command
             name, args = "shell", shell_args(command, step.workdir, dict(step.env),
-                                             step.timeout, step.max_time, step.log_environ)
+                                             step.timeout, step.max_time, step.log_environ,
+                                             step.interrupt_signal, step.sigterm_time)
         else:
             decode_rc = TRANSFER_DECODE_RC
             master_path = self.queue.basedir / (step.dest if step.kind == "upload" else step.src)
@@ -345,14 +355,11 @@ class Build:
             return
         if self.build_id is not None:
             try:
-                yield self.store.finish_build(self.build_id, self.result)
-                if self.request_id is not None:
-                    if (self.result == results.RETRY and self.lost
-                            and self.retries < self.queue.retry_lost):
-                        yield self.store.requeue_request(self.request_id)
-                        self.requeued = True
-                    else:
-                        yield self.store.finish_request(self.request_id)
+                # One transaction for the build's result and its request (store.end_build).
+                requeue = (self.request_id is not None and self.result == results.RETRY
+                           and bool(self.lost) and self.retries < self.queue.retry_lost)
+                yield self.store.end_build(self.build_id, self.result, self.request_id, requeue)
+                self.requeued = requeue
             except Exception:
                 log.failure("build {id}: could not record its end", id=self.build_id)
             log.info("build {id} (#{number} of {builder}) on slave {slave} ended: {result}"

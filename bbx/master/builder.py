@@ -56,8 +56,13 @@ class Builder:
         return self.config.name
 
     def attached(self) -> list[str]:
-        """Names of the attached slaves that may run this builder, in configured order."""
-        return [n for n in self.config.slaves if n in self.slave_builders]
+        """Names of the attached slaves that may run this builder: those it names, in their
+        configured order, then those its tags chose, by name."""
+        named = [n for n in self.config.slaves if n in self.slave_builders]
+        if len(named) == len(self.slave_builders):
+            return named
+        names = self.config.slave_set
+        return named + sorted(n for n in self.slave_builders if n not in names)
 
     def attach(self, slave_builder: "SlaveBuilder") -> None:
         self.slave_builders[slave_builder.slave.name] = slave_builder
@@ -72,14 +77,16 @@ class Builder:
         """The first attached SlaveBuilder; NoSlaveAttached when there is none."""
         for name in self.attached():
             return self.slave_builders[name]
+        from .selection import describe
+
         raise NoSlaveAttached(f"builder {self.name} has no attached slave "
-                              f"(configured: {', '.join(self.config.slaves)})")
+                              f"(configured: {describe(self.config)})")
 
     def free_slave_builder(self) -> "SlaveBuilder | None":
         """An attached SlaveBuilder that is idle on a slave below its max_builds, or None."""
         for name in self.attached():
             sb = self.slave_builders[name]
-            if not sb.busy and not sb.slave.shutting_down and self.load.has_room(name):
+            if not sb.busy and sb.slave.takes_work and self.load.has_room(name):
                 return sb
         return None
 
@@ -91,6 +98,10 @@ class Builder:
         sb = self.free_slave_builder()
         if sb is not None:
             return sb
+        if all(sb.slave.operator_state != "active" for sb in candidates):
+            names = ", ".join(sb.slave.name for sb in candidates)
+            raise SlaveBusy(f"every slave of builder {self.name} is paused or draining "
+                            f"({names}); `bbx slave resume NAME` gives it work again")
         raise SlaveBusy(f"every slave of builder {self.name} is busy "
                         f"({', '.join(sb.slave.name for sb in candidates)}); try again when it ends")
 

@@ -20,6 +20,7 @@ from .build import Build
 from .builder import Builder, SlaveLoad
 from .clients import ClientRef
 from .config import MasterConfig
+from .runwait import RunWaiters
 
 log = Logger()
 
@@ -54,6 +55,7 @@ class BuildQueue:
         self._held_until: dict[int, float] = {}  # request id -> earliest time to try again
         self._holds: dict[int, int] = {}         # request id -> consecutive failed starts
         self._wake = None                         # the scan timer for the next held request
+        self.run_waiters = RunWaiters(self)  # `bbx run`s waiting for a slave
         for builder in builders.values():
             builder.on_attach = self.maybe_start
 
@@ -137,6 +139,7 @@ class BuildQueue:
         self._scan_pending = False
         if self.stopping:
             return
+        self.run_waiters.serve()
         now = self.reactor.seconds()
         for request in list(self.requests):
             builder = self.builders.get(request["builder"])

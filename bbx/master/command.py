@@ -210,9 +210,12 @@ class RemoteCommand:
             # After the updates still waiting for their commit, so observers see them first.
             self.log.store.written().addCallback(lambda _: self._finish(reason, lost=False))
 
-    def interrupt(self, why: str):
-        """Ask the slave to stop the command; it still ends with `complete` (PROTOCOL.md §6)."""
-        if self.finished or self.interrupted:
+    def interrupt(self, why: str, now: bool = False):
+        """Ask the slave to stop the command; it still ends with `complete` (PROTOCOL.md §6).
+
+        With `now`, an interrupt already sent is sent again: a bbx slave then skips the rest
+        of the grace and sends SIGKILL (docs/protocol.md §6.1)."""
+        if self.finished or (self.interrupted and not now):
             return defer.succeed(None)
         self.interrupted = True
         log.info("interrupting command {id} on slave {slave}: {why}", id=self.command_id,

@@ -6,6 +6,8 @@ found), the key, and what to do about it. Code elsewhere never reads the raw TOM
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 import os
 import re
@@ -14,9 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from bbx.pb.interrupts import (DEFAULT_INTERRUPT_SIGNAL, DEFAULT_KILL_AFTER, MAX_KILL_AFTER,
+                               BadSignal, kill_after, signal_name)
 from bbx.pb.liveness import KEEPALIVE_DEADLINE, KEEPALIVE_INTERVAL
 from bbx.pb.tls import resolve_files
 
+from . import selection
 from .tomlcheck import ConfigError, Loader, parse_toml
 
 CONFIG_NAME = "master.toml"
@@ -28,6 +33,13 @@ DEFAULT_KEEPALIVE_INTERVAL = float(KEEPALIVE_INTERVAL)
 DEFAULT_KEEPALIVE_TIMEOUT = float(KEEPALIVE_DEADLINE)
 # Seconds a connection has to log in before the master closes it (bbx/master/gate.py).
 DEFAULT_LOGIN_TIMEOUT = 30.0
+# Connections the kernel completes and holds for the master to accept (listen(2)'s backlog).
+# Twisted's default is 50: a storm of slaves overflows it and the rest sit in SYN retries.
+# Linux caps it at net.core.somaxconn (4096 since Linux 5.4).
+DEFAULT_LISTEN_BACKLOG = 4096
+# Attach sequences (print, info, builder list: PROTOCOL.md §4.1) the master runs at once; later
+# logins wait their turn in order (bbx/master/admission.py).
+DEFAULT_MAX_ATTACHING = 100
 DEFAULT_LOG = "master.log"
 DEFAULT_CONTROL_USER = "admin"
 DEFAULT_SLAVE = "local"
@@ -57,17 +69,20 @@ DEFAULT_STEP_WORKDIR = "build"
 DEFAULT_STEP_TIMEOUT = 1200.0
 
 _STEP_KEYS = ("name", "command", "workdir", "env", "timeout", "maxTime", "haltOnFailure",
-              "flunkOnFailure", "warnOnFailure", "alwaysRun", "logEnviron", "upload", "download")
+              "flunkOnFailure", "warnOnFailure", "alwaysRun", "logEnviron", "upload", "download",
+              "interruptSignal", "sigtermTime")
 _STEP_FLAGS = ("haltOnFailure", "flunkOnFailure", "warnOnFailure", "alwaysRun", "logEnviron")
 
 
 @dataclass(frozen=True)
 class SlaveConfig:
-    """One slave the master accepts: its login name, password and how many builds it runs at once."""
+    """One slave the master accepts: its login name, password, how many builds it runs at
+    once, and its tags (the slave may offer more at attach: bbx/master/selection.py)."""
 
     name: str
     password: str
     max_builds: int = DEFAULT_MAX_BUILDS
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,18 +108,30 @@ class StepConfig:
     warn_on_failure: bool = False
     always_run: bool = False
     log_environ: bool = True  # the slave lists the command's environment in its header
+    # An interrupt (bbx cancel, bbx run's Ctrl-C, a timeout) sends this signal to the tree, then
+    # SIGKILL after sigterm_time s: bbx's meaning of the two keys (bbx/pb/interrupts.py).
+    interrupt_signal: str = DEFAULT_INTERRUPT_SIGNAL
+    sigterm_time: float = DEFAULT_KILL_AFTER
     src: str | None = None
     dest: str | None = None
 
 
 @dataclass(frozen=True)
 class BuilderConfig:
-    """One builder: which slaves may run it and the directory it uses on them."""
+    """One builder: which slaves may run it — by name (`slaves`) or by tags, all of which a
+    slave must have (bbx/master/selection.py) — and the directory it uses on them."""
 
     name: str
     slaves: tuple[str, ...]
     builddir: str
     steps: tuple[StepConfig, ...] = ()
+    tags: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def slave_set(self) -> frozenset[str]:
+        """`slaves` as a set: "is this slave named?" is asked per slave and attach, and a scan
+        of a tuple of thousands made a 10,000-slave master quadratic."""
+        return frozenset(self.slaves)
 
 
 @dataclass(frozen=True)
@@ -133,6 +160,8 @@ class MasterConfig:
     login_timeout: float = DEFAULT_LOGIN_TIMEOUT
     name: str = ""
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
+    listen_backlog: int = DEFAULT_LISTEN_BACKLOG
+    max_attaching: int = DEFAULT_MAX_ATTACHING
 
     @property
     def store_location(self):
@@ -220,7 +249,8 @@ def parse_config(text: str, path: Path) -> MasterConfig:
     if not isinstance(master, dict):
         raise ld.fail(ld.where.line(None, "master"), "master", "must be a table", "write it as [master]")
     ld.unknown(master, ("listen", "keepalive_interval", "keepalive_timeout", "login_timeout",
-                        "log", "db", "retry_lost", "http", "name", "heartbeat_timeout"),
+                        "log", "db", "retry_lost", "http", "name", "heartbeat_timeout",
+                        "listen_backlog", "max_attaching"),
                "[master]")
     listen = ld.string(master, "listen", "[master]", required=False, default=DEFAULT_LISTEN,
                        label="master.listen")
@@ -252,6 +282,10 @@ def parse_config(text: str, path: Path) -> MasterConfig:
     http = ld.string(master, "http", "[master]", required=False, default="", label="master.http")
     retry_lost = ld.count(master, "retry_lost", "[master]", DEFAULT_RETRY_LOST, "master.retry_lost",
                           minimum=0)
+    backlog = ld.count(master, "listen_backlog", "[master]", DEFAULT_LISTEN_BACKLOG,
+                       "master.listen_backlog")
+    max_attaching = ld.count(master, "max_attaching", "[master]", DEFAULT_MAX_ATTACHING,
+                             "master.max_attaching")
 
     slaves = _load_slaves(ld, data.get("slaves", []))
     control = _load_control(ld, data.get("control", {}))
@@ -267,7 +301,8 @@ def parse_config(text: str, path: Path) -> MasterConfig:
                         keepalive_timeout=timeout, log=log, slaves=tuple(slaves),
                         builders=tuple(builders), control_users=tuple(control), db=db,
                         retry_lost=retry_lost, http=http, login_timeout=login_timeout,
-                        name=name, heartbeat_timeout=heartbeat_timeout)
+                        name=name, heartbeat_timeout=heartbeat_timeout,
+                        listen_backlog=backlog, max_attaching=max_attaching)
 
 
 def _load_slaves(ld: Loader, items: Any) -> list[SlaveConfig]:
@@ -275,20 +310,23 @@ def _load_slaves(ld: Loader, items: Any) -> list[SlaveConfig]:
         raise ld.fail(ld.where.line(None, "slaves"), "slaves", "must be an array of tables",
                       "write each slave as a [[slaves]] block")
     slaves: list[SlaveConfig] = []
+    seen: set[str] = set()  # a set, not a scan of `slaves`: 10,000 slaves load in well under 1 s
     for index, item in enumerate(items):
         header = "[[slaves]]"
         if not isinstance(item, dict):
             raise ld.fail(ld.where.line(None, "slaves"), f"slaves[{index}]", "must be a table",
                           "write each slave as a [[slaves]] block")
-        ld.unknown(item, ("name", "password", "max_builds"), header, index)
+        ld.unknown(item, ("name", "password", "max_builds", "tags"), header, index)
         name = ld.string(item, "name", header, index, label=f"slaves[{index}].name")
         password = ld.string(item, "password", header, index, label=f"slaves[{index}].password")
         max_builds = ld.count(item, "max_builds", header, DEFAULT_MAX_BUILDS,
                               f"slaves[{index}].max_builds", index)
-        if any(s.name == name for s in slaves):
+        tags = selection.load_tags(ld, item, header, index, f"slaves[{index}].tags")
+        if name in seen:
             raise ld.fail(ld.where.line(header, "name", index), f"slaves[{index}].name",
                           f"slave {name!r} is configured twice", "give each slave a unique name")
-        slaves.append(SlaveConfig(name, password, max_builds))
+        seen.add(name)
+        slaves.append(SlaveConfig(name, password, max_builds, tags))
     return slaves
 
 
@@ -313,18 +351,7 @@ def _load_builders(ld: Loader, items: Any, slaves: list[SlaveConfig]) -> list[Bu
         if any(b.name == name for b in builders):
             raise ld.fail(ld.where.line(header, "name", index), f"{label}.name",
                           f"builder {name!r} is configured twice", "give each builder a unique name")
-        names = item.get("slaves")
-        line = ld.where.line(header, "slaves", index)
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise ld.fail(line, f"{label}.slaves", "must be a non-empty list of slave names",
-                          'write e.g. slaves = ["local"]')
-        for slave_name in names:
-            if slave_name not in known:
-                choices = ", ".join(sorted(known)) or "none configured"
-                raise ld.fail(line, f"{label}.slaves", f"slave {slave_name!r} is not configured",
-                              f"add a [[slaves]] block for it or use one of: {choices}")
-        if len(set(names)) != len(names):
-            raise ld.fail(line, f"{label}.slaves", "lists a slave twice", "list each slave once")
+        names, tags = selection.load_selection(ld, item, header, index, label, known)
         builddir = ld.string(item, "builddir", header, index, required=False,
                              default=safe_builddir(name), label=f"{label}.builddir")
         if os.path.isabs(builddir) or ".." in Path(builddir).parts:
@@ -332,7 +359,7 @@ def _load_builders(ld: Loader, items: Any, slaves: list[SlaveConfig]) -> list[Bu
                           f"{builddir!r} leaves the slave's basedir",
                           "use a relative directory name")
         steps = _load_steps(ld, item.get("steps", []), index, label)
-        builders.append(BuilderConfig(name, tuple(names), builddir, steps))
+        builders.append(BuilderConfig(name, names, builddir, steps, tags))
     return builders
 
 
@@ -389,6 +416,7 @@ def _load_steps(ld: Loader, items: Any, builder_index: int, builder_label: str
                           'write env = { CC = "clang" }')
         timeout = _seconds(ld, item, "timeout", DEFAULT_STEP_TIMEOUT, line, label)
         max_time = _seconds(ld, item, "maxTime", None, line, label)
+        interrupt_signal, sigterm_time = _interrupt(ld, item, line, label)
         command = src = dest = None
         if kind == "shell":
             command = item["command"]
@@ -432,26 +460,17 @@ def _load_steps(ld: Loader, items: Any, builder_index: int, builder_label: str
             halt_on_failure=flags["haltOnFailure"], flunk_on_failure=flags["flunkOnFailure"],
             warn_on_failure=flags["warnOnFailure"], always_run=flags["alwaysRun"],
             log_environ=flags["logEnviron"], src=src,
-            dest=dest))
+            dest=dest, interrupt_signal=interrupt_signal, sigterm_time=sigterm_time))
     return tuple(steps)
 
 
 def _steps_before(ld: Loader, builder_index: int) -> int:
     """How many [[builders.steps]] headers precede builder number `builder_index` in the text."""
-    counts = getattr(ld, "_steps_before", None)
-    if counts is None:
-        # One pass over the text for all builders: per builder it made loading quadratic
-        # (bench/reconfig.py: 200 builders took seconds to load).
-        counts, steps = [], 0
-        for line in ld.where.lines:
-            stripped = line.strip()
-            if re.match(r"^\[\[builders\]\]\s*(#.*)?$", stripped):
-                counts.append(steps)
-            elif re.match(r"^\[\[builders\.steps\]\]\s*(#.*)?$", stripped):
-                steps += 1
-        counts.append(steps)  # past the last builder: every step header in the text
-        ld._steps_before = counts
-    return counts[min(builder_index, len(counts) - 1)]
+    builders = ld.where.header_lines("[[builders]]")
+    steps = ld.where.header_lines("[[builders.steps]]")
+    if builder_index >= len(builders):
+        return len(steps)
+    return bisect.bisect_left(steps, builders[builder_index])
 
 
 def _seconds(ld: Loader, item: dict, key: str, default, line, label):
@@ -462,6 +481,28 @@ def _seconds(ld: Loader, item: dict, key: str, default, line, label):
         raise ld.fail(line(key), f"{label}.{key}", f"must be a positive number of seconds, not "
                       f"{value!r}", f"write e.g. {key} = 600")
     return float(value)
+
+
+def _interrupt(ld: Loader, item: dict, line, label) -> tuple[str, float]:
+    """A step's interruptSignal (a signal name) and sigtermTime (s before SIGKILL, 0 = at once)."""
+    signal_value = item.get("interruptSignal", DEFAULT_INTERRUPT_SIGNAL)
+    try:
+        name = signal_name(signal_value) if isinstance(signal_value, str) else None
+    except BadSignal:
+        name = None
+    if name is None:
+        raise ld.fail(line("interruptSignal"), f"{label}.interruptSignal",
+                      f"{signal_value!r} is not a signal name", 'write interruptSignal = "TERM"')
+    grace = item.get("sigtermTime", DEFAULT_KILL_AFTER)
+    try:
+        if isinstance(grace, bool):
+            raise ValueError(grace)
+        grace = kill_after(grace)
+    except ValueError:
+        raise ld.fail(line("sigtermTime"), f"{label}.sigtermTime",
+                      f"must be seconds from 0 to {MAX_KILL_AFTER:g}, not {grace!r}",
+                      "write e.g. sigtermTime = 10") from None
+    return name, grace
 
 
 def _load_control(ld: Loader, control: Any) -> list[ControlUser]:
@@ -520,6 +561,13 @@ def render_config(listen: str, slaves: Iterable[SlaveConfig], builders: Iterable
         f"keepalive_timeout = {int(DEFAULT_KEEPALIVE_TIMEOUT)}",
         "# Seconds a new connection has to log in before it is closed.",
         f"# login_timeout = {int(DEFAULT_LOGIN_TIMEOUT)}",
+        "# Connections the kernel may hold for the master to accept during a storm of",
+        "# (re)connecting slaves; Linux caps it at net.core.somaxconn (cat",
+        "# /proc/sys/net/core/somaxconn; 4096 by default). A listen string's own backlog= wins.",
+        f"# listen_backlog = {DEFAULT_LISTEN_BACKLOG}",
+        "# Attach sequences run at once; later slaves wait their turn, in order, so a storm",
+        "# cannot starve the slaves already attached.",
+        f"# max_attaching = {DEFAULT_MAX_ATTACHING}",
         "# Log file, relative to this directory.",
         f'# log = "{DEFAULT_LOG}"',
         '# http = "tcp:9100:interface=127.0.0.1"   # /metrics and /healthz (or --http)',
@@ -534,13 +582,19 @@ def render_config(listen: str, slaves: Iterable[SlaveConfig], builders: Iterable
         f"# retry_lost = {DEFAULT_RETRY_LOST}",
         "",
         "# One [[slaves]] block per machine allowed to connect. A slave logs in with this",
-        "# name and password (`bbx slave create` or `buildbot-worker create-worker`).",
+        "# name and password (`bbx slave create` or `buildbot-worker create-worker`);",
+        '# tags = ["linux", "x86_64"] say what it is (the slave may offer more itself).',
     ]
     for slave in slaves:
-        out += ["[[slaves]]", f"name = {_quote(slave.name)}", f"password = {_quote(slave.password)}", ""]
+        out += ["[[slaves]]", f"name = {_quote(slave.name)}", f"password = {_quote(slave.password)}"]
+        if slave.tags:
+            out.append(f"tags = [{', '.join(_quote(t) for t in slave.tags)}]")
+        out.append("")
     out += [
         "# One [[builders]] block per kind of job: the slaves that may run it and the",
-        "# directory it uses inside each slave's basedir. Steps run by `bbx build` go in",
+        "# directory it uses inside each slave's basedir. Slaves by name, by tags (all must",
+        '# match), or both: slaves = ["a"], slaves = { tags = ["linux", "docker"] },',
+        '# slaves = { names = ["a"], tags = ["linux"] }. Steps run by `bbx build` go in',
         "# [[builders.steps]] blocks after their builder, e.g.:",
         "#   [[builders.steps]]",
         '#   name = "test"',
@@ -550,8 +604,12 @@ def render_config(listen: str, slaves: Iterable[SlaveConfig], builders: Iterable
         '#   upload = { src = "build/out.tar", dest = "artifacts/out.tar" }',
     ]
     for builder in builders:
-        names = ", ".join(_quote(n) for n in builder.slaves)
-        out += ["[[builders]]", f"name = {_quote(builder.name)}", f"slaves = [{names}]",
+        names = "[" + ", ".join(_quote(n) for n in builder.slaves) + "]"
+        if builder.tags:
+            tags = "[" + ", ".join(_quote(t) for t in builder.tags) + "]"
+            names = f"{{ names = {names}, tags = {tags} }}" if builder.slaves else \
+                f"{{ tags = {tags} }}"
+        out += ["[[builders]]", f"name = {_quote(builder.name)}", f"slaves = {names}",
                 f"builddir = {_quote(builder.builddir)}", ""]
     out += [
         "# Operators: `bbx ping`, `bbx run`, ... log in with one of these.",

@@ -9,12 +9,17 @@ from twisted.logger import Logger
 from twisted.spread import pb
 
 from bbx.pb.clock import offset as clock_offset, peer_time
-from bbx.pb.control import (CommandFailed, NoSteps, ControlError, NoSlaveAttached, UnknownBuild,
-                            UnknownBuilder, UnknownSlave)
+from bbx.pb.control import (CommandFailed, NoSteps, ControlError, NoSlaveAttached, SlaveBusy,
+                            UnknownBuild, UnknownBuilder, UnknownSlave)
+from bbx.pb.interrupts import (DEFAULT_INTERRUPT_SIGNAL, DEFAULT_KILL_AFTER,
+                               kill_after as kill_after_seconds, signal_name)
 
 from .build import CommandStartFailed, error_line
 from .command import RemoteCommand, RemoteObserver
 from .config import DEFAULT_STEP_WORKDIR, StepConfig, workdir_problem
+from . import farmstate
+from .control_farm import FarmControl
+from .runwait import RunWaiter
 from .store import NoSuchBuild, NoSuchStep, StoreError
 
 log = Logger()
@@ -39,18 +44,19 @@ class CommandHandle(pb.Referenceable):
     def __init__(self, command: RemoteCommand):
         self.command = command
 
-    def remote_interrupt(self, why: str = "interrupted by the operator"):
-        """The CLI sends a reason (str); the command is interrupted; returns None at once.
+    def remote_interrupt(self, why: str = "interrupted by the operator", now: bool = False):
+        """The CLI sends a reason (str) and whether to kill at once (bool: its second Ctrl-C);
+        the command is interrupted; returns None at once.
 
         The command still ends through the observer's `complete` (PROTOCOL.md §6).
         """
-        self.command.interrupt(why)
+        self.command.interrupt(str(why), now=bool(now))
         return None
 
 
-class ControlPerspective(pb.Avatar):
+class ControlPerspective(FarmControl, pb.Avatar):
     """The avatar of one control user: ping, info, slaves, builders, run, build, builds,
-    build_info, log, watch, cancel."""
+    build_info, log, watch, cancel; pause, drain, resume (bbx/master/control_farm.py)."""
 
     def __init__(self, user: str, master):
         self.user = user
@@ -136,46 +142,87 @@ class ControlPerspective(pb.Avatar):
         return self._store(self.master.masters_listing())
 
     def perspective_builders(self):
-        """No arguments. Returns one dict per builder: name, slaves, builddir, attached."""
-        return [{"name": b.name, "slaves": list(b.config.slaves), "builddir": b.config.builddir,
-                 "attached": b.attached()} for b in self.master.builders.values()]
+        """No arguments. Returns one dict per builder: name, slaves (the names it lists),
+        tags (the tags it selects by, all needed), builddir, attached (attached slaves that
+        may run it), usable (those of them that take work now: not paused or draining)."""
+        out = []
+        for b in self.master.builders.values():
+            attached = b.attached()
+            out.append({"name": b.name, "slaves": list(b.config.slaves),
+                        "tags": list(b.config.tags), "builddir": b.config.builddir,
+                        "attached": attached,
+                        "usable": [n for n in attached if b.slave_builders[n].slave.takes_work]})
+        return out
 
     @defer.inlineCallbacks
     def perspective_run(self, builder: str, observer, command, workdir: str | None = None,
                         env: dict | None = None, timeout: Any = DEFAULT_SHELL_TIMEOUT,
-                        max_time: float | None = None, log_environ: bool = True):
+                        max_time: float | None = None, log_environ: bool = True,
+                        interrupt_signal: str = DEFAULT_INTERRUPT_SIGNAL,
+                        kill_after: float = DEFAULT_KILL_AFTER, wait_for_slave: bool = False):
         """Run one shell command on a free slave of `builder`, recorded as a one-step build.
 
         Sends the builder name, an observer Referenceable (remote_update(updates) /
-        remote_complete(result)), the command (list of str = exec, str = shell), workdir
-        (None = "build"), env, timeout (s without output; None = none), max_time and
-        log_environ (whether the slave lists the environment in its header).
+        remote_complete(result), and remote_waiting({"builder", "position", "busy"}) while
+        it waits), the command (list of str = exec, str = shell), workdir (None = "build"),
+        env, timeout (s without output; None = none), max_time, log_environ (whether the
+        slave lists the environment in its header), interrupt_signal and kill_after (an
+        interrupt sends that signal, then SIGKILL after kill_after s) and wait_for_slave.
         Returns once the slave started it: {"slave", "command_id", "handle", "build_id"}
-        where handle.callRemote("interrupt", why) interrupts. The observer gets every update
-        envelope unchanged, then {"rc", "failure", "interrupted", "lost"}. Never queues: raises
-        UnknownBuilder, NoSlaveAttached, SlaveBusy (every slave busy) or CommandFailed.
+        where handle.callRemote("interrupt", why, now) interrupts. The observer gets every
+        update envelope unchanged, then {"rc", "failure", "interrupted", "lost"}. With every
+        slave busy it waits (wait_for_slave) or raises SlaveBusy; raises UnknownBuilder,
+        NoSlaveAttached (none attached: never waits) or CommandFailed.
         """
         b = self._builder(builder)
-        sb = b.idle_slave_builder()
         if not isinstance(command, (str, list, tuple)) or not command:
             raise CommandFailed("the command is empty")
         if workdir is not None and workdir_problem(workdir) is not None:
             # The same rule as a step's workdir in master.toml (config.workdir_problem).
             raise CommandFailed(f"workdir {workdir_problem(workdir)}; give a path relative to "
                                 "the builder's directory, without '..'")
+        try:
+            first_signal, grace = signal_name(interrupt_signal), kill_after_seconds(kill_after)
+        except ValueError as e:
+            raise CommandFailed(f"bad interrupt: {e}") from None
         argv = tuple(command) if isinstance(command, (list, tuple)) else command
         first = argv[0] if isinstance(argv, tuple) else (argv.split() or ["sh"])[0]
         step = StepConfig(name=str(first).rsplit("/", 1)[-1] or "run", kind="shell",
                           command=argv, workdir=workdir or DEFAULT_STEP_WORKDIR,
                           env=tuple((env or {}).items()), timeout=timeout, max_time=max_time,
-                          log_environ=bool(log_environ))
+                          log_environ=bool(log_environ), interrupt_signal=first_signal,
+                          sigterm_time=grace)
         holder: list = []
+        waiting: list = []
         observers = []
         if observer is not None:
-            observers.append(RemoteObserver(
-                observer, on_gone=lambda: holder and holder[0].interrupt(
-                    "the watching client went away")))
-        build = self.master.queue.start_build(b, sb, [step], ping=False, observers=observers)
+            def gone():
+                if waiting and not waiting[0].done.called:
+                    self.master.queue.run_waiters.remove(waiting[0])
+                    waiting[0].done.errback(CommandFailed("the waiting client went away"))
+                elif holder:
+                    holder[0].interrupt("the watching client went away")
+            observers.append(RemoteObserver(observer, on_gone=gone))
+
+        def start(sb):
+            return sb, self.master.queue.start_build(b, sb, [step], ping=False,
+                                                     observers=observers)
+        try:
+            sb = b.idle_slave_builder()
+        except SlaveBusy:
+            paused = all(b.slave_builders[n].slave.operator_state != farmstate.ACTIVE
+                         for n in b.attached())
+            if not wait_for_slave or paused:
+                raise  # only a busy slave ends by itself; a paused one waits for an operator
+            waiter = RunWaiter(b.name, start, observer)
+            waiting.append(waiter)
+            log.info("{user}'s command waits for a free slave of builder {builder}",
+                     user=self.user, builder=b.name)
+            self.master.queue.run_waiters.add(waiter)
+            sb, build = yield waiter.done
+            waiting.clear()
+        else:
+            sb, build = start(sb)
         try:
             cmd = yield build.first_command
         except CommandStartFailed as e:
@@ -184,6 +231,8 @@ class ControlPerspective(pb.Avatar):
             raise CommandFailed(f"slave {sb.slave.name} could not start the command: "
                                 f"{error_line(e)}") from None
         holder.append(cmd)
+        if observers and observers[0].gone:
+            cmd.interrupt("the watching client went away")
         log.info("{user} runs {command!r} on builder {builder} (slave {slave}, build {build}, "
                  "command {id})", user=self.user, command=command, builder=b.name,
                  slave=sb.slave.name, build=build.build_id, id=cmd.command_id)
@@ -317,6 +366,16 @@ class ControlPerspective(pb.Avatar):
                              "started_at": brief["started_at"], "master": brief["master"]}
 
     @defer.inlineCallbacks
+    def perspective_request(self, request_id: int):
+        """Sends a build request id. Returns {"request_id", "builder", "state" ("queued",
+        "claimed", "done"), "build_id"} — the newest build serving it, None until one started.
+        Raises UnknownBuild for an unknown request."""
+        state = yield self._store(self.master.store.request_state(_build_id(request_id)))
+        if state is None:
+            raise UnknownBuild(f"no build request {request_id}; `bbx builds` lists them")
+        return state
+
+    @defer.inlineCallbacks
     def perspective_cancel(self, build_id: int | None = None, request_id: int | None = None):
         """Cancel a running build (its step is interrupted; result CANCELLED) or remove a
         queued request. Sends a build id, or None and a request id.
@@ -327,8 +386,18 @@ class ControlPerspective(pb.Avatar):
         if build_id is None:
             if request_id is None:
                 raise UnknownBuild("name a build id or a request id to cancel")
-            answer = yield self._store(queue.cancel_request(_build_id(request_id)))
-            return answer
+            request_id = _build_id(request_id)
+            if queue.position(request_id) is not None or self.master.store.shared:
+                try:
+                    answer = yield self._store(queue.cancel_request(request_id))
+                    return answer
+                except UnknownBuild:
+                    pass  # not queued (any more): its build, if it runs, is cancelled below
+            state = yield self._store(self.master.store.request_state(request_id))
+            if state is None or state["build_id"] is None:
+                raise UnknownBuild(f"no queued build request {request_id}, nor a running "
+                                   "build for it; `bbx builds` lists them")
+            build_id = state["build_id"]
         build_id = _build_id(build_id)
         build = queue.find_running(build_id)
         if build is None:

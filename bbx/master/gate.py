@@ -8,6 +8,11 @@ are, so until a login succeeds a connection is on probation (issue 8, cases 1-3)
 * at most MAX_PENDING_PER_HOST of them per peer address and MAX_PENDING in all may exist at
   once; a newcomer over either cap closes the oldest one of the busiest address instead of
   being refused, so idle sockets cannot lock a real client (`bbx ping`) out;
+* with the listening port to hold back (`watch_port`), reaching MAX_PENDING in all instead
+  pauses accepting: a storm of slaves logging in at once (a master restart) waits, in order,
+  in the kernel's listen queue (master.toml listen_backlog) rather than being cut off midway.
+  Only connections on probation for STORM_GRACE seconds are then closed to make room, and
+  accepting resumes once fewer than three quarters of MAX_PENDING are left;
 * password checks from one address run one at a time, and after FREE_FAILURES failed ones
   each further failure holds that address's next check back for a delay that doubles up to
   MAX_FAILURE_DELAY — guessing is slow while attached slaves, whose connections are past the
@@ -51,6 +56,11 @@ FORGET_FAILURES_AFTER = 600.0
 MAX_QUEUED_CHECKS = MAX_PENDING_PER_HOST
 # Addresses whose failures are remembered; beyond this the oldest are forgotten.
 MAX_TRACKED_HOSTS = 10_000
+# While accepting is paused at MAX_PENDING, a connection on probation this long is closed to
+# make room: an honest login takes two round trips (docs/protocol.md §1.4), well under a second
+# even in a storm, since the attach sequence itself runs after probation
+# (bbx/master/admission.py).
+STORM_GRACE = 5.0
 # Log lines about one address per window, before they are counted instead.
 LOG_BURST = 20
 LOG_WINDOW = 60.0
@@ -135,7 +145,20 @@ class LoginGate:
         # host -> {connection: deadline timer}, oldest first; every connection on probation.
         self._pending: dict[str, OrderedDict] = {}
         self._pending_count = 0
+        self._since: dict = {}  # connection -> when it connected, oldest first
         self._hosts: OrderedDict[str, _HostChecks] = OrderedDict()
+        self._pause = self._resume = None
+        self.paused = False
+        self._sweep_timer = None
+
+    def watch_port(self, pause: Callable[[], None] | None,
+                   resume: Callable[[], None] | None) -> None:
+        """Give the gate the listening port's stop and start of accepting (None, None: no
+        port any more, e.g. the master is stopping)."""
+        if pause is None and self.paused:
+            self.paused = False
+            self._cancel_sweep()
+        self._pause, self._resume = pause, resume
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -151,13 +174,48 @@ class LoginGate:
         if mine is not None and len(mine) >= self.max_pending_per_host:
             self._evict(host, f"more than {self.max_pending_per_host} connections from {host} "
                               "have not logged in; closing the oldest")
-        elif self._pending_count >= self.max_pending:
+        elif self._pending_count >= self.max_pending and (
+                self._pause is None or self._age(next(iter(self._since))) >= STORM_GRACE):
+            # (With a port to pause, nobody is closed while even the oldest is within its
+            # grace: one read of the paused port may overshoot the cap by its accept burst.)
             busiest = max(self._pending, key=lambda h: len(self._pending[h]))
             self._evict(busiest, f"more than {self.max_pending} connections have not logged "
                                  f"in; closing the oldest from {busiest}, the busiest address")
+        now = self.clock.seconds()
         timer = self.clock.callLater(self.login_timeout, self._timed_out, conn)
         self._pending.setdefault(host, OrderedDict())[conn] = timer
+        self._since[conn] = now
         self._pending_count += 1
+        if self._pause is not None and not self.paused and self._pending_count >= self.max_pending:
+            self.paused = True
+            self._pause()
+            self._sweep_timer = self.clock.callLater(STORM_GRACE, self._sweep)
+
+    def _age(self, conn) -> float:
+        return self.clock.seconds() - self._since.get(conn, self.clock.seconds())
+
+    @property
+    def _resume_below(self) -> int:
+        return max(1, self.max_pending * 3 // 4)
+
+    def _sweep(self) -> None:
+        """Accepting is paused: close connections on probation for STORM_GRACE s, oldest
+        first, until there is room again."""
+        self._sweep_timer = None
+        if not self.paused:
+            return
+        for conn in list(self._since):
+            if self._pending_count < self._resume_below or self._age(conn) < STORM_GRACE:
+                break
+            self.refuse(conn, f"did not log in within {STORM_GRACE:g} s while "
+                              f"{self.max_pending} connections were logging in")
+        if self.paused:
+            self._sweep_timer = self.clock.callLater(STORM_GRACE, self._sweep)
+
+    def _cancel_sweep(self) -> None:
+        if self._sweep_timer is not None and self._sweep_timer.active():
+            self._sweep_timer.cancel()
+        self._sweep_timer = None
 
     def authenticated(self, conn) -> None:
         """Its password was right: off probation, no deadline, no byte budget."""
@@ -195,11 +253,17 @@ class LoginGate:
         if mine is None or conn not in mine:
             return
         timer = mine.pop(conn)
+        self._since.pop(conn, None)
         self._pending_count -= 1
         if timer is not None and timer.active():
             timer.cancel()
         if not mine:
             del self._pending[conn.peer_host]
+        if self.paused and self._pending_count < self._resume_below:
+            self.paused = False
+            self._cancel_sweep()
+            if self._resume is not None:
+                self._resume()
 
     # -- password checks ----------------------------------------------------------------------
 
@@ -280,7 +344,9 @@ class LoginGate:
                 if timer is not None and timer.active():
                     timer.cancel()
         self._pending.clear()
+        self._since.clear()
         self._pending_count = 0
+        self.watch_port(None, None)
         for state in self._hosts.values():
             if state.timer is not None and state.timer.active():
                 state.timer.cancel()

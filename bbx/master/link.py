@@ -137,6 +137,7 @@ class SlaveLink:
         self.gone = False
         self.graceful = False
         self.loops: list[task.LoopingCall] = []
+        self.slave_keepalive_at: float | None = None  # when the slave last sent its keepalive
         self._builders: dict[str, Any] = {}  # builder name -> the slave's builder reference
         self.builder_dirs: dict[str, str] = {}  # builder name -> the builddir last sent for it
         self._master_sides: dict[str, _MasterSideBuilder] = {}

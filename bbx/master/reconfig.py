@@ -10,10 +10,10 @@ SIGHUP (and `bbx master reconfig DIR`, which sends it) runs `Reconfigurator.run(
    users, each slave's max_builds, builders added / removed / changed (their steps apply to
    builds that start from now on; a running build keeps the steps it started with);
 4. each attached slave whose builder list changed gets `setBuilderList` with its new list
-   (through its SlaveLink, docs/protocol.md §4.7). A builder that is busy on a slave (a build
+   (through its SlaveLink, docs/protocol.md §4.8). A builder that is busy on a slave (a build
    or a `bbx run` command) stays on that slave's list, with its old directory, until that
    build ends, and only then leaves it: every peer kills a command whose builder leaves its
-   list without sending `complete` (§4.7);
+   list without sending `complete` (§4.8);
 5. a removed slave that is attached gets no new work, is told why (Bot.print, in its log),
    and is disconnected once its running builds end; its login is refused from then on.
 
@@ -37,6 +37,7 @@ from twisted.spread import pb
 
 from bbx.pb.endpoints import server_endpoint
 
+from . import selection
 from .builder import Builder
 from .config import MasterConfig, load_config
 from .link import PeerTimeout
@@ -49,10 +50,11 @@ STATE_FILE = "master.reconfig"
 
 # Settings the running master bound at start: listening sockets, the store, the log file,
 # and the name and heartbeat it registered under. A change is reported, not applied.
-RESTART_KEYS = ("listen", "db", "name", "http", "log", "heartbeat_timeout")
+RESTART_KEYS = ("listen", "listen_backlog", "db", "name", "http", "log", "heartbeat_timeout")
 # Settings that apply live; the keepalive pair is read when a slave attaches, so it applies
 # to each slave from its next login.
-LIVE_KEYS = ("keepalive_interval", "keepalive_timeout", "login_timeout", "retry_lost")
+LIVE_KEYS = ("keepalive_interval", "keepalive_timeout", "login_timeout", "retry_lost",
+             "max_attaching")
 
 # What a removed slave is told before the master disconnects it (it logs the master's prints).
 REMOVED_MESSAGE = ("this slave ({name}) was removed from the master's master.toml; the master "
@@ -207,6 +209,7 @@ class Reconfigurator:
         service.queue.config = config
         service.queue.retry_lost = config.retry_lost
         service.gate.login_timeout = config.login_timeout
+        service.admission.limit = config.max_attaching
         passwords = {s.name: s.password for s in config.slaves}
         passwords.update({u.name: u.password for u in config.control_users})
         service.dispatcher.passwords = passwords
@@ -232,7 +235,8 @@ class Reconfigurator:
         for s in config.slaves:
             persp = slaves.get(s.name)
             if persp is None:
-                persp = SlavePerspective(s, config, builders, service.reactor)
+                persp = SlavePerspective(s, config, builders, service.reactor,
+                                         admission=service.admission)
             persp.config = s
             self._retiring.discard(s.name)
             perspectives[s.name] = persp
@@ -245,13 +249,9 @@ class Reconfigurator:
                 perspectives.setdefault(name, persp)
         slaves.clear()
         slaves.update(perspectives)
-        by_slave: dict[str, dict[str, Builder]] = {}
-        for name, builder in builders.items():  # one pass, not one per slave: farms are large
-            for slave_name in builder.config.slaves:
-                by_slave.setdefault(slave_name, {})[name] = builder
         for persp in slaves.values():
             persp.master_config = config
-            persp.builders = by_slave.get(persp.name, {})
+            persp.builders = selection.builders_for(builders, persp.name, persp.tags)
         for name in change.slaves_removed:
             if name in slaves:
                 self._retire(slaves[name])

@@ -16,12 +16,15 @@ from zope.interface import implementer
 
 from bbx import pidfile
 from bbx.pb.banana import FastBroker
-from bbx.pb.endpoints import enable_tcp_keepalive, server_endpoint
+from bbx.pb.endpoints import enable_tcp_keepalive, server_endpoint, with_backlog
 
+from . import fdlimit
+from .admission import AttachQueue
 from .builder import Builder, SlaveLoad
 from .buildqueue import INTERRUPTED_REASON, BuildQueue
 from .config import MasterConfig
 from .control import ControlPerspective
+from .farmstate import FarmState
 from .gate import LoginGate
 from .realm import Dispatcher
 from .slave import SlavePerspective
@@ -222,6 +225,12 @@ def client_endpoint_for(address, listen: str) -> str:
     raise ValueError(f"cannot describe address {address!r}")
 
 
+def listen_string(config: MasterConfig) -> str:
+    """The listen endpoint string with master.toml's listen_backlog (Twisted's default of 50
+    overflows in a storm of reconnecting slaves; an explicit backlog= in the string wins)."""
+    return with_backlog(config.listen, config.listen_backlog)
+
+
 class MasterService:
     """The running master: configured slaves and builders behind one listening PB port, the
     build queue, and the build-history store."""
@@ -240,7 +249,11 @@ class MasterService:
             from .sharedqueue import SharedBuildQueue as queue_class
         self.queue = queue_class(config, self.builders, self.load, self.store, reactor,
                                  self.basedir)
-        self.slaves = {s.name: SlavePerspective(s, config, self.builders, reactor) for s in config.slaves}
+        self.admission = AttachQueue(reactor, config.max_attaching)
+        self.slaves = {s.name: SlavePerspective(s, config, self.builders, reactor,
+                                                admission=self.admission)
+                       for s in config.slaves}
+        self.farm = FarmState(self.store, self.slaves, reactor, self.queue.maybe_start)
         self.registry = None
         if self.store.shared:
             from .masters import MasterRegistry
@@ -287,9 +300,16 @@ class MasterService:
         """
         from twisted.internet.error import CannotListenError
 
-        endpoint = server_endpoint(self.reactor, self.config.listen)
+        endpoint = server_endpoint(self.reactor, listen_string(self.config))
+        budget = fdlimit.raise_nofile(fdlimit.needed_for(len(self.config.slaves)))
+        if budget.problem():
+            log.warn("{line}", line=budget.problem())
+        elif budget.raised_from is not None:
+            log.info("raised the open-file limit from {old} to {new} for {n} slaves",
+                     old=budget.raised_from, new=budget.soft, n=len(self.config.slaves))
         yield self.store.open()
         self._store_open = True
+        yield self.farm.start()  # before the queue: a paused slave must not get its requests
         yield self.queue.resume()
         try:
             self.port = yield endpoint.listen(self.factory)
@@ -298,6 +318,11 @@ class MasterService:
             if socket_error is not None and getattr(socket_error, "errno", None) == errno.EADDRINUSE:
                 raise PortInUse(str(getattr(e, "port", "?"))) from None
             raise
+        port = self.port
+        if hasattr(port, "stopReading") and hasattr(port, "startReading"):
+            # In a storm the gate holds further connections in the listen queue.
+            self.gate.watch_port(port.stopReading,
+                                 lambda: port.startReading() if self.port is port else None)
         self.endpoint = client_endpoint_for(self.port.getHost(), self.config.listen)
         tmp = self.endpoint_file.with_suffix(".endpoint.tmp")
         tmp.write_text(self.endpoint + "\n")
@@ -319,8 +344,10 @@ class MasterService:
         except FileNotFoundError:
             pass
         self.queue.stop()
+        self.farm.stop()
         if self.port is not None:
             port, self.port = self.port, None
+            self.gate.watch_port(None, None)
             yield port.stopListening()
         for slave in self.slaves.values():
             slave.disconnect()
@@ -328,6 +355,7 @@ class MasterService:
             if broker.transport is not None:
                 broker.transport.loseConnection()
         self.gate.stop()
+        self.admission.stop()
         if self._store_open:
             self._store_open = False
             if self.registry is not None:

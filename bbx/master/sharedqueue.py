@@ -146,6 +146,7 @@ class SharedBuildQueue(BuildQueue):
         self._scan_pending = False
         if self.stopping:
             return
+        self.run_waiters.serve()
         self._claim_round()
 
     def _claim_round(self):

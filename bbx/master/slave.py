@@ -12,7 +12,11 @@ from twisted.logger import Logger
 from twisted.spread import pb
 
 from bbx.pb import dialect
+from bbx.pb.banana import printable
 from bbx.pb.liveness import SilenceWatchdog
+from bbx.pb.tags import offered_tags
+
+from . import farmstate, selection
 
 from .builder import Builder, SlaveBuilder
 from .config import MasterConfig, SlaveConfig
@@ -21,6 +25,8 @@ from .link import PeerTimeout, SlaveLink
 log = Logger()
 
 # Sent to the newcomer while the old connection is checked, as 0.8 masters do (§2.4).
+# A stale connection's method name is logged at most this long (a name is a few dozen bytes).
+STALE_NAME_LIMIT = 80
 DUPLICATE_NEW_MESSAGE = "master already has a connection named '{name}' - checking its liveness"
 
 
@@ -32,16 +38,24 @@ class SlavePerspective(pb.Avatar):
     """The avatar of one configured slave: what the slave's perspective calls reach.
 
     There is one per configured slave; `link` is its current connection (None while detached).
+    `operator_state` is what an operator made of it (bbx/master/farmstate.py): "active",
+    "paused" or "draining"; `offered_tags` are the tags the slave sent at its last attach.
+    With an `admission` queue (bbx/master/admission.py) its attach sequences wait their turn
+    among all slaves'.
     """
 
     def __init__(self, config: SlaveConfig, master_config: MasterConfig,
-                 builders: dict[str, Builder], reactor):
+                 builders: dict[str, Builder], reactor, admission=None):
         self.config = config
         self.master_config = master_config
-        self.builders = {n: b for n, b in builders.items() if config.name in b.config.slaves}
+        self.all_builders = builders
+        self.offered_tags: tuple[str, ...] = ()
+        self.operator_state = farmstate.ACTIVE
+        self.builders = selection.builders_for(builders, config.name, config.tags)
         self.reactor = reactor
         self.link: SlaveLink | None = None
         self._lock = defer.DeferredLock()
+        self.admission = admission
 
     @property
     def name(self) -> str:
@@ -52,10 +66,23 @@ class SlavePerspective(pb.Avatar):
         """True while the connected slave waits for a graceful shutdown: no new work for it."""
         return self.link is not None and self.link.graceful
 
+    @property
+    def takes_work(self) -> bool:
+        """May a new build or command start here? Not while paused, draining or shutting down."""
+        return self.operator_state == farmstate.ACTIVE and not self.shutting_down
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """The effective tags: master.toml's, then those the slave offered (selection.py)."""
+        return tuple(dict.fromkeys(self.config.tags + self.offered_tags))
+
     # -- what the slave calls -------------------------------------------------------------
 
     def perspective_keepalive(self):
         """The slave's periodic keepalive (no arguments); returns None. Only proves liveness."""
+        link = self.link
+        if link is not None:
+            link.slave_keepalive_at = self.reactor.seconds()
         return None
 
     def perspective_clock(self):
@@ -70,10 +97,18 @@ class SlavePerspective(pb.Avatar):
         and once everything running on it — whole builds, not just the current step — has
         ended, the master calls `Bot.shutdown()`.
         """
+        if self.link is not None:
+            log.info("slave {name} asked to shut down; it gets no new work", name=self.name)
+            self.shutdown_when_idle()
+        return None
+
+    def shutdown_when_idle(self) -> bool:
+        """Give the connected slave no new work and, once every build running on it has
+        ended, call its shutdown (PROTOCOL.md §4.5). False when it is not attached. Setting
+        `link.graceful` back to False before then (bbx slave resume) calls the shutdown off."""
         link = self.link
         if link is None:
-            return None
-        log.info("slave {name} asked to shut down; it gets no new work", name=self.name)
+            return False
         link.graceful = True
         running = []
         for sb in link.slave_builders.values():
@@ -83,7 +118,7 @@ class SlavePerspective(pb.Avatar):
                 running.append(sb.command.done)
 
         def stop(_=None):
-            if not link.gone:
+            if not link.gone and link.graceful:
                 log.info("slave {name} is idle; telling it to shut down", name=self.name)
                 link.shutdown().addErrback(
                     lambda f: log.warn("shutting slave {name} down failed: {why}",
@@ -92,13 +127,17 @@ class SlavePerspective(pb.Avatar):
             defer.DeferredList(running, consumeErrors=True).addCallback(stop)
         else:
             stop()
-        return None
+        return True
 
     # -- attach -----------------------------------------------------------------------------
 
     def attach(self, mind, broker):
         """Run the attach sequence for a new connection; fire when the slave may get its avatar."""
-        return self._lock.run(self._attach, mind, broker)
+        if self.admission is None:
+            return self._lock.run(self._attach, mind, broker)
+        # The lock outside the queue: a duplicate waiting for this name holds no place in it.
+        return self._lock.run(self.admission.run, self._attach, mind, broker,
+                              wanted=lambda: not broker.disconnected)
 
     @defer.inlineCallbacks
     def _attach(self, mind, broker):
@@ -108,6 +147,7 @@ class SlavePerspective(pb.Avatar):
                 yield self._arbitrate(link)
             yield link.print(dialect.ATTACHED_MESSAGE)
             yield link.fetch_info()
+            self._take_tags(link)
             yield self._set_builders(link, self.builders)
             if not link.slave_builders:
                 yield link.print(dialect.ATTACHED_MESSAGE)
@@ -138,6 +178,15 @@ class SlavePerspective(pb.Avatar):
                 return None
             return self._set_builders(link, builders, builddirs)
         return self._lock.run(update)
+
+    def _take_tags(self, link: SlaveLink) -> None:
+        """The tags the slave offers in its info (optional; bounded by bbx/pb/tags.py), and the
+        builders they, with master.toml's, give it."""
+        tags, problems = offered_tags(link.info.get("tags"))
+        for problem in problems:
+            log.warn("slave {name}: {problem}", name=self.name, problem=problem)
+        self.offered_tags = tags
+        self.builders = selection.builders_for(self.all_builders, self.name, self.tags)
 
     @defer.inlineCallbacks
     def _set_builders(self, link: SlaveLink, builders: dict[str, Builder],
@@ -186,7 +235,7 @@ class SlavePerspective(pb.Avatar):
         for sb in link.slave_builders.values():
             sb.builder.attach(sb)
         cfg = self.master_config
-        keepalive = task.LoopingCall(link.keepalive)
+        keepalive = task.LoopingCall(self._keepalive, link, cfg.keepalive_interval)
         keepalive.clock = self.reactor
         keepalive.start(cfg.keepalive_interval, now=False)
         watch = SilenceWatchdog(self.reactor, cfg.keepalive_timeout, lambda: link.last_message,
@@ -199,6 +248,15 @@ class SlavePerspective(pb.Avatar):
                  builders=", ".join(link.slave_builders) or "none")
 
     # -- liveness and detach -------------------------------------------------------------------
+
+    def _keepalive(self, link: SlaveLink, interval: float) -> None:
+        # A slave that sends its own keepalives (a bbx slave, every 30 s) hears our answers to
+        # them: printing to it as well doubles the idle traffic for nothing (at 10,000 slaves,
+        # 333 messages a second). A buildbot-worker sends one every 600 s, so it still gets ours.
+        since = link.slave_keepalive_at
+        if since is not None and self.reactor.seconds() - since < interval:
+            return
+        link.keepalive()
 
     def _silent(self, link: SlaveLink, silent: float) -> None:
         if link.gone:
@@ -216,6 +274,8 @@ class SlavePerspective(pb.Avatar):
             sb.lost()
         if self.link is link:
             self.link = None
+            if self.operator_state == farmstate.DRAINING:
+                self.operator_state = farmstate.PAUSED  # drained: no work when it comes back
             log.info("slave {name} detached ({why})", name=self.name, why=why)
 
     def logout(self, link: SlaveLink) -> None:
@@ -234,7 +294,9 @@ class SlavePerspective(pb.Avatar):
         link = self.link
         if link is None or link.broker is not broker:
             # A call from a connection this slave no longer uses (replaced or declared gone).
-            log.info("slave {name}: ignoring {m} from a stale connection", name=self.name, m=message)
+            # The method name is the peer's bytes: escaped and bounded like every peer string.
+            log.info("slave {name}: ignoring {m} from a stale connection", name=self.name,
+                     m=printable(message, STALE_NAME_LIMIT))
             return None
         return super().perspectiveMessageReceived(broker, message, args, kw)
 
@@ -251,4 +313,6 @@ class SlavePerspective(pb.Avatar):
             "last_message": link.last_message if link else None,
             "peer": link.peer if link else None,
             "version": str(link.info.get("version")) if link and link.info.get("version") else None,
+            "tags": list(self.tags),
+            **farmstate.describe(self),
         }

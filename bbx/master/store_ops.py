@@ -64,6 +64,15 @@ class StoreOperations:
         return self._call(sql.finish_build, build_id, result, state, reason,
                           self._reactor.seconds())
 
+    def end_build(self, build_id: int, result: int, request_id: int | None,
+                  requeue: bool = False):
+        """finish_build (state 'finished') and, for a build of a request, finish_request — or
+        requeue_request with `requeue` — in one transaction: a build's last write is one
+        commit. Fires once both are committed."""
+        self._forget_steps({build_id})
+        return self._call(sql.end_build, build_id, result, STATE_FINISHED, None,
+                          self._reactor.seconds(), request_id, requeue)
+
     def _forget_steps(self, builds) -> None:
         for step in [s for s, b in self._step_builds.items() if b in builds]:
             del self._step_builds[step]
@@ -126,6 +135,11 @@ class StoreOperations:
         """Fires with a build (as in builds()) and its steps without log sizes; None if
         unknown. For following a build another master runs."""
         return self._call(sql.build_brief, build_id, write=False)
+
+    def request_state(self, request_id: int):
+        """Fires with {"request_id", "builder", "state", "build_id"} (the newest build serving
+        the request, None before one started), or None for an unknown request."""
+        return self._call(sql.request_state, request_id, write=False)
 
     def request_cancel(self, build_id: int, who: str):
         """Ask whichever master runs `build_id` to cancel it; fires with that master's name,

@@ -40,6 +40,17 @@ def _build_dict(row) -> dict[str, Any]:
 
 # -- requests --------------------------------------------------------------------------------
 
+def request_state(sql, request_id):
+    """A request and the newest build serving it: {"request_id", "builder", "state",
+    "build_id" (None before it started)}; None for an unknown request."""
+    row = sql.one("SELECT builder, state FROM requests WHERE id = ?", (request_id,))
+    if row is None:
+        return None
+    build = sql.one("SELECT MAX(id) FROM builds WHERE request_id = ?", (request_id,))
+    return {"request_id": request_id, "builder": row[0], "state": row[1],
+            "build_id": build[0] if build else None}
+
+
 def queue_request(sql, builder, reason, now):
     request_id = sql.insert("INSERT INTO requests (builder, submitted_at, reason) "
                             "VALUES (?, ?, ?)", (builder, now, reason))
@@ -217,6 +228,19 @@ def finish_build(sql, build_id, result, state, reason, now):
               "interrupted_reason = ? WHERE id = ? AND finished_at IS NULL",
               (now, result, state, reason, build_id))
     sql.event("build", build_id, None)
+
+
+def end_build(sql, build_id, result, state, reason, now, request_id, requeue):
+    """finish_build, then the build's request done — or queued again with `requeue` — in the
+    same transaction: one commit at the end of every build instead of two. An unknown
+    request changes nothing (the build is still closed)."""
+    finish_build(sql, build_id, result, state, reason, now)
+    if request_id is None:
+        return
+    if not requeue:
+        finish_request(sql, request_id)
+    elif sql.one("SELECT id FROM requests WHERE id = ?", (request_id,)) is not None:
+        requeue_request(sql, request_id)
 
 
 def mark_interrupted(sql, reason, requeue, master=None):

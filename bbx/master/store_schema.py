@@ -102,13 +102,23 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX builds_by_master ON builds (master) WHERE finished_at IS NULL;
     """,
+    # 3: what operators made of each slave (bbx/master/farmstate.py): a paused (or drained)
+    # slave takes no work, across restarts and on every master of a shared store.
+    """
+    CREATE TABLE slave_states (
+        slave TEXT PRIMARY KEY,
+        state TEXT NOT NULL CHECK (state IN ('paused')),
+        changed_at {real} NOT NULL,
+        changed_by TEXT NOT NULL DEFAULT ''
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # The tables a bbx store has; every one is copied by `bbx master migrate-store`, in this order
 # (parents before children), with every column.
 TABLES = ("meta", "requests", "builds", "steps", "logs", "builder_numbers", "masters",
-          "slave_attachments")
+          "slave_attachments", "slave_states")
 
 
 def script(index: int, engine: str) -> str:

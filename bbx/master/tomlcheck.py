@@ -38,14 +38,25 @@ class Locator:
 
     def __init__(self, text: str):
         self.lines = text.splitlines()
-        self._starts: dict[str, list[int]] = {}  # header -> the line numbers it stands on
+        self._headers: dict[str, list[int]] | None = None
+
+    def header_lines(self, header: str) -> list[int]:
+        """The (0-based) line numbers of every `header` line ("[[slaves]]"), in order.
+
+        Indexed once: a 10,000-slave master.toml looked up per builder and step made loading
+        it take seconds."""
+        if self._headers is None:
+            self._headers = {}
+            pattern = re.compile(r"^\s*(\[\[[^\[\]]*\]\]|\[[^\[\]]*\])\s*(#.*)?$")
+            for number, line in enumerate(self.lines):
+                if "[" in line:
+                    m = pattern.match(line)
+                    if m:
+                        self._headers.setdefault(m.group(1), []).append(number)
+        return self._headers.get(header, [])
 
     def _section_start(self, header: str, index: int) -> int | None:
-        starts = self._starts.get(header)
-        if starts is None:  # one scan per header, not per lookup: a farm has 10,000 [[slaves]]
-            pattern = re.compile(r"^\s*" + re.escape(header) + r"\s*(#.*)?$")
-            starts = self._starts[header] = [n for n, line in enumerate(self.lines)
-                                             if pattern.match(line)]
+        starts = self.header_lines(header)
         return starts[index] if 0 <= index < len(starts) else None
 
     def line(self, header: str | None, key: str | None = None, index: int = 0,

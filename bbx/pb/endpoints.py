@@ -74,6 +74,40 @@ def server_endpoint(reactor, description: str):
         raise ValueError(f"bad listen endpoint {description!r}: {e}") from None
 
 
+# Server endpoint kinds whose Twisted parser takes backlog= (listen(2)'s queue length).
+_BACKLOG_KINDS = ("tcp", "tcp6", "ssl", "unix")
+
+
+def _fields(description: str) -> list[str]:
+    """The colon-separated fields of an endpoint string (a backslash escapes a colon)."""
+    fields, current, escaped = [], [], False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            current.append(char)
+            escaped = True
+        elif char == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    return fields
+
+
+def with_backlog(description: str, backlog: int) -> str:
+    """`description` with backlog=`backlog` added, for the kinds that take one; a string
+    that already names a backlog (the operator's choice) or another kind is left alone."""
+    fields = _fields(description)
+    if fields[0].strip().lower() not in _BACKLOG_KINDS:
+        return description
+    if any(f.strip().lower().startswith("backlog=") for f in fields[1:]):
+        return description
+    return f"{description}:backlog={int(backlog)}"
+
+
 def enable_tcp_keepalive(transport) -> None:
     """Turn on SO_KEEPALIVE (with short Linux timers where available) on a TCP transport."""
     try:

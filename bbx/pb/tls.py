@@ -360,7 +360,7 @@ def name_problem(cert, name: str) -> Problem | None:
                 f"reissue it with {name} in its subjectAltName (bbx master create --tls writes "
                 "one, --tls-name adds names), or pin it with --fingerprint")
         return Problem(f"is for {', '.join(names)}, not {name}",
-                       "the slave dials a name or address the certificate does not list",
+                       f"{name} is a name or address the certificate does not list",
                        f"connect to one of those names, or reissue the certificate with {name} "
                        "in its subjectAltName")
     except Exception as e:  # a malformed certificate: refuse it, never let it through

@@ -44,7 +44,8 @@ class Slave:
         context = CommandContext(slave_name=config.name, allowed=config.commands,
                                  secret_names=SecretNames(config.redact),
                                  containment=self.containment)
-        self.bot = Bot(config.basedir, reactor, shutdown=self._stop_reactor, context=context)
+        self.bot = Bot(config.basedir, reactor, shutdown=self._stop_reactor, context=context,
+                       tags=config.tags)
         self.connection = SlaveConnection(
             reactor, list(config.masters), config.name, config.password, self.bot,
             keepalive=config.keepalive, deadline=config.keepalive_deadline,

@@ -51,7 +51,7 @@ _UMASK_RE = re.compile(r"^(0o[0-7]+|0[0-7]*|[1-9][0-9]*)$")
 
 _KEYS = ("name", "password", "connection", "keepalive", "keepalive_timeout", "maxdelay", "umask",
          "allow_shutdown", "tls_ca", "tls_fingerprint", "tls_insecure", "redact", "commands",
-         "cgroup")
+         "cgroup", "tags")
 
 # What the slave creates for itself: only its user may read it (slave.toml holds the password,
 # the log may hold paths and names).
@@ -82,6 +82,7 @@ class SlaveConfig:
     tls_ca: str = ""
     tls_fingerprint: str = ""
     tls_insecure: bool = False
+    tags: tuple[str, ...] = ()  # offered to the master at attach, in the info dict
 
     @property
     def tls(self):
@@ -147,12 +148,13 @@ def _toml_str(value: str) -> str:
 def render_config(*, name: str, password: str, connection, keepalive: int,
                   keepalive_timeout: float, maxdelay: float, umask: str, allow_shutdown: str,
                   tls_ca: str = "", tls_fingerprint: str = "", tls_insecure: bool = False,
-                  redact=(), commands=None, cgroup: bool = True) -> str:
+                  redact=(), commands=None, cgroup: bool = True, tags=()) -> str:
     """slave.toml text, commented so an operator can edit it by hand. `connection` is one
     endpoint string or a list of them (several masters)."""
     kt = int(keepalive_timeout) if float(keepalive_timeout).is_integer() else keepalive_timeout
     md = int(maxdelay) if float(maxdelay).is_integer() else maxdelay
     redact_text = "[" + ", ".join(_toml_str(g) for g in redact) + "]"
+    tags_text = "[" + ", ".join(_toml_str(t) for t in tags) + "]"
     commands_text = _toml_str("all") if commands is None else \
         "[" + ", ".join(_toml_str(c) for c in commands) + "]"
     if isinstance(connection, str):
@@ -199,13 +201,16 @@ redact = {redact_text}
 commands = {commands_text}
 # Run each command in its own cgroup (cgroup v2, as root or with delegation) when possible.
 cgroup = {"true" if cgroup else "false"}
+# Tags this slave offers the master at attach, e.g. ["linux", "x86_64", "docker"]: builders
+# that select slaves by tags may use it without a master edit (the master adds its own).
+tags = {tags_text}
 """
 
 
 def create(basedir: str | os.PathLike, *, name: str, password: str, connection,
            keepalive: int = DEFAULT_KEEPALIVE, keepalive_timeout: float = 0,
            maxdelay: float = DEFAULT_MAXDELAY, umask: str = "", allow_shutdown: str = "",
-           redact=(), commands=None, cgroup: bool = True,
+           redact=(), commands=None, cgroup: bool = True, tags=(),
            info_admin: str | None = None, info_host: str | None = None,
            tls_ca: str = "", tls_fingerprint: str = "", tls_insecure: bool = False,
            force: bool = False) -> SlaveConfig:
@@ -228,13 +233,14 @@ def create(basedir: str | os.PathLike, *, name: str, password: str, connection,
         keepalive_timeout=keepalive_timeout, maxdelay=maxdelay, umask=umask,
         allow_shutdown=allow_shutdown, tls_ca=tls_ca, tls_fingerprint=tls_fingerprint,
         tls_insecure=tls_insecure, redact=list(redact),
-        commands="all" if commands is None else list(commands), cgroup=cgroup), lines={}, base=base)
+        commands="all" if commands is None else list(commands), cgroup=cgroup,
+        tags=list(tags)), lines={}, base=base)
     text = render_config(name=name, password=password, connection=connection, keepalive=keepalive,
                          keepalive_timeout=keepalive_timeout, maxdelay=maxdelay, umask=umask,
                          allow_shutdown=allow_shutdown, tls_ca=tls_ca,
                          tls_fingerprint=checked["tls_fingerprint"], tls_insecure=tls_insecure,
                          redact=checked["redact"], commands=checked["commands"],
-                         cgroup=checked["cgroup"])
+                         cgroup=checked["cgroup"], tags=checked["tags"])
     try:
         private_dir(base)
         private_dir(base / INFO_DIR)
@@ -329,7 +335,7 @@ def load(basedir: str | os.PathLike) -> SlaveConfig:
             raise BasedirError(f"{path}: [slave] has no {k!r}; add {k} = \"...\"")
     values = dict(keepalive=DEFAULT_KEEPALIVE, keepalive_timeout=0, maxdelay=DEFAULT_MAXDELAY,
                   umask="", allow_shutdown="", tls_ca="", tls_fingerprint="", tls_insecure=False,
-                  redact=[], commands="all", cgroup=True)
+                  redact=[], commands="all", cgroup=True, tags=[])
     values.update(table)
     checked = _check_values(str(path), values, lines, base=base)
     return SlaveConfig(basedir=str(base), **checked)
@@ -402,6 +408,7 @@ def _check_values(path: str, v: dict, lines: dict[str, int], base: Path) -> dict
     if not isinstance(v["cgroup"], bool):
         raise bad("cgroup", f"must be true or false, got {v['cgroup']!r}")
     out["cgroup"] = v["cgroup"]
+    out["tags"] = _check_tags(v["tags"], bad)
     out.update(_check_tls(v, out["connections"], bad, base))
     return out
 
@@ -460,6 +467,17 @@ def _check_redact(value, bad) -> tuple[str, ...]:
         return tuple(check_glob(g) for g in value)
     except ValueError as e:
         raise bad("redact", f"is invalid: {e}") from None
+
+
+def _check_tags(value, bad) -> tuple[str, ...]:
+    from bbx.pb.tags import check_tags
+
+    if not isinstance(value, list):
+        raise bad("tags", f"must be a list like [\"linux\", \"docker\"], got {value!r}")
+    try:
+        return check_tags(value)
+    except ValueError as e:
+        raise bad("tags", f"is invalid: {e}") from None
 
 
 def _check_commands(value, bad) -> tuple[str, ...] | None:

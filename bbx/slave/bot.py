@@ -54,12 +54,14 @@ class Bot(pb.Referenceable):
     """The mind handed to the master at login; owns the builders, which outlive connections."""
 
     def __init__(self, basedir: str, reactor, *, shutdown: Callable[[], None] | None = None,
-                 os_release: str = OS_RELEASE, context: CommandContext = DEFAULT_CONTEXT):
+                 os_release: str = OS_RELEASE, context: CommandContext = DEFAULT_CONTEXT,
+                 tags: tuple[str, ...] = ()):
         self.basedir = os.path.abspath(basedir)
         self.context = context
         self.reactor = reactor
         self._shutdown = shutdown  # None: stop the reactor
         self._os_release = os_release
+        self.tags = tuple(tags)
         self.builders: dict[str, SlaveBuilder] = {}
 
     # -- called by the master ----------------------------------------------------------------
@@ -95,6 +97,8 @@ class Bot(pb.Referenceable):
         files["version"] = bbx.__version__
         files[dialect.info_key_commands] = registry.command_table(self.context.allowed)
         files["delete_leftover_dirs"] = False
+        if self.tags:  # slave.toml's tags win over an info/tags file (docs/protocol.md §3.1)
+            files["tags"] = list(self.tags)
         return files
 
     def environ(self) -> dict[str, str]:
@@ -109,7 +113,8 @@ class Bot(pb.Referenceable):
         """Who this slave is. Gets nothing. Returns a dict: one str per file in info/ (admin,
         host, ...), os_* from /etc/os-release, environ (dict, secrets redacted), system
         (os.name), basedir, numcpus (int), version (str), worker_commands (name -> version, the
-        allowed commands only), delete_leftover_dirs."""
+        allowed commands only), delete_leftover_dirs; and tags (list of str) when slave.toml
+        has some."""
         return self.info(Dialect.WORKER)
 
     def remote_getSlaveInfo(self) -> dict:

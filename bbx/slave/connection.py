@@ -30,6 +30,7 @@ One small state machine (SlaveConnection) does that and nothing else:
 from __future__ import annotations
 
 import enum
+import os
 import random
 from typing import Callable
 
@@ -56,6 +57,22 @@ CONNECT_TIMEOUT = 30.0
 # A login the master has not answered in this long is abandoned: the 0.8 slave's
 # HUNG_CONNECTION_TIMEOUT (PROTOCOL.md §2.3).
 LOGIN_TIMEOUT = 120.0
+
+
+def _greeting_timeout() -> float:
+    try:
+        value = float(os.environ.get("BBX_SLAVE_GREETING_TIMEOUT", ""))
+    except ValueError:
+        return CONNECT_TIMEOUT
+    return value if value > 0 else CONNECT_TIMEOUT
+
+
+# A master sends PB's version banner as soon as it accepts a connection (docs/protocol.md §1.1).
+# Nothing at all for this long after the TCP connect means the kernel completed the
+# handshake but the master never accepted it (its listen queue overflowed in a storm, or it
+# is wedged): give up and retry with the backoff rather than wait out the login deadline.
+# BBX_SLAVE_GREETING_TIMEOUT overrides it (tests/test_slave_connection.py).
+GREETING_TIMEOUT = _greeting_timeout()
 # stop() closes the connection politely; a master that has not acknowledged the close after
 # this long is cut off, so a dead peer cannot hold up the slave's shutdown.
 CLOSE_TIMEOUT = 5.0
@@ -127,6 +144,7 @@ class _Session:
         self.end_reason: str | None = None
         self.end_kind = "lost"  # bbx/slave/state.py REASONS
         self.last_received = 0.0
+        self.heard = False  # anything at all received from the master on this connection
         self.timers: list = []
 
     @property
@@ -309,9 +327,10 @@ class SlaveConnection:
             return
         s.state = State.LOGGING_IN
         s.broker = broker
-        broker.on_receive = lambda: self._received(s)
+        broker.on_receive = lambda: self._heard(s)
         broker.notifyOnDisconnect(lambda: self._lost(s))
         self._received(s)
+        s.timers.append(self.reactor.callLater(GREETING_TIMEOUT, self._no_greeting, s))
         log.info("connected to {where}; logging in as {name}", where=self.description, name=self.name)
         self._state("logging in")
         if self.deadline:
@@ -335,6 +354,19 @@ class SlaveConnection:
 
     def _received(self, s: _Session) -> None:
         s.last_received = self.reactor.seconds()
+
+    def _heard(self, s: _Session) -> None:
+        s.heard = True
+        self._received(s)
+
+    def _no_greeting(self, s: _Session) -> None:
+        if s.ended or s.heard or s.broker is None:
+            return
+        s.end_kind = "timeout"
+        s.end_reason = (f"the master at {self.description} took the TCP connection but sent "
+                        f"nothing within {GREETING_TIMEOUT:g} s (not accepted: its listen queue "
+                        "may be full); dropping it")
+        s.broker.transport.abortConnection()
 
     def _arm_watchdog(self, s: _Session) -> None:
         watchdog = SilenceWatchdog(self.reactor, self.deadline, lambda: s.last_received,

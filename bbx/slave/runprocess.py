@@ -108,6 +108,7 @@ class RunProcess:
         max_lines: int | None = None,
         sigterm_time: float | None = None,
         interrupt_signal: Any = "KILL",
+        sigkill_time: float | None = None,
         initial_stdin: str | bytes | None = None,
         use_pty: bool = False,
         logfiles: Mapping | None = None,
@@ -129,6 +130,7 @@ class RunProcess:
         self.max_lines = None if max_lines is None else int(max_lines)
         self.sigterm_time = seconds("sigtermTime", sigterm_time)
         self.interrupt_signal = signal_number(interrupt_signal or "KILL")
+        self.sigkill_time = seconds("sigkillTime", sigkill_time)
         if isinstance(initial_stdin, str):
             initial_stdin = initial_stdin.encode("utf-8")
         self.initial_stdin = initial_stdin
@@ -161,7 +163,7 @@ class RunProcess:
         self._ended = False
         self._killed = False  # we signalled it: the rc is -1 whatever it exits with
         self._interrupted = False  # kill() from outside: no `elapsed` (PROTOCOL.md §6)
-        self._kill_plan = TreeKill(self.sigterm_time, self.interrupt_signal)
+        self._kill_plan = TreeKill(self.sigterm_time, self.interrupt_signal, self.sigkill_time)
         self._timers: dict[str, Any] = {}
 
     # -- starting ------------------------------------------------------------------------------
@@ -366,10 +368,19 @@ class RunProcess:
     # -- killing -------------------------------------------------------------------------------
 
     def kill(self, why: str) -> None:
-        """Interrupt: kill the child and everything it started; no `elapsed` will be sent."""
+        """Interrupt: kill the child and everything it started; no `elapsed` will be sent.
+
+        Asked again while the tree still has its grace (an operator's second Ctrl-C), the
+        rest of the grace is skipped: SIGKILL at once."""
         if self._deferred is None or self._ended:
             return
         self._interrupted = True
+        if self._killed and self._kill_plan.pending and "stage" in self._timers:
+            self._cancel("stage")
+            self._kill_plan.hurry()
+            self._header(f"{why} again: not waiting for the rest of the grace\n")
+            self._next_stage()
+            return
         self._kill(why)
 
     def _kill(self, why: str) -> None:

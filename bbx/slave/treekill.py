@@ -3,7 +3,9 @@
 The plan is Buildbot's (PROTOCOL.md §6): with `sigtermTime`, SIGTERM to the whole tree, then
 `interruptSignal` (default KILL) to what is left after sigtermTime; without it,
 `interruptSignal` at once. Where the worker then gives up on a process that ignored a signal
-other than KILL, we send SIGKILL after KILL_GRACE. No Twisted here: RunProcess keeps the time.
+other than KILL, we send SIGKILL after KILL_GRACE, or after bbx's own `sigkillTime` when the
+master sent one (docs/protocol.md §6.1). A second interrupt during a grace hurries the kill to
+SIGKILL at once. No Twisted here: RunProcess keeps the time.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ class TreeKill:
     already exiting (Python resets handlers at shutdown) and turn a clean exit into a kill.
     """
 
-    def __init__(self, sigterm_time: float | None, interrupt_signal: int) -> None:
+    def __init__(self, sigterm_time: float | None, interrupt_signal: int,
+                 sigkill_time: float | None = None) -> None:
         self.sigterm_time = sigterm_time
         self.interrupt_signal = interrupt_signal
+        self.kill_grace = KILL_GRACE if sigkill_time is None else sigkill_time
         self.stages: list[tuple[int, float]] = []
         self.started = False
         self.last_signal = signal.SIGKILL
@@ -45,9 +49,10 @@ class TreeKill:
         """Plan the stages; the grace after the last one is BACKUP_TIMEOUT."""
         self.started = True
         if self.sigterm_time is not None:
-            self.stages = [(signal.SIGTERM, self.sigterm_time), (self.interrupt_signal, KILL_GRACE)]
+            self.stages = [(signal.SIGTERM, self.sigterm_time),
+                           (self.interrupt_signal, self.kill_grace)]
         else:
-            self.stages = [(self.interrupt_signal, KILL_GRACE)]
+            self.stages = [(self.interrupt_signal, self.kill_grace)]
         if self.stages[-1][0] != signal.SIGKILL:
             self.stages.append((signal.SIGKILL, BACKUP_TIMEOUT))
 
@@ -55,6 +60,10 @@ class TreeKill:
     def pending(self) -> bool:
         """Whether a later stage is still to come (the tree is within a grace)."""
         return bool(self.stages)
+
+    def hurry(self) -> None:
+        """Skip what is left of the grace: the next stage is SIGKILL (then BACKUP_TIMEOUT)."""
+        self.stages = [(signal.SIGKILL, BACKUP_TIMEOUT)]
 
     def next_stage(self) -> tuple[int, float]:
         return self.stages.pop(0)

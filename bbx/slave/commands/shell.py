@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
+from bbx.pb.interrupts import SIGKILL_TIME_ARG
 from bbx.slave.runprocess import KILLED_RC, RunProcess
 
 from .base import Command
@@ -14,7 +15,8 @@ class ShellCommand(Command):
 
     The master sends every argument a Buildbot master sends (PROTOCOL.md §5.4): workdir,
     command, env, want_stdout, want_stderr, timeout, maxTime, max_lines, sigtermTime,
-    interruptSignal, initial_stdin, logfiles, usePTY, logEnviron. It gets back the worker's
+    interruptSignal, initial_stdin, logfiles, usePTY, logEnviron, and bbx's own sigkillTime
+    (docs/protocol.md §6.1). It gets back the worker's
     headers, `stdout`/`stderr`/`log` as produced, `failure_reason` on a timeout or max_lines,
     then `rc` (-1 when killed), the `elapsedTime` header and `elapsed` (not after an interrupt).
     A workdir that cannot be created fails the command (complete(failure)); a program that
@@ -39,6 +41,7 @@ class ShellCommand(Command):
             max_lines=args.get("max_lines"),
             sigterm_time=args.get("sigtermTime"),
             interrupt_signal=args.get("interruptSignal") or "KILL",
+            sigkill_time=args.get(SIGKILL_TIME_ARG),
             initial_stdin=args.get("initial_stdin"),
             use_pty=args.get("usePTY", False),
             logfiles=args.get("logfiles"),
