@@ -206,7 +206,7 @@ def test_a_tls_mismatch_fails_the_tls_stage_with_exit_6_saying_what_did_not_matc
         assert re.search(r"^✗ tls +the master's certificate is for DNS:other.example, not "
                          r"127.0.0.1 \(certificate CN=bbx test master", out, re.M), out
         assert f"SHA-256 {issued.fingerprint}" in out
-        assert "    cause: the slave dials a name or address the certificate does not list" in out
+        assert "    cause: 127.0.0.1 is a name or address the certificate does not list" in out
         assert "    fix:   connect to one of those names" in out
         assert "✓ pb" not in out and "login" not in out  # nothing after the tls stage
         assert named.stderr.startswith("bbx: doctor: tls failed: the master's certificate is for")
