@@ -20,6 +20,9 @@ app = typer.Typer(help="Create, start and stop a master.", no_args_is_help=True,
 
 # How long `stop` waits for the master to exit after SIGTERM.
 STOP_TIMEOUT = 15.0
+# How long `reconfig` waits for the master's outcome: a reconfig waits for each attached slave's
+# setBuilderList answer, whose deadline is 20 s (bbx/master/link.py ATTACH_CALL_TIMEOUT).
+RECONFIG_TIMEOUT = 60.0
 # How long `start --daemon` waits for the master to write master.endpoint.
 DAEMON_START_TIMEOUT = 30.0
 
@@ -247,7 +250,7 @@ def start(
     log_backups: LogBackupsOption = 5, http: HttpOption = None,
 ) -> None:
     """Run the master (foreground: logs to the terminal and DIR/master.log; Ctrl-C or SIGTERM
-    stops it cleanly; SIGHUP never kills it)."""
+    stops it cleanly; SIGHUP reloads master.toml, as `bbx master reconfig` does)."""
     options = log_options(log_format, log_max_bytes, log_backups)
     config = _load(directory)
     _check_listen(config.listen, config)
@@ -397,6 +400,22 @@ def stop(directory: Path = typer.Argument(..., help="The master's directory.")) 
     else:
         stale = " (removed a stale master.pid)" if state == "stale" else ""
         print(f"master in {directory} is not running{stale}")
+
+
+@app.command()
+def reconfig(
+    directory: Path = typer.Argument(..., help="The master's directory."),
+    timeout: float = typer.Option(RECONFIG_TIMEOUT, "--timeout", min=0.1,
+                                  help="Seconds to wait for the master's answer."),
+) -> None:
+    """Make the running master re-read DIR/master.toml and apply it without a restart (SIGHUP).
+
+    Prints the master's outcome line: what changed, or why nothing did (a bad file). Exit 0
+    when it applied; 2 for a bad file; 1 when no master runs in DIR; 3 when it did not answer.
+    """
+    from . import reconfig as implementation
+
+    implementation.reconfig(directory, timeout)
 
 
 @app.command("migrate-store")

@@ -139,6 +139,7 @@ class SlaveLink:
         self.loops: list[task.LoopingCall] = []
         self.slave_keepalive_at: float | None = None  # when the slave last sent its keepalive
         self._builders: dict[str, Any] = {}  # builder name -> the slave's builder reference
+        self.builder_dirs: dict[str, str] = {}  # builder name -> the builddir last sent for it
         self._master_sides: dict[str, _MasterSideBuilder] = {}
         peer = broker.transport.getPeer() if broker.transport else None
         self.peer = peer_text(peer)
@@ -277,6 +278,7 @@ class SlaveLink:
                 refs[name] = ref
         added = [name for name, _ in wanted if name in refs and name not in self._builders]
         self._builders = refs
+        self.builder_dirs = {name: builddir for name, builddir in wanted if name in refs}
         for name in list(self._master_sides):
             if name not in refs:
                 del self._master_sides[name]

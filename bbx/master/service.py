@@ -278,11 +278,10 @@ class MasterService:
                                            on_declared_dead=self.queue.abandon_running)
         passwords = {s.name: s.password for s in config.slaves}
         passwords.update({u.name: u.password for u in config.control_users})
-        control_names = {u.name for u in config.control_users}
         self.gate = LoginGate(reactor, login_timeout=config.login_timeout)
         self.dispatcher = Dispatcher(
             self.slaves, passwords,
-            lambda name: ControlPerspective(name, self) if name in control_names else None,
+            lambda name: ControlPerspective(name, self) if self.config.control_user(name) else None,
             gate=self.gate)
         portal = Portal(self.dispatcher, [self.dispatcher])
         self.factory = _ServerFactory(portal, reactor, self.gate)
@@ -290,6 +289,16 @@ class MasterService:
         self.port = None
         self.endpoint: str | None = None
         self._store_open = False
+        self._reconfigurator = None
+
+    def reconfig(self):
+        """Re-read master.toml and apply it live (SIGHUP, `bbx master reconfig`;
+        bbx/master/reconfig.py). Fires with an Outcome: ok and the one line it logged."""
+        from .reconfig import Reconfigurator
+
+        if self._reconfigurator is None:
+            self._reconfigurator = Reconfigurator(self)
+        return self._reconfigurator.run()
 
     @property
     def endpoint_file(self) -> Path:
@@ -432,8 +441,8 @@ def run(basedir, config: MasterConfig, *, to_terminal: bool, log_options=None,
     Logs go to DIR/<log> (and to the terminal when `to_terminal`; `log_options`: format and
     rotation, bbx/logs.py); DIR/master.pid exists while it runs. `http` (or config.http)
     serves /metrics and /healthz. Under systemd Type=notify it reports READY=1 once it
-    listens and STOPPING=1 when it stops. SIGHUP calls the service's `reconfig()` once one
-    exists (the seed-peers work); until then it is logged and ignored, never fatal.
+    listens and STOPPING=1 when it stops. SIGHUP re-reads master.toml and applies it
+    (`MasterService.reconfig`, bbx/master/reconfig.py); it is never fatal.
     """
     import signal
 
@@ -494,14 +503,8 @@ def run(basedir, config: MasterConfig, *, to_terminal: bool, log_options=None,
         systemd.notify("READY=1", f"STATUS=listening on {endpoint}")
 
     def sighup():
-        reconfig = getattr(service, "reconfig", None)
-        if callable(reconfig):
-            log.info("SIGHUP: reloading the configuration")
-            defer.maybeDeferred(reconfig).addErrback(
-                lambda f: log.error("reconfiguration failed: {why}", why=f.getErrorMessage()))
-        else:
-            log.warn("SIGHUP: this master cannot reload master.toml while running; "
-                     "ignored (use `bbx master restart {dir}`)", dir=str(basedir))
+        log.info("SIGHUP: reloading {path}", path=str(config.path))
+        service.reconfig()  # logs its outcome and writes DIR/master.reconfig; never errbacks
 
     def stopping():
         systemd.notify("STOPPING=1")

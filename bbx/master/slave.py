@@ -164,6 +164,21 @@ class SlavePerspective(pb.Avatar):
         self._accept(link)
         return link
 
+    def settled(self) -> defer.Deferred:
+        """Fires (None) once no attach of this slave is in progress."""
+        return self._lock.run(lambda: None)
+
+    def update_builders(self, link: SlaveLink, builders: dict[str, Builder],
+                        builddirs: dict[str, str]) -> defer.Deferred:
+        """Reconfiguration (bbx/master/reconfig.py): give the attached slave of `link` these
+        builders, each in the given builddir; fires with their names (None if `link` is no
+        longer this slave's). Serialised with attach."""
+        def update():
+            if self.link is not link or link.gone:
+                return None
+            return self._set_builders(link, builders, builddirs)
+        return self._lock.run(update)
+
     def _take_tags(self, link: SlaveLink) -> None:
         """The tags the slave offers in its info (optional; bounded by bbx/pb/tags.py), and the
         builders they, with master.toml's, give it."""
@@ -174,12 +189,14 @@ class SlavePerspective(pb.Avatar):
         self.builders = selection.builders_for(self.all_builders, self.name, self.tags)
 
     @defer.inlineCallbacks
-    def _set_builders(self, link: SlaveLink, builders: dict[str, Builder]):
+    def _set_builders(self, link: SlaveLink, builders: dict[str, Builder],
+                      builddirs: dict[str, str] | None = None):
         """Give the slave of `link` exactly these builders (setBuilderList) and keep one
         master-side SlaveBuilder per builder it runs. Builders it no longer runs are lost
         (their command fails as lost). Used at attach; a live connection's builders change the
-        same way (reconfiguration)."""
-        wanted = [(name, b.config.builddir) for name, b in builders.items()]
+        same way (reconfiguration). `builddirs` overrides a builder's configured builddir."""
+        builddirs = builddirs or {}
+        wanted = [(name, builddirs.get(name, b.config.builddir)) for name, b in builders.items()]
         refs = yield link.set_builder_list(wanted)
         for name, sb in list(link.slave_builders.items()):
             if name not in refs or builders.get(name) is not sb.builder:
@@ -264,12 +281,14 @@ class SlavePerspective(pb.Avatar):
     def logout(self, link: SlaveLink) -> None:
         self.detach(link, "connection closed")
 
-    def disconnect(self) -> None:
-        """Drop the current connection, if any (master shutdown)."""
+    def disconnect(self, why: str = "master stopping") -> None:
+        """Drop the current connection, if any (master shutdown; a slave removed from
+        master.toml)."""
         link = self.link
         if link is not None:
-            link.broker.transport.loseConnection()
-            self.detach(link, "master stopping")
+            if link.broker.transport is not None:
+                link.broker.transport.loseConnection()
+            self.detach(link, why)
 
     def perspectiveMessageReceived(self, broker, message, args, kw):
         link = self.link
