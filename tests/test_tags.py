@@ -220,3 +220,27 @@ def test_an_info_tags_file_offers_tags_and_junk_in_it_is_bounded_not_fatal(tmp_p
         assert ran.returncode == 0 and "via-info-file" in ran.stdout
     finally:
         farm.stop()
+
+
+def test_the_builder_index_picks_exactly_what_builders_for_picks():
+    """BuilderIndex (master start, reconfig) is a faster builders_for: same builders, same order."""
+    import random
+    from types import SimpleNamespace
+
+    from bbx.master import selection
+
+    rng = random.Random(7)
+    alphabet = ["linux", "arm", "gpu", "docker", "win", "big"]
+    slaves = [f"s{i}" for i in range(40)]
+    builders = {}
+    for i in range(60):
+        names = tuple(rng.sample(slaves, rng.randint(0, 3)))
+        tags = tuple(rng.sample(alphabet, rng.randint(0 if names else 1, 3)))
+        config = SimpleNamespace(slave_set=frozenset(names), tags=tags)
+        builders[f"b{i}"] = SimpleNamespace(config=config)
+    index = selection.BuilderIndex(builders)
+    for slave in slaves + ["stranger"]:
+        tags = rng.sample(alphabet, rng.randint(0, 4))
+        expected = selection.builders_for(builders, slave, tags)
+        got = index.for_slave(slave, tags)
+        assert list(got) == list(expected), (slave, tags)

@@ -249,9 +249,10 @@ class Reconfigurator:
                 perspectives.setdefault(name, persp)
         slaves.clear()
         slaves.update(perspectives)
+        index = selection.BuilderIndex(builders)
         for persp in slaves.values():
             persp.master_config = config
-            persp.builders = selection.builders_for(builders, persp.name, persp.tags)
+            persp.builders = index.for_slave(persp.name, persp.tags)
         for name in change.slaves_removed:
             if name in slaves:
                 self._retire(slaves[name])

@@ -101,6 +101,40 @@ def builders_for(builders: dict, slave: str, tags: Iterable[str]) -> dict:
     return {name: b for name, b in builders.items() if serves(b.config, slave, tags)}
 
 
+class BuilderIndex:
+    """`builders_for` for many slaves at once (master start, reconfig): the builders indexed
+    by the slave names they list and by their rarest tag, so S slaves and B builders cost
+    about S + B checks instead of S x B (10,000 x 10,000 took ~25 s, blocking the reactor).
+    Build it again whenever `builders` changes."""
+
+    def __init__(self, builders: dict):
+        self.builders = builders
+        self._order = {name: i for i, name in enumerate(builders)}
+        self._by_slave: dict[str, list[str]] = {}
+        self._by_tag: dict[str, list[str]] = {}
+        counts: dict[str, int] = {}
+        for b in builders.values():
+            for tag in b.config.tags:
+                counts[tag] = counts.get(tag, 0) + 1
+        for name, b in builders.items():
+            for slave in b.config.slave_set:
+                self._by_slave.setdefault(slave, []).append(name)
+            if b.config.tags:
+                # A slave must have every tag, so the rarest one is enough to find it by.
+                rarest = min(b.config.tags, key=counts.__getitem__)
+                self._by_tag.setdefault(rarest, []).append(name)
+
+    def for_slave(self, slave: str, tags: Iterable[str]) -> dict:
+        """What builders_for(builders, slave, tags) returns, in configured order."""
+        tags = frozenset(tags)
+        picked = set(self._by_slave.get(slave, ()))
+        for tag in tags:
+            for name in self._by_tag.get(tag, ()):
+                if name not in picked and all(t in tags for t in self.builders[name].config.tags):
+                    picked.add(name)
+        return {name: self.builders[name] for name in sorted(picked, key=self._order.__getitem__)}
+
+
 def describe(builder: "BuilderConfig") -> str:
     """A builder's selection in a few words: "a, b", "tags linux+docker", or both."""
     parts = []

@@ -18,7 +18,7 @@ from bbx import pidfile
 from bbx.pb.banana import FastBroker
 from bbx.pb.endpoints import enable_tcp_keepalive, server_endpoint, with_backlog
 
-from . import fdlimit
+from . import fdlimit, selection
 from .admission import AttachQueue
 from .builder import Builder, SlaveLoad
 from .buildqueue import INTERRUPTED_REASON, BuildQueue
@@ -264,8 +264,9 @@ class MasterService:
         self.queue = queue_class(config, self.builders, self.load, self.store, reactor,
                                  self.basedir)
         self.admission = AttachQueue(reactor, config.max_attaching)
+        index = selection.BuilderIndex(self.builders)
         self.slaves = {s.name: SlavePerspective(s, config, self.builders, reactor,
-                                                admission=self.admission)
+                                                admission=self.admission, index=index)
                        for s in config.slaves}
         self.farm = FarmState(self.store, self.slaves, reactor, self.queue.maybe_start)
         self.registry = None

@@ -45,13 +45,15 @@ class SlavePerspective(pb.Avatar):
     """
 
     def __init__(self, config: SlaveConfig, master_config: MasterConfig,
-                 builders: dict[str, Builder], reactor, admission=None):
+                 builders: dict[str, Builder], reactor, admission=None, index=None):
         self.config = config
         self.master_config = master_config
         self.all_builders = builders
         self.offered_tags: tuple[str, ...] = ()
         self.operator_state = farmstate.ACTIVE
-        self.builders = selection.builders_for(builders, config.name, config.tags)
+        # `index`: a selection.BuilderIndex of `builders`, when many slaves are made at once.
+        self.builders = (index.for_slave(config.name, config.tags) if index is not None
+                         else selection.builders_for(builders, config.name, config.tags))
         self.reactor = reactor
         self.link: SlaveLink | None = None
         self._lock = defer.DeferredLock()
