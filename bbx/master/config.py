@@ -334,8 +334,9 @@ def _load_builders(ld: Loader, items: Any, slaves: list[SlaveConfig]) -> list[Bu
     if not isinstance(items, list):
         raise ld.fail(ld.where.line(None, "builders"), "builders", "must be an array of tables",
                       "write each builder as a [[builders]] block")
-    known = {s.name for s in slaves}
+    known = frozenset(s.name for s in slaves)
     builders: list[BuilderConfig] = []
+    seen: set[str] = set()  # builder names so far: a farm may have thousands
     for index, item in enumerate(items):
         header = "[[builders]]"
         label = f"builders[{index}]"
@@ -348,7 +349,7 @@ def _load_builders(ld: Loader, items: Any, slaves: list[SlaveConfig]) -> list[Bu
                           "move it to the [[slaves]] block of the slave it limits")
         ld.unknown(item, ("name", "slaves", "builddir", "steps"), header, index)
         name = ld.string(item, "name", header, index, label=f"{label}.name")
-        if any(b.name == name for b in builders):
+        if name in seen:
             raise ld.fail(ld.where.line(header, "name", index), f"{label}.name",
                           f"builder {name!r} is configured twice", "give each builder a unique name")
         names, tags = selection.load_selection(ld, item, header, index, label, known)
@@ -360,6 +361,7 @@ def _load_builders(ld: Loader, items: Any, slaves: list[SlaveConfig]) -> list[Bu
                           "use a relative directory name")
         steps = _load_steps(ld, item.get("steps", []), index, label)
         builders.append(BuilderConfig(name, names, builddir, steps, tags))
+        seen.add(name)
     return builders
 
 

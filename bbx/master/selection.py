@@ -46,7 +46,8 @@ def load_tags(ld: "Loader", table: dict, header: str, index: int, label: str) ->
 def load_selection(ld: "Loader", item: dict, header: str, index: int, label: str,
                    known: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """A builder's `slaves` value as (names, tags); ConfigError with file:line otherwise."""
-    known = set(known)
+    if not isinstance(known, (set, frozenset)):
+        known = set(known)  # callers loading many builders pass one set for all of them
     value: Any = item.get("slaves")
     line = ld.where.line(header, "slaves", index)
     key = f"{label}.slaves"
