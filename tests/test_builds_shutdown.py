@@ -1,4 +1,4 @@
-"""A slave's graceful shutdown (PROTOCOL.md §4.5) waits for its whole build, not only the step."""
+"""A slave's graceful shutdown (docs/protocol.md §4.5) waits for its whole build, not only the step."""
 
 from __future__ import annotations
 

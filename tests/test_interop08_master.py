@@ -40,7 +40,7 @@ def farm(tmp_path_factory, master08_install):
 
 def test_the_master_attaches_the_slave_with_the_0_8_sequence(farm):
     master, slave, _ = farm
-    # 0.8 masters call getSlaveInfo, setMaster and the builder's print (PROTOCOL.md §4.3).
+    # 0.8 masters call getSlaveInfo, setMaster and the builder's print (docs/protocol.md §4.3).
     wait_until(lambda: "message from master: attached" in slave.output(), 20,
                what="the slave to hear 'attached'")
     for builder in ("b-shell", "b-fail", "b-files"):

@@ -102,7 +102,7 @@ def test_the_real_slave_attaches_with_the_legacy_sequence_and_is_listed_slave_er
     farm_, slave = farm
     log = slave.log()
     # getWorkerInfo is NoSuchMethod on 0.8: the master read that failure from Python 2 and fell
-    # back (PROTOCOL.md §4.1); then setMaster and the builder's print (§4.3).
+    # back (docs/protocol.md §4.1); then setMaster and the builder's print (§4.3).
     assert "buildbot-slave detected, failing back to deprecated buildslave API" in log
     assert "SlaveBuilder.remote_print(s08): message from master: attached" in log
     rows = {r["name"]: r for r in json.loads(farm_.bbx("slaves", "--json").stdout)}
@@ -183,7 +183,7 @@ def test_ctrl_c_on_run_kills_the_whole_process_tree_on_the_slave(farm, tmp_path)
 
 def test_the_slave_era_pty_choice_is_left_to_the_slave(farm, slave08_install, tmp_path):
     farm_, _ = farm
-    # Shell 2.16 < 3.0: the master sends usePTY="slave-config" (PROTOCOL.md §5.5), so a slave
+    # Shell 2.16 < 3.0: the master sends usePTY="slave-config" (docs/protocol.md §5.5), so a slave
     # created with --usepty=1 runs the command on a terminal; a bool False would not.
     slave = BuildSlave08(slave08_install, tmp_path / "pty08", f"127.0.0.1:{farm_.port}", "pty08",
                          "pw-pty08", usepty=True).start()
@@ -209,7 +209,7 @@ def test_a_build_with_download_and_upload_moves_files_intact(farm):
     assert (farm_.dir / "back" / "payload.bin").read_bytes() == payload  # and what came back
 
 
-# -- graceful shutdown, asked for by the slave (PROTOCOL.md §4.5) --------------------------------
+# -- graceful shutdown, asked for by the slave (docs/protocol.md §4.5) --------------------------------
 
 def _shutting_slave(farm_: Farm, install, tmp_path: Path, name: str, *, without_bot_shutdown=False):
     slave = BuildSlave08(install, tmp_path / name, f"127.0.0.1:{farm_.port}", name, f"pw-{name}",

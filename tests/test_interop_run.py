@@ -133,5 +133,5 @@ def test_a_real_worker_keeps_lines_and_utf8_but_rewrites_cr_and_ends_with_a_newl
     r = bbx_run(master, REAL_WORKER, "cat", str(tmp_path / "awkward"))
     assert r.returncode == 0, r.stderr.decode(errors="replace")[-2000:]
     # buildbot-worker 4.3 turns CRLF and a CR followed by text into LF and terminates the last
-    # line (PROTOCOL.md §5.1); everything else, empty lines and UTF-8 included, is kept.
+    # line (docs/protocol.md §5.1); everything else, empty lines and UTF-8 included, is kept.
     assert r.stdout == AWKWARD.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + b"\n"

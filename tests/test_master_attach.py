@@ -184,7 +184,7 @@ def test_duplicate_name_replaces_an_old_worker_that_does_not_answer(tmp_path):
         assert old.start().returncode == 0
         os.kill(old.pid, signal.SIGSTOP)
         proc = new.start_foreground()
-        # The old one gets 10 s to answer (PROTOCOL.md §2.4).
+        # The old one gets 10 s to answer (docs/protocol.md §2.4).
         wait_until(lambda: file_contains(new.log_path, "message from master: attached"), 30,
                    what="the new worker to be attached")
         master.wait_log("did not answer; dropping it")

@@ -63,7 +63,7 @@ def test_observer_receives_the_envelopes_exactly_as_the_worker_sent_them(farm):
     try:
         lines = finished(proc)
         updates = [line["update"] for line in lines if "update" in line]
-        # buildbot-worker 4.3 sends one pair per call and one key per dict (PROTOCOL.md §5.1).
+        # buildbot-worker 4.3 sends one pair per call and one key per dict (docs/protocol.md §5.1).
         assert all(len(u) == 1 and len(u[0][0]) == 1 and u[0][1] == 0 for u in updates)
         assert [{"stdout": "hello\n"}, 0] in [u[0] for u in updates]
         assert lines[-1]["complete"]["rc"] == 0
@@ -145,7 +145,7 @@ def test_output_arriving_after_rc_still_reaches_the_observer(farm):
     try:
         lines = finished(proc)
         keys = [list(u[0][0])[0] for ln in lines if "update" in ln for u in [ln["update"]]]
-        # buildbot-worker flushes a partial last line only at the end, after rc (PROTOCOL.md §5.1).
+        # buildbot-worker flushes a partial last line only at the end, after rc (docs/protocol.md §5.1).
         assert keys.index("rc") < keys.index("stdout")
         assert text_of(lines, "stdout") == "no-newline\n"
         assert lines[-1]["complete"]["rc"] == 0

@@ -192,7 +192,7 @@ def test_touching_the_shutdown_stamp_asks_for_a_graceful_shutdown(tmp_path, mast
     try:
         proc.wait_for_output(LOGGED_IN, 20)
         (d / "shutdown.stamp").write_text("")
-        assert proc.popen.wait(25) == 0  # the stamp is polled every 10 s (PROTOCOL.md §4.5)
+        assert proc.popen.wait(25) == 0  # the stamp is polled every 10 s (docs/protocol.md §4.5)
         assert "the master asked this slave to shut down" in proc.output()
         _wait_detached(master, detaches)
     finally:

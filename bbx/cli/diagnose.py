@@ -175,7 +175,7 @@ async def tls_stage(reactor, endpoint: str, trust, timeout: float) -> Stage:
 
 
 class DoctorBot(pb.Referenceable):
-    """The mind doctor logs in with as a slave: it answers the attach sequence (PROTOCOL.md
+    """The mind doctor logs in with as a slave: it answers the attach sequence (docs/protocol.md
     §4.1) without taking builders, and records the builder list the master offers."""
 
     def __init__(self, tags=()):
@@ -271,7 +271,7 @@ async def login_stage(reactor, factory, who: Who, timeout: float):
     creds = UsernamePassword(who.name.encode("utf-8"), who.password.encode("utf-8"))
     started = reactor.seconds()
     try:
-        # A duplicate is checked by pinging the other connection: up to 10 s (PROTOCOL.md §2.4).
+        # A duplicate is checked by pinging the other connection: up to 10 s (docs/protocol.md §2.4).
         perspective = await _bounded(factory.login(creds, client=mind), reactor, timeout + 10.0)
     except defer.TimeoutError:
         return Stage("login", False, f"no answer to the login within {timeout + 10:g} s",

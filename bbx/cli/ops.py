@@ -15,7 +15,7 @@ from .client import (CaOption, FingerprintOption, InsecureOption, JsonOption, Ma
 from .output import conn, consoles, plain, print_json
 
 # How long the master may take per ping: its own deadline for the slave's answer
-# (bbx/master/builder.py PING_TIMEOUT, PROTOCOL.md §2.4) plus a margin for the round trip.
+# (bbx/master/builder.py PING_TIMEOUT, docs/protocol.md §2.4) plus a margin for the round trip.
 PING_ANSWER_SLACK = 10.0 + 2.0
 # Past this many rows (or off a terminal) `bbx slaves` prints plain columns: rich needs ~0.6 ms
 # a row to lay out a table (6.5 s of CPU for 10,000 slaves, measured), plain text ~10 µs.

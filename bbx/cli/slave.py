@@ -24,7 +24,7 @@ from .roleopts import (HttpOption, LogBackupsOption, LogFormatOption, LogMaxByte
 app = typer.Typer(help="Create, start, stop and inspect a slave.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 
-DAEMON_START_WAIT = 10.0  # buildbot-worker start's wait (PROTOCOL.md §8)
+DAEMON_START_WAIT = 10.0  # buildbot-worker start's wait (docs/protocol.md §8)
 STOP_WAIT = 15.0
 
 CREATE_HELP = """Create a slave directory DIR.

@@ -26,7 +26,7 @@ from typing import Any
 
 from .errors import UsageError
 
-# The master's default listen string when master.toml has none (PROTOCOL.md §1: 9989 is
+# The master's default listen string when master.toml has none (docs/protocol.md §1: 9989 is
 # Buildbot's customary PB port).
 DEFAULT_LISTEN = "tcp:9989"
 ENDPOINT_FILE = "master.endpoint"

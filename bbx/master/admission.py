@@ -1,7 +1,7 @@
 """Admission control: a bounded number of attach sequences in flight, the rest in order.
 
 When a master restarts, every slave logs in again within seconds. Each login runs the attach
-sequence (print, the info chain, setBuilderList, print "attached": PROTOCOL.md §4.1), a few
+sequence (print, the info chain, setBuilderList, print "attached": docs/protocol.md §4.1), a few
 round trips that allocate the connection's link and builders. Run for thousands at once they
 would fill the reactor's queue with half-made attaches, and the slaves already attached —
 their pings, keepalives and command output — would wait behind all of them. So at most

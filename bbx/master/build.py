@@ -34,7 +34,7 @@ def shell_args(command, workdir: str | None, env: dict | None, timeout: Any,
                max_time: float | None, log_environ: bool = True,
                interrupt_signal: str = DEFAULT_INTERRUPT_SIGNAL,
                kill_after: float = DEFAULT_KILL_AFTER) -> dict:
-    """The full shell argument dict a Buildbot 4.3 master would send (PROTOCOL.md §5.4), with
+    """The full shell argument dict a Buildbot 4.3 master would send (docs/protocol.md §5.4), with
     the interrupt said in Buildbot's terms (docs/protocol.md §6.1)."""
     args = {
         "workdir": workdir or DEFAULT_STEP_WORKDIR,
@@ -177,7 +177,7 @@ class Build:
                 try:
                     yield sb.ping()
                 except Exception as e:
-                    # Buildbot drops a slave that fails its pre-build ping (PROTOCOL.md §4.2);
+                    # Buildbot drops a slave that fails its pre-build ping (docs/protocol.md §4.2);
                     # the request waits in the queue for the slave to come back.
                     log.warn("build of {builder}: slave {slave} failed its ping ({why}); "
                              "dropping it", builder=self.builder.name, slave=self.slave_name,

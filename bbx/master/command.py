@@ -1,7 +1,7 @@
 """RemoteCommand: the stepRef a slave reports one command's progress to.
 
 The slave calls `update` with envelopes `[[{key: value}, 0], ...]` and finally `complete`
-(PROTOCOL.md §3.4, §5.1, §5.2). The command keeps what the master needs (rc), appends the
+(docs/protocol.md §3.4, §5.1, §5.2). The command keeps what the master needs (rc), appends the
 text to the store when it has a StoreLog, and hands the very same envelope to its observers
 — a watching CLI, a build's watchers — so nothing is re-encoded on the way.
 
@@ -30,7 +30,7 @@ from .clients import ClientRef
 
 log = Logger()
 
-# Command ids are str of a process-global counter, as Buildbot's master does (PROTOCOL.md §4.2).
+# Command ids are str of a process-global counter, as Buildbot's master does (docs/protocol.md §4.2).
 _command_ids = itertools.count()
 
 
@@ -107,7 +107,7 @@ class StoreLog:
 # stored as it is, so a peer sending a header with no newline cannot grow the master's memory.
 HEADER_TAIL_LIMIT = 64 * 1024
 
-# The update keys whose text is the step's log (PROTOCOL.md §5.3); `log` carries (name, text).
+# The update keys whose text is the step's log (docs/protocol.md §5.3); `log` carries (name, text).
 TEXT_STREAMS = frozenset({"stdout", "stderr", "header"})
 
 
@@ -239,7 +239,7 @@ class RemoteCommand:
             self.log.store.written().addCallback(lambda _: self._finish(reason, lost=False))
 
     def interrupt(self, why: str, now: bool = False):
-        """Ask the slave to stop the command; it still ends with `complete` (PROTOCOL.md §6).
+        """Ask the slave to stop the command; it still ends with `complete` (docs/protocol.md §6).
 
         With `now`, an interrupt already sent is sent again: a bbx slave then skips the rest
         of the grace and sends SIGKILL (docs/protocol.md §6.1)."""

@@ -26,7 +26,7 @@ from .tomlcheck import ConfigError, Loader, parse_toml
 
 CONFIG_NAME = "master.toml"
 DEFAULT_LISTEN = "tcp:9989:interface=127.0.0.1"
-# Buildbot 4.3 sends its keepalive print once an hour (PROTOCOL.md §4.4) and never declares a
+# Buildbot 4.3 sends its keepalive print once an hour (docs/protocol.md §4.4) and never declares a
 # silent peer gone; bbx probes every 30 s and notices a vanished slave within 90 s
 # (bbx/pb/liveness.py).
 DEFAULT_KEEPALIVE_INTERVAL = float(KEEPALIVE_INTERVAL)
@@ -37,7 +37,7 @@ DEFAULT_LOGIN_TIMEOUT = 30.0
 # Twisted's default is 50: a storm of slaves overflows it and the rest sit in SYN retries.
 # Linux caps it at net.core.somaxconn (4096 since Linux 5.4).
 DEFAULT_LISTEN_BACKLOG = 4096
-# Attach sequences (print, info, builder list: PROTOCOL.md §4.1) the master runs at once; later
+# Attach sequences (print, info, builder list: docs/protocol.md §4.1) the master runs at once; later
 # logins wait their turn in order (bbx/master/admission.py).
 DEFAULT_MAX_ATTACHING = 100
 DEFAULT_LOG = "master.log"
@@ -45,7 +45,7 @@ DEFAULT_CONTROL_USER = "admin"
 DEFAULT_SLAVE = "local"
 
 # Characters Buildbot replaces with '_' to derive a builddir from a builder name
-# (PROTOCOL.md §4.1 step 2.4, buildbot util/__init__.py safeTranslate).
+# (docs/protocol.md §4.1 step 2.4, buildbot util/__init__.py safeTranslate).
 _UNSAFE_BUILDDIR = re.compile(r"[\t !#$%&'()*+,./:;<=>?@\[\\\]^{|}~]")
 
 # The build history store, relative to the master's directory (bbx/master/store.py); or
@@ -64,7 +64,7 @@ DEFAULT_MAX_BUILDS = 1
 # Step defaults, from Buildbot 4.3: ShellCommand takes ResultComputingConfigMixin's
 # (flunkOnFailure=True, haltOnFailure=False; process/results.py), file transfers set
 # haltOnFailure=True (steps/transfer.py:51). workdir "build" and timeout 1200 are what a
-# Buildbot master sends with every shell command (PROTOCOL.md §5.4).
+# Buildbot master sends with every shell command (docs/protocol.md §5.4).
 DEFAULT_STEP_WORKDIR = "build"
 DEFAULT_STEP_TIMEOUT = 1200.0
 

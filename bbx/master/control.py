@@ -24,11 +24,11 @@ from .store import NoSuchBuild, NoSuchStep, StoreError
 
 log = Logger()
 
-# What a Buildbot 4.3 master sends with every shell command (PROTOCOL.md §5.4, §10.1 item 4);
+# What a Buildbot 4.3 master sends with every shell command (docs/protocol.md §5.4, §10.1 item 4);
 # `timeout` (seconds without output) defaults to 1200 there.
 DEFAULT_SHELL_TIMEOUT = 1200
 # Largest log page one `log` call returns: a few store rows (<= 64 KiB each), far below
-# banana's 640 KiB limit on one PB string or list (PROTOCOL.md §6).
+# banana's 640 KiB limit on one PB string or list (docs/protocol.md §6).
 MAX_LOG_PAGE = 256 * 1024
 # The longest a `log` call may wait for new text before answering "nothing new yet": short
 # enough that a CLI whose master vanished notices within seconds.
@@ -48,7 +48,7 @@ class CommandHandle(pb.Referenceable):
         """The CLI sends a reason (str) and whether to kill at once (bool: its second Ctrl-C);
         the command is interrupted; returns None at once.
 
-        The command still ends through the observer's `complete` (PROTOCOL.md §6).
+        The command still ends through the observer's `complete` (docs/protocol.md §6).
         """
         self.command.interrupt(str(why), now=bool(now))
         return None

@@ -4,7 +4,7 @@ Every remote call the master makes to a slave goes through the SlaveLink of that
 connection, and every difference between the peers it meets is settled here, once:
 
 - which name a call has for this peer's generation (pb/dialect.py's tables): the info chain
-  getWorkerInfo -> getSlaveInfo -> getCommands / getVersion (PROTOCOL.md §4.1); pings on the
+  getWorkerInfo -> getSlaveInfo -> getCommands / getVersion (docs/protocol.md §4.1); pings on the
   Bot or on the builder (§4.2, §4.3); setMaster and the builder's "attached" for slave-era
   peers (§4.3); Bot.shutdown or, for slaves older than 0.8.3, a builder's shutdown (§4.5);
   command arguments by command version (§5.5);
@@ -51,7 +51,7 @@ def _seconds(env: str, default: float) -> float:
 
 
 # Deadlines, in seconds, for each call the master makes to a slave. Buildbot sets only one
-# (PING_TIMEOUT = 10 s, for duplicate arbitration, PROTOCOL.md §2.4) and waits forever on the
+# (PING_TIMEOUT = 10 s, for duplicate arbitration, docs/protocol.md §2.4) and waits forever on the
 # rest; bbx bounds every call so that a stalled peer cannot hold a slave's name or a builder.
 #
 # Each call of the attach sequence (print, the info chain, setBuilderList, setMaster, the
@@ -213,7 +213,7 @@ class SlaveLink:
         d.addErrback(lambda f: f if f.check(PeerTimeout) else None)
         return d
 
-    # -- the attach sequence (PROTOCOL.md §4.1, §4.3) ---------------------------------------------
+    # -- the attach sequence (docs/protocol.md §4.1, §4.3) ---------------------------------------------
 
     def print(self, message: str, *, timeout: float = ATTACH_CALL_TIMEOUT) -> defer.Deferred:
         """Bot.print(message=...): a line in the slave's log ("attached" makes a worker's
@@ -227,7 +227,7 @@ class SlaveLink:
     @defer.inlineCallbacks
     def fetch_info(self):
         """getWorkerInfo, else the legacy chain getSlaveInfo -> getCommands -> getVersion
-        (§4.1 step 3); sets and fires with `info` (str keys and values), and sets `dialect`."""
+        (§4.1 step 2.3); sets and fires with `info` (str keys and values), and sets `dialect`."""
         mind = self.mind
         try:
             info = yield self._call(mind, dialect.INFO_METHOD[Dialect.WORKER],

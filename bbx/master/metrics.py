@@ -25,7 +25,7 @@ STORE_WRITE = REGISTRY.histogram("bbx_master_store_write_seconds",
 LOGINS_REFUSED = REGISTRY.counter("bbx_master_logins_refused_total",
                                   "Logins refused, by reason.", ["reason"])
 
-# The update keys whose values are command output (PROTOCOL.md §5.3).
+# The update keys whose values are command output (docs/protocol.md §5.3).
 _TEXT_KEYS = ("stdout", "stderr", "header")
 
 

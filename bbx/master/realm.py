@@ -103,7 +103,7 @@ class Dispatcher:
 
         def busy(failure):
             # Sent as the standard refusal, which every peer retries (a buildbot-worker exits
-            # on any other login error, PROTOCOL.md §2.3).
+            # on any other login error, docs/protocol.md §2.3).
             failure.trap(TooManyAttempts)
             self.gate.log.warn(_host_of(creds), f"refused login from {_peer_of(creds)}: "
                                                 f"{failure.value}")

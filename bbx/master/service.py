@@ -147,7 +147,7 @@ class _Broker(FastBroker):
     def _sendFailureOrError(self, fail, requestID):
         # A refused login is already logged by the Dispatcher (name and peer, never the
         # password). Peers key on the exact remote type twisted.cred.error.UnauthorizedLogin
-        # (PROTOCOL.md §2.3), so it cannot become a pb.Error; skip Twisted's traceback log.
+        # (docs/protocol.md §2.3), so it cannot become a pb.Error; skip Twisted's traceback log.
         # One try per connection: after the refusal is sent, the connection is closed.
         if fail.check(UnauthorizedLogin):
             self._sendError(fail, requestID)
@@ -200,7 +200,7 @@ class _ServerFactory(pb.PBServerFactory):
     noisy = False
 
     def __init__(self, portal, clock, gate: LoginGate | None = None):
-        # Buildbot serves tracebacks to its peers (PROTOCOL.md §2.1); bbx does not need them.
+        # Buildbot serves tracebacks to its peers (docs/protocol.md §2.1); bbx does not need them.
         super().__init__(portal, unsafeTracebacks=False)
         self.clock = clock
         self.tls = False  # MasterService sets it for an ssl: listen string

@@ -1,7 +1,7 @@
 """SlavePerspective: one configured slave, its attach sequence, liveness and detach.
 
 The attach sequence runs inside the realm's requestAvatar, before the login answer goes back
-(PROTOCOL.md §4.1): a real buildbot-worker only reports a successful start once it has seen
+(docs/protocol.md §4.1): a real buildbot-worker only reports a successful start once it has seen
 "attached", and treats any error raised here as fatal (§2.3).
 """
 
@@ -95,7 +95,7 @@ class SlavePerspective(pb.Avatar):
     def perspective_shutdown(self):
         """The slave asks to shut down gracefully (no arguments); returns None.
 
-        As a Buildbot master does (PROTOCOL.md §4.5): the slave gets no new builds or commands,
+        As a Buildbot master does (docs/protocol.md §4.5): the slave gets no new builds or commands,
         and once everything running on it — whole builds, not just the current step — has
         ended, the master calls `Bot.shutdown()`.
         """
@@ -106,7 +106,7 @@ class SlavePerspective(pb.Avatar):
 
     def shutdown_when_idle(self) -> bool:
         """Give the connected slave no new work and, once every build running on it has
-        ended, call its shutdown (PROTOCOL.md §4.5). False when it is not attached. Setting
+        ended, call its shutdown (docs/protocol.md §4.5). False when it is not attached. Setting
         `link.graceful` back to False before then (bbx slave resume) calls the shutdown off."""
         link = self.link
         if link is None:
@@ -214,7 +214,7 @@ class SlavePerspective(pb.Avatar):
 
     @defer.inlineCallbacks
     def _arbitrate(self, new: SlaveLink):
-        """Two connections claim this name: keep the old one if it answers (PROTOCOL.md §2.4)."""
+        """Two connections claim this name: keep the old one if it answers (docs/protocol.md §2.4)."""
         old = self.link
         log.info("slave {name}: a second connection from {new} while attached from {old}; "
                  "checking the old one", name=self.name, new=new.peer, old=old.peer)

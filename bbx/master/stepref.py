@@ -1,7 +1,7 @@
 """StepRef: what a slave gets as the stepRef of startCommand, in front of one RemoteCommand.
 
 The SlaveLink makes one per command (bbx/master/link.py). It is where a Python 2 peer's update
-envelopes become text, once (PROTOCOL.md §1.2, §5.1): a Buildbot 0.8 slave sends its keys and
+envelopes become text, once (docs/protocol.md §1.2, §5.1): a Buildbot 0.8 slave sends its keys and
 output as raw byte strings, in chunks that are not line- or character-aligned, so each stream
 gets an incremental UTF-8 decoder and a character cut between two chunks arrives whole.
 Envelopes from Python 3 peers pass on untouched (nothing re-encoded on the way).

@@ -1,6 +1,6 @@
 """The master's ends of a file transfer step: FileWriter for uploads, FileReader for downloads.
 
-A Build passes one to the slave's uploadFile / downloadFile command (PROTOCOL.md §3.5); the
+A Build passes one to the slave's uploadFile / downloadFile command (docs/protocol.md §3.5); the
 slave then calls it block by block. Disk I/O goes to a thread so the reactor never waits.
 """
 
@@ -15,7 +15,7 @@ from twisted.spread import pb
 
 from . import results
 
-# Buildbot 4.3's default blocksizes for file transfers (PROTOCOL.md §5.4): 256 KiB upload,
+# Buildbot 4.3's default blocksizes for file transfers (docs/protocol.md §5.4): 256 KiB upload,
 # 16 KiB download; both far below banana's 640 KiB string limit (§6).
 UPLOAD_BLOCKSIZE = 256 * 1024
 DOWNLOAD_BLOCKSIZE = 16 * 1024
@@ -28,7 +28,7 @@ class FileWriter(pb.Referenceable):
 
     The slave calls write(bytes) → None per block, then close() → None (the temporary file
     is renamed into place), and utime((atime, mtime)) → None if asked to keep the stamp
-    (PROTOCOL.md §3.5). Disk writes go to a thread so the reactor never waits for the disk.
+    (docs/protocol.md §3.5). Disk writes go to a thread so the reactor never waits for the disk.
     """
 
     def __init__(self, dest: Path):
@@ -80,7 +80,7 @@ class FileReader(pb.Referenceable):
     """The master's end of a download (master → slave), passed to downloadFile as `reader`.
 
     The slave calls read(maxLength) → bytes (b'' at the end) until done, then close() → None
-    (PROTOCOL.md §3.5). Reads go to a thread.
+    (docs/protocol.md §3.5). Reads go to a thread.
     """
 
     def __init__(self, src: Path):

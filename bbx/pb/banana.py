@@ -4,13 +4,13 @@ Twisted's `Banana.dataReceived` copies the rest of its buffer once per decoded i
 64 Ki-character update costs a dozen copies of everything behind it), and re-joins a
 partial string with each new TCP read, so a large message is copied again and again; its
 encoder makes one Python call per byte of every length prefix. `bench/stream.py` (200 MB of
-`bbx run` output, PROTOCOL.md §5.1) showed Banana decoding as the largest own-time item in
+`bbx run` output, docs/protocol.md §5.1) showed Banana decoding as the largest own-time item in
 the master and the CLI.
 
 `FastBananaMixin` replaces `dataReceived` with an offset-based decoder that keeps a partial
 message as a list of chunks until it can be complete, and `sendEncoded`/`_encode` with an
 encoder that writes each prefix as one piece. Both enforce what Twisted enforces, the same
-way: SIZE_LIMIT for strings and lists (PROTOCOL.md §1.1; the decoder reads
+way: SIZE_LIMIT for strings and lists (docs/protocol.md §1.1; the decoder reads
 `twisted.spread.banana.SIZE_LIMIT` as Twisted does), the per-connection `prefixLimit`
 (64 bytes), the pb-only vocabulary, and Twisted's exception types. The wire format is
 untouched: real Buildbot and buildbot-worker peers see no difference
@@ -369,7 +369,7 @@ class _GuardedObject:
     """A local object while it handles one remote call. A call it cannot take (no such
     method, arguments jelly refuses) is answered with that very failure — peers key on its
     type, e.g. twisted.spread.flavors.NoSuchMethod or a perspective's AttributeError to
-    detect an older peer (PROTOCOL.md §10.2) — but logged as one line instead of Twisted's
+    detect an older peer (docs/protocol.md §10.2) — but logged as one line instead of Twisted's
     traceback."""
 
     def __init__(self, obj, answer_required):

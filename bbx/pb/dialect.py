@@ -1,7 +1,7 @@
 """Slave-era (Buildbot 0.8) versus worker-era (Buildbot >= 0.9) naming, in one place.
 
 Every difference between the two generations that bbx has to care about lives here
-(PROTOCOL.md §3.1, §4.1, §4.3, §5.5, §5.6, §9). The roles ask this module; they never
+(docs/protocol.md §3.1, §4.1, §4.3, §5.5, §5.6, §9). The roles ask this module; they never
 spell out an old or new name themselves.
 """
 
@@ -12,7 +12,7 @@ import os
 from typing import Any, Mapping
 
 # The version every bbx command advertises. Masters gate their argument names on
-# >= 3.0 and their features on up to 3.3 (PROTOCOL.md §5.5), so 3.3 takes every modern path.
+# >= 3.0 and their features on up to 3.3 (docs/protocol.md §5.5), so 3.3 takes every modern path.
 COMMAND_VERSION = "3.3"
 
 # The worker-era cut-over: a command version at or above this uses the new argument names.
@@ -30,15 +30,15 @@ class Dialect(str, enum.Enum):
         return "worker_commands" if self is Dialect.WORKER else "slave_commands"
 
 
-# The master's fallback chain for fetching a peer's info (PROTOCOL.md §4.1 step 3).
+# The master's fallback chain for fetching a peer's info (docs/protocol.md §4.1 step 2.3).
 INFO_METHOD = {Dialect.WORKER: "getWorkerInfo", Dialect.SLAVE: "getSlaveInfo"}
 LEGACY_INFO_FALLBACKS = ("getCommands", "getVersion")
 
 # The error type a peer raises for an unknown remote_* method; only this one means
-# "try the older name" (PROTOCOL.md §10.2 item 2).
+# "try the older name" (docs/protocol.md §10.2 item 2).
 NO_SUCH_METHOD = "twisted.spread.flavors.NoSuchMethod"
 
-# Renamed command arguments: worker-era name -> slave-era name (PROTOCOL.md §5.5).
+# Renamed command arguments: worker-era name -> slave-era name (docs/protocol.md §5.5).
 _ARG_RENAMES = {
     "uploadFile": {"workersrc": "slavesrc"},
     "upload_file": {"workersrc": "slavesrc"},
@@ -56,7 +56,7 @@ DUPLICATE_MESSAGE = "master got a duplicate connection"
 
 
 def plain(value: Any) -> Any:
-    """A value from a peer with Python 2's byte strings made str (PROTOCOL.md §1.2).
+    """A value from a peer with Python 2's byte strings made str (docs/protocol.md §1.2).
 
     A Python 2 peer (every Buildbot 0.8) sends its `str` as raw bytes; a Python 3 peer sends
     str. Recurses into dicts (keys too), lists and tuples (as lists); undecodable bytes
@@ -115,7 +115,7 @@ def args_for_peer(name: str, args: Mapping[str, Any], commands: Mapping[str, Any
     """Master side: rewrite one command's arguments for the peer that will run it.
 
     `commands` is the peer's advertised command table (name -> version). The gating
-    follows what a Buildbot 4.3 master does (PROTOCOL.md §5.4, §5.5).
+    follows what a Buildbot 4.3 master does (docs/protocol.md §5.4, §5.5).
     """
     out = dict(args)
     version = command_version(commands, name)

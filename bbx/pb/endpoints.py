@@ -243,7 +243,7 @@ def login(reactor, description: str, username: str, password: str, mind=None, *,
     connection is up, before the login goes out.
 
     The mind (a Referenceable or None) is serviced by the reactor while the login call is
-    still pending — the master calls it inside `respond` (PROTOCOL.md §4.1).
+    still pending — the master calls it inside `respond` (docs/protocol.md §4.1).
     `tls` (a bbx.pb.tls.TlsTrust) says how a `tls:` / `ssl:` master's certificate is checked.
     Errbacks with LoginFailed for every expected failure.
     """

@@ -1,7 +1,7 @@
 """Failures sent by peers that Twisted's own CopiedFailure cannot read: Python 2 peers.
 
 A peer's error answer carries a jellied `twisted.spread.pb.CopyableFailure` whose state is
-the Failure's attribute dict (PROTOCOL.md §1.2). A Python 2 Twisted peer — every Buildbot 0.8
+the Failure's attribute dict (docs/protocol.md §1.2). A Python 2 Twisted peer — every Buildbot 0.8
 slave and master — jellies that dict with byte-string keys and values, e.g. (captured from a
 real buildslave 0.8.14 on Twisted 20.3, answering getWorkerInfo; tests/test_pb_failures.py):
 

@@ -1,7 +1,7 @@
 """How either end of a PB link notices that its peer has silently gone away.
 
 Both roles send a keepalive every KEEPALIVE_INTERVAL seconds (the master prints to the slave,
-the slave calls its perspective's `keepalive`; PROTOCOL.md §4.4) and give up on a peer that
+the slave calls its perspective's `keepalive`; docs/protocol.md §4.4) and give up on a peer that
 has sent nothing at all — no call, no answer, no update — for KEEPALIVE_DEADLINE seconds.
 Out of the box a vanished peer is thus noticed within 90 s on either side, where Buildbot's
 own defaults (a 600 s worker keepalive, an hourly master print) take many minutes.

@@ -1,6 +1,6 @@
 """The update envelope a command's output travels in, and the batcher that fills it.
 
-On the wire an update call carries a list of pairs `[{key: value, ...}, 0]` (PROTOCOL.md §5.1).
+On the wire an update call carries a list of pairs `[{key: value, ...}, 0]` (docs/protocol.md §5.1).
 The 0 is a vestigial sequence number; receivers must accept tuples as well as lists and
 several keys in one dict. Each hop — slave to master, master to a watching CLI — passes the
 same envelope on.
@@ -16,13 +16,13 @@ from twisted.logger import Logger
 
 log = Logger()
 
-# Banana refuses any single string longer than 640 KiB (PROTOCOL.md §1.1, §6): the sender
+# Banana refuses any single string longer than 640 KiB (docs/protocol.md §1.1, §6): the sender
 # raises and the receiver drops the connection. We cut text at 64 Ki characters, which is
 # at most 256 KiB of UTF-8 — far from the limit whatever the text.
 BANANA_SIZE_LIMIT = 640 * 1024
 MAX_TEXT_CHARS = 64 * 1024
 
-# Flush policy: Buildbot's worker holds output for up to 5 s (PROTOCOL.md §5.1); we send as
+# Flush policy: Buildbot's worker holds output for up to 5 s (docs/protocol.md §5.1); we send as
 # soon as the pipe is idle, and while a call is in flight we batch for at most 100 ms or
 # until FLUSH_BYTES are pending, whichever comes first.
 #

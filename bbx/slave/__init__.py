@@ -22,7 +22,7 @@ import os
 HTTP_NAME = "slave.http"
 # A graceful stop waits this long for killed commands to report before giving up on them.
 STOP_GRACE = 10.0
-# allow_shutdown = "file": how often DIR/shutdown.stamp is checked (PROTOCOL.md §4.5).
+# allow_shutdown = "file": how often DIR/shutdown.stamp is checked (docs/protocol.md §4.5).
 SHUTDOWN_STAMP_POLL = 10.0
 
 
@@ -111,7 +111,7 @@ class Slave:
             self.request_shutdown("DIR/shutdown.stamp was touched")
 
     def request_shutdown(self, why: str) -> None:
-        """Ask the master for a graceful shutdown (PROTOCOL.md §4.5); stop now if not attached."""
+        """Ask the master for a graceful shutdown (docs/protocol.md §4.5); stop now if not attached."""
         from twisted.logger import Logger
 
         log = Logger(namespace="bbx.slave")

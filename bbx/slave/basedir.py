@@ -35,12 +35,12 @@ INFO_DIR = "info"
 SHUTDOWN_STAMP = "shutdown.stamp"
 
 DEFAULT_ADMIN = "Your Name Here <admin@youraddress.invalid>"  # buildbot-worker's placeholder (§8)
-# Seconds between keepalive calls. create-worker's default is 600 (PROTOCOL.md §4.4, §8),
+# Seconds between keepalive calls. create-worker's default is 600 (docs/protocol.md §4.4, §8),
 # which with the derived deadline below left a vanished master unnoticed for 1,230 s; bbx
 # uses the shared 30 s (bbx/pb/liveness.py), so the derived deadline is 90 s.
 DEFAULT_KEEPALIVE = KEEPALIVE_INTERVAL
-DEFAULT_MAXDELAY = 300  # create-worker's default (PROTOCOL.md §7, §8)
-ALLOW_SHUTDOWN = ("", "signal", "file")  # PROTOCOL.md §4.5
+DEFAULT_MAXDELAY = 300  # create-worker's default (docs/protocol.md §7, §8)
+ALLOW_SHUTDOWN = ("", "signal", "file")  # docs/protocol.md §4.5
 
 # When keepalive_timeout is 0 the deadline is derived from the keepalive interval: two
 # missed keepalive answers plus a margin for a slow master.

@@ -1,4 +1,4 @@
-"""The Bot: the slave's mind, the object the master calls on the slave (PROTOCOL.md §3.1).
+"""The Bot: the slave's mind, the object the master calls on the slave (docs/protocol.md §3.1).
 
 It answers who this slave is (info, commands, version), keeps the builders the master asks
 for, logs the master's messages and stops the slave when told to. Both the worker-era and the
@@ -29,7 +29,7 @@ log = Logger(namespace="bbx.slave")
 OS_RELEASE = "/etc/os-release"
 
 # The master's Bot.shutdown stops the slave this long after answering, so the answer still
-# reaches the master (PROTOCOL.md §3.1: buildbot-worker waits 0.2 s).
+# reaches the master (docs/protocol.md §3.1: buildbot-worker waits 0.2 s).
 SHUTDOWN_DELAY = 0.2
 
 
@@ -77,7 +77,7 @@ class Bot(pb.Referenceable):
         return self.reactor.seconds()
 
     def info(self, dialect: Dialect = Dialect.WORKER) -> dict:
-        """What getWorkerInfo / getSlaveInfo answer (PROTOCOL.md §3.1)."""
+        """What getWorkerInfo / getSlaveInfo answer (docs/protocol.md §3.1)."""
         files: dict = {}
         info_dir = os.path.join(self.basedir, INFO_DIR)
         if os.path.isdir(info_dir):
@@ -168,7 +168,7 @@ class Bot(pb.Referenceable):
     # -- called by the connection and the service --------------------------------------------
 
     def connection_lost(self, why: str) -> None:
-        """The master is gone: kill every running command; the builders stay (PROTOCOL.md §4.6)."""
+        """The master is gone: kill every running command; the builders stay (docs/protocol.md §4.6)."""
         for builder in self.builders.values():
             builder.stop(f"connection lost: {why}")
 

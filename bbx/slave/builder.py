@@ -1,7 +1,7 @@
 """The slave-side SlaveBuilder: one per builder the master assigned; runs one command at a time.
 
 The master gets a reference to each from Bot.setBuilderList and calls startCommand on it
-(PROTOCOL.md §3.2, §4.2). A builder outlives connections (§4.6): the same object is handed
+(docs/protocol.md §3.2, §4.2). A builder outlives connections (§4.6): the same object is handed
 back when the master reconnects and asks for the same builder again.
 """
 
@@ -25,7 +25,7 @@ log = Logger(namespace="bbx.slave")
 
 
 def decode(value):
-    """Python 2 (Buildbot 0.8) masters send text as bytes (PROTOCOL.md §1.2): make it str.
+    """Python 2 (Buildbot 0.8) masters send text as bytes (docs/protocol.md §1.2): make it str.
 
     Recurses into lists, tuples and dicts (keys too); references and numbers pass through.
     surrogateescape keeps non-UTF-8 paths byte-exact on POSIX.
@@ -96,7 +96,7 @@ class SlaveBuilder(pb.Referenceable):
         (str), `name` (e.g. "shell"), `args` (dict, either generation's names). Returns None
         immediately; errors in the request itself (unknown command, one this slave does not
         allow, missing or bad arguments) are raised here and reach the master as the error
-        reply (PROTOCOL.md §3.2), a pb.Error with a one-line message. The outcome arrives later
+        reply (docs/protocol.md §3.2), a pb.Error with a one-line message. The outcome arrives later
         as stepRef.update(...) calls and one stepRef.complete(None | failure).
         """
         name, command_id, args = decode(name), decode(command_id), decode(args or {})
@@ -107,7 +107,7 @@ class SlaveBuilder(pb.Referenceable):
                      id=command_id, why=e)
             raise
         if self.command is not None:
-            # Only one command per builder; a new one replaces a leftover (PROTOCOL.md §4.2).
+            # Only one command per builder; a new one replaces a leftover (docs/protocol.md §4.2).
             log.warn("builder {builder}: leftover command still running; interrupting it",
                      builder=self.name)
             self._interrupt_current("replaced by a new command")
@@ -137,7 +137,7 @@ class SlaveBuilder(pb.Referenceable):
 
     def remote_interruptCommand(self, command_id, why) -> None:
         """Interrupt the running command. Gets: `command_id` (ignored: there is only one running
-        command per builder, PROTOCOL.md §3.2) and `why` (str). Returns None; the command still
+        command per builder, docs/protocol.md §3.2) and `why` (str). Returns None; the command still
         ends with its usual updates and complete."""
         if self.command is None:
             log.info("builder {builder}: asked to interrupt, but no command is running",
@@ -165,7 +165,7 @@ class SlaveBuilder(pb.Referenceable):
         try:
             yield defer.maybeDeferred(cmd.start)
         except Exception:
-            # A plain Failure cannot be jellied; the Copyable form travels (PROTOCOL.md §1.2).
+            # A plain Failure cannot be jellied; the Copyable form travels (docs/protocol.md §1.2).
             result = pb.failure2Copyable(Failure(), unsafeTracebacks=True)
             log.warn("builder {builder}: command {id} failed: {why}", builder=self.name,
                      id=cmd.command_id, why=result.getErrorMessage())

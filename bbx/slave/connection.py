@@ -9,7 +9,7 @@ One small state machine (SlaveConnection) does that and nothing else:
 * Every failure — refused TCP connect, wrong password, any other login error, a lost or
   silent connection — ends in the same place: log one line saying why, wait
   `policy(attempt)` seconds, try again. buildbot-worker exits on login errors other than a
-  wrong password (e.g. "rejecting duplicate worker", PROTOCOL.md §2.3); bbx keeps trying,
+  wrong password (e.g. "rejecting duplicate worker", docs/protocol.md §2.3); bbx keeps trying,
   because the other connection usually goes away and an exited slave needs a human.
 * The attempt counter resets once a login succeeds.
 * With several masters (masters sharing one farm through a PostgreSQL store), each try goes to
@@ -17,7 +17,7 @@ One small state machine (SlaveConnection) does that and nothing else:
   the first that answers and stays there until that master is gone. The backoff is the same
   as with one master, counted across them.
 * While attached, `perspective.keepalive()` is called every `keepalive` seconds
-  (PROTOCOL.md §4.4), and a watchdog (bbx/pb/liveness.py) drops the connection when nothing
+  (docs/protocol.md §4.4), and a watchdog (bbx/pb/liveness.py) drops the connection when nothing
   at all — the master's own calls, or its answers to ours — has been received for
   `deadline` seconds.
 * The master calls the Bot (the mind) while our login call is still pending (§4.1);
@@ -55,7 +55,7 @@ BACKOFF_FACTOR = 2.0
 # A TCP connect that has not completed in this long is abandoned and retried.
 CONNECT_TIMEOUT = 30.0
 # A login the master has not answered in this long is abandoned: the 0.8 slave's
-# HUNG_CONNECTION_TIMEOUT (PROTOCOL.md §2.3).
+# HUNG_CONNECTION_TIMEOUT (docs/protocol.md §2.3).
 LOGIN_TIMEOUT = 120.0
 
 
@@ -77,7 +77,7 @@ GREETING_TIMEOUT = _greeting_timeout()
 # this long is cut off, so a dead peer cannot hold up the slave's shutdown.
 CLOSE_TIMEOUT = 5.0
 # The reconnect ceiling when the caller gives no policy: create-worker's maxdelay default
-# (bbx/slave/basedir.py DEFAULT_MAXDELAY, PROTOCOL.md §7).
+# (bbx/slave/basedir.py DEFAULT_MAXDELAY, docs/protocol.md §7).
 DEFAULT_MAXDELAY = 300.0
 
 
@@ -349,7 +349,7 @@ class SlaveConnection:
                                                      pb.PBConnectionLost):
             return f"the connection to {self.description} closed during login ({reason})"
         # A refusal or any other login error. buildbot-worker exits on the latter
-        # (PROTOCOL.md §2.3); we keep trying.
+        # (docs/protocol.md §2.3); we keep trying.
         return f"login to {self.description} as {self.name} failed: {reason}"
 
     def _received(self, s: _Session) -> None:

@@ -1,4 +1,4 @@
-"""Following the files a shell command names in `logfiles` while it runs (PROTOCOL.md §5.4)."""
+"""Following the files a shell command names in `logfiles` while it runs (docs/protocol.md §5.4)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from bbx.slave.redact import Secrets, TextStream
 
 log = Logger()
 
-# Buildbot polls logfiles every 2 s (PROTOCOL.md §5.4); we poll faster so logfile text arrives
+# Buildbot polls logfiles every 2 s (docs/protocol.md §5.4); we poll faster so logfile text arrives
 # about as promptly as stdout. Reads are bounded so one huge file cannot stall the reactor.
 LOGFILE_POLL_INTERVAL = 0.5
 LOGFILE_READ_SIZE = 64 * 1024
 
 class LogfileWatcher:
-    """Sends what is written to one file during the command as `log` updates (PROTOCOL.md §5.4).
+    """Sends what is written to one file during the command as `log` updates (docs/protocol.md §5.4).
 
     As in the worker: with `follow` only text appended after the command started is sent;
     without it, the whole file is sent once it differs from how it was at start (a stale file

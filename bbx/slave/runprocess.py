@@ -1,6 +1,6 @@
 """Run one child process for a slave command: stream its output, enforce its limits, kill its tree.
 
-`RunProcess` is what a Buildbot worker's `runprocess.RunProcess` is (PROTOCOL.md §5.4, §6): it
+`RunProcess` is what a Buildbot worker's `runprocess.RunProcess` is (docs/protocol.md §5.4, §6): it
 sends the worker's headers, streams stdout/stderr/logfiles as `stdout`/`stderr`/`log` updates,
 enforces `timeout`/`maxTime`/`max_lines`, and reports `rc`, `elapsedTime` and `elapsed`.
 
@@ -51,7 +51,7 @@ log = Logger()
 # worker waits for ever (until the command's timeout), which hangs builds.
 LEFTOVER_GRACE = 1.0
 
-# The rc the worker reports for a process it killed (PROTOCOL.md §5.4 update order, item 4).
+# The rc the worker reports for a process it killed (docs/protocol.md §5.4 update order, item 4).
 KILLED_RC = -1
 
 class CommandCouldNotRun(RuntimeError):
@@ -88,7 +88,7 @@ class RunProcess:
     the `elapsedTime` header and `elapsed` have been added; it errbacks with CommandCouldNotRun
     when the child could not be started and with KillFailed when it would not die.
     `kill(why)` interrupts (see the module docstring for the signals); no `elapsed` is sent
-    afterwards (PROTOCOL.md §6). `containment` (bbx/slave/containment.py) places the child;
+    afterwards (docs/protocol.md §6). `containment` (bbx/slave/containment.py) places the child;
     without one only its session, group, cookie and pipes find its tree. `secret_names` says
     which variables of the child's environment hold secrets to redact.
     """
@@ -162,7 +162,7 @@ class RunProcess:
         self._exited = False
         self._ended = False
         self._killed = False  # we signalled it: the rc is -1 whatever it exits with
-        self._interrupted = False  # kill() from outside: no `elapsed` (PROTOCOL.md §6)
+        self._interrupted = False  # kill() from outside: no `elapsed` (docs/protocol.md §6)
         self._kill_plan = TreeKill(self.sigterm_time, self.interrupt_signal, self.sigkill_time)
         self._timers: dict[str, Any] = {}
 

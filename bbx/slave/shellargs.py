@@ -1,4 +1,4 @@
-"""A master's `shell` arguments made usable: argv, environment, signals, limits (PROTOCOL.md §5.4).
+"""A master's `shell` arguments made usable: argv, environment, signals, limits (docs/protocol.md §5.4).
 
 Pure functions, no Twisted: what RunProcess (bbx/slave/runprocess.py) is built from.
 """
@@ -18,7 +18,7 @@ _ENV_REFERENCE = re.compile(r"\$\{([0-9a-zA-Z_]*)\}")
 
 
 def text(value: Any) -> str:
-    """Text from a master's value: Python 2 peers send bytes (PROTOCOL.md §1.2)."""
+    """Text from a master's value: Python 2 peers send bytes (docs/protocol.md §1.2)."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "surrogateescape")
     return value if isinstance(value, str) else str(value)
@@ -32,7 +32,7 @@ def command_argv(command: list | tuple | str | bytes) -> tuple[list[str], list[s
     """(argv to exec, what to show as argv, display line) for a master's `command`.
 
     A string runs via `/bin/sh -c`; a list is exec'd, its `('obfuscated', real, fake)` items
-    run `real` and show `fake` (PROTOCOL.md §5.4).
+    run `real` and show `fake` (docs/protocol.md §5.4).
     """
     if isinstance(command, (str, bytes)):
         line = text(command)
@@ -53,7 +53,7 @@ def obfuscated_words(command: Any) -> list[str]:
 
 
 def build_environment(requested: Mapping[str, Any] | None, base: Mapping[str, str]) -> dict[str, str]:
-    """The child's environment: `base` (the slave's) changed as the master asks (PROTOCOL.md §5.4).
+    """The child's environment: `base` (the slave's) changed as the master asks (docs/protocol.md §5.4).
 
     List values are joined with os.pathsep, None deletes, `${VAR}` expands from `base`, and
     PYTHONPATH keeps the slave's own PYTHONPATH after the requested one. Unlike the worker we

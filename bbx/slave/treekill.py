@@ -1,6 +1,6 @@
 """One kill of a command's process tree: which signals, in what order, and what they hit.
 
-The plan is Buildbot's (PROTOCOL.md §6): with `sigtermTime`, SIGTERM to the whole tree, then
+The plan is Buildbot's (docs/protocol.md §6): with `sigtermTime`, SIGTERM to the whole tree, then
 `interruptSignal` (default KILL) to what is left after sigtermTime; without it,
 `interruptSignal` at once. Where the worker then gives up on a process that ignored a signal
 other than KILL, we send SIGKILL after KILL_GRACE, or after bbx's own `sigkillTime` when the
@@ -14,7 +14,7 @@ import signal
 
 from bbx.slave.shellargs import signal_name
 
-# PROTOCOL.md §6: how long a killed process may take to die before the worker gives up,
+# docs/protocol.md §6: how long a killed process may take to die before the worker gives up,
 # reports "SIG<X> failed to kill process" with a fake rc -1 and fails the command.
 BACKUP_TIMEOUT = 5.0
 

@@ -1,4 +1,4 @@
-"""The commands a slave runs for its master, under Buildbot's names (PROTOCOL.md §5.4).
+"""The commands a slave runs for its master, under Buildbot's names (docs/protocol.md §5.4).
 
 NAMES and ALIASES are plain data so that the slave's config checking (bbx/slave/basedir.py)
 can name them without importing Twisted; registry.py maps them to classes (and a test checks

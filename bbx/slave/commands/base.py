@@ -6,10 +6,10 @@ master's `complete`. The contract:
 
 - `__init__` validates the arguments and raises at once (ValueError / KeyError) when they are
   missing or malformed — the master gets that as the error reply to `startCommand`
-  (PROTOCOL.md §3.2).
+  (docs/protocol.md §3.2).
 - `start()` returns a Deferred that fires (with anything) once the command has sent its last
   update, `rc` included; it errbacks when the command could not run at all, and the master
-  then gets `complete(failure)` (PROTOCOL.md §5.2).
+  then gets `complete(failure)` (docs/protocol.md §5.2).
 - `interrupt(why)` asks a running command to stop soon; `start()`'s Deferred still fires.
 """
 

@@ -1,14 +1,14 @@
 """The file-system commands a master runs on a slave: mkdir rmdir cpdir stat glob listdir rmfile.
 
 Arguments come as a Buildbot master sends them on the wire (`dir`, `fromdir`/`todir`, `file`,
-`path`, PROTOCOL.md §5.4 "Wire args from master") or under buildbot-worker's internal names
+`path`, docs/protocol.md §5.4 "Wire args from master") or under buildbot-worker's internal names
 (`paths`, `from_path`, `to_path`, `path`). Relative paths resolve under the builder dir.
 
 Updates follow buildbot-worker 4.3 (commands/fs.py): `rc` is 0 or the failing call's errno with a
 header "<command>: <strerror>: <path>"; stat sends `stat`, glob and listdir send `files`; rmdir
 and cpdir run `rm -rf` / `cp -R -P -p -v` as child processes and pass their output on. Every
 command ends with `elapsed`, as buildbot-worker's `Command.doStart` does, except after an
-interrupt (PROTOCOL.md §5.3, §6).
+interrupt (docs/protocol.md §5.3, §6).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from .base import Command
 
 log = Logger()
 
-# Master default for rmdir/cpdir `timeout` (seconds without output), PROTOCOL.md §5.4.
+# Master default for rmdir/cpdir `timeout` (seconds without output), docs/protocol.md §5.4.
 DEFAULT_CHILD_TIMEOUT = 120
 
-# Banana refuses a list with more than 640 Ki elements (PROTOCOL.md §1.1, §6), and jelly spends
+# Banana refuses a list with more than 640 Ki elements (docs/protocol.md §1.1, §6), and jelly spends
 # one element on the "list" tag; a few more are kept back as margin.
 MAX_FILES = BANANA_SIZE_LIMIT - 16
 
@@ -145,7 +145,7 @@ class _Child(protocol.ProcessProtocol):
         for key in self.decoders:
             self._output(key, b"", final=True)
         code = getattr(reason.value, "exitCode", None)
-        # A child killed by a signal reports -1, as Buildbot's RunProcess does (PROTOCOL.md §5.4).
+        # A child killed by a signal reports -1, as Buildbot's RunProcess does (docs/protocol.md §5.4).
         self.ended.callback(code if code is not None else -1)
 
 
@@ -191,7 +191,7 @@ class ChildCommand(FsCommand):
         return rc
 
     def output_seen(self) -> None:
-        """Restart the no-output timer (buildbot's `timeout` counts silence, PROTOCOL.md §6)."""
+        """Restart the no-output timer (buildbot's `timeout` counts silence, docs/protocol.md §6)."""
         if not self.timeout or self.process is None:
             return
         if self._idle_timer is not None and self._idle_timer.active():

@@ -1,4 +1,4 @@
-"""Command name -> class, the version table a slave advertises, and its allow-list (PROTOCOL.md §5.4).
+"""Command name -> class, the version table a slave advertises, and its allow-list (docs/protocol.md §5.4).
 
 Every command is advertised at COMMAND_VERSION (3.3), so modern masters use modern argument
 names and features (§5.5). Buildbot's snake_case aliases are listed too. A slave created with

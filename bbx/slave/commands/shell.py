@@ -1,4 +1,4 @@
-"""The `shell` command: run a master-given command line in the builder's workdir (PROTOCOL.md §5.4)."""
+"""The `shell` command: run a master-given command line in the builder's workdir (docs/protocol.md §5.4)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .base import Command
 class ShellCommand(Command):
     """Runs `command` (a list is exec'd, a string goes to /bin/sh -c) under `workdir`.
 
-    The master sends every argument a Buildbot master sends (PROTOCOL.md §5.4): workdir,
+    The master sends every argument a Buildbot master sends (docs/protocol.md §5.4): workdir,
     command, env, want_stdout, want_stderr, timeout, maxTime, max_lines, sigtermTime,
     interruptSignal, initial_stdin, logfiles, usePTY, logEnviron, and bbx's own sigkillTime
     (docs/protocol.md §6.1). It gets back the worker's

@@ -1,13 +1,13 @@
 """File transfers between master and slave: uploadFile, uploadDirectory, downloadFile.
 
 The master passes a remote writer (`write`, `close`, `utime`, `unpack`) or reader (`read`,
-`close`) inside the arguments (PROTOCOL.md §3.5). Every remote call is awaited before the next
+`close`) inside the arguments (docs/protocol.md §3.5). Every remote call is awaited before the next
 one, so at most one block is ever in flight and a slow master slows the transfer down.
 
 Updates follow buildbot-worker 4.3 (commands/transfer.py): uploads send the header
 "sending <path>\\n"; every transfer ends with `rc` (0, or 1 on any failure, with the reason in
 `stderr` just before it) and then `elapsed` unless it was interrupted. A failed remote call
-also fails the command (the master gets `complete(failure)`, PROTOCOL.md §5.2), as in Buildbot.
+also fails the command (the master gets `complete(failure)`, docs/protocol.md §5.2), as in Buildbot.
 
 Deliberate differences from buildbot-worker, each on the safe side:
 - maxsize: a file of exactly `maxsize` bytes is complete, not "truncated" (buildbot-worker
@@ -35,11 +35,11 @@ from .fs import FsCommand
 log = Logger()
 
 # Used when the master sends no blocksize: the master's own default for uploadDirectory and
-# downloadFile (PROTOCOL.md §5.4).
+# downloadFile (docs/protocol.md §5.4).
 DEFAULT_BLOCKSIZE = 16 * 1024
 
 # Largest block sent or asked for: the master's uploadFile default, far below Banana's
-# 640 KiB string limit (PROTOCOL.md §6), so no block can kill the connection.
+# 640 KiB string limit (docs/protocol.md §6), so no block can kill the connection.
 MAX_BLOCKSIZE = 256 * 1024
 
 # Tar modes for the `compress` argument; the master unpacks with the matching 'r|...' mode
@@ -102,7 +102,7 @@ class TransferCommand(FsCommand):
             self.stderr = message
 
     def interrupt(self, why: str) -> None:
-        """Stop at the next block; the command then ends with rc 1 (PROTOCOL.md §6)."""
+        """Stop at the next block; the command then ends with rc 1 (docs/protocol.md §6)."""
         if self.interrupted:
             return
         super().interrupt(why)
