@@ -89,10 +89,13 @@ def closed_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.parametrize("form", ["endpoint", "host:port"])
 @pytest.mark.parametrize("argv", [["ping", "b"], ["run", "b", "--", "true"], ["slaves", "--json"],
                                   ["doctor"]])
-def test_operator_commands_on_tcp_load_no_tls_no_pydantic_no_role(argv, closed_port):
-    env = {"BBX_MASTER": f"tcp:host=127.0.0.1:port={closed_port}", "BBX_USER": "u",
+def test_operator_commands_on_tcp_load_no_tls_no_pydantic_no_role(argv, form, closed_port):
+    master = (f"tcp:host=127.0.0.1:port={closed_port}" if form == "endpoint"
+              else f"127.0.0.1:{closed_port}")
+    env = {"BBX_MASTER": master, "BBX_USER": "u",
            "BBX_PASSWORD": "p", "PATH": "/usr/bin:/bin"}
     modules = modules_after(argv, env)
     assert "twisted.internet.reactor" in modules  # it did try to connect

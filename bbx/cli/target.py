@@ -235,6 +235,11 @@ def endpoint_of_master(master: str, use_tls: bool) -> str:
     if "=" in endpoint:
         return endpoint
     try:
+        from .client import load_twisted
+
+        # bbx.pb.endpoints imports Twisted: first the CLI's lean way (no OpenSSL for a tcp:
+        # master, no cookiejar), as every operator command would a moment later anyway.
+        load_twisted(tls=use_tls)
         from bbx.pb.endpoints import master_endpoint
 
         return master_endpoint(endpoint, use_tls=use_tls)
