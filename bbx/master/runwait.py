@@ -50,6 +50,7 @@ class RunWaiter:
             d = self.observer.callRemote("waiting", info)
         except Exception as e:  # e.g. the broker is already gone
             log.info("could not tell a waiting client its position: {e}", e=str(e))
+            self._in_flight = False
             return
         d.addTimeout(NOTICE_DEADLINE, reactor)
 
