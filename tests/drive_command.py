@@ -31,6 +31,24 @@ from bbx.slave.commands import registry
 from bbx.slave.commands.base import CommandContext
 
 
+
+class _BlockingLines:
+    """The driver's stdout, written whole: a pipe to the test holds 64 KiB, and should its open
+    file description ever be non-blocking (flags are shared with every process that inherited
+    it), a buffered write of a 10 MB line would stop at 64 KiB and lose the rest of the line."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def write(self, text: str) -> None:
+        data = memoryview(text.encode("utf-8"))
+        os.set_blocking(self.fd, True)
+        while data:
+            data = data[os.write(self.fd, data):]
+
+    def flush(self) -> None:
+        pass
+
 class _Local:
     """A stand-in for a remote reference: callRemote runs remote_<name> and returns a Deferred."""
 
@@ -105,7 +123,8 @@ def main(reactor, builder_dir, name, args_json, *rest):
         args["writer"] = FileWriter(args["writer"])
     if isinstance(args.get("reader"), str):
         args["reader"] = FileReader(args["reader"])
-    out = sys.stdout
+    sys.stdout.flush()
+    out = _BlockingLines(sys.stdout.fileno())
     if containment is not None:
         out.write(json.dumps({"containment": out_mode}) + "\n")
 
