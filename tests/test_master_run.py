@@ -78,7 +78,10 @@ def test_interrupting_a_long_command_completes_within_10_seconds(farm):
     try:
         lines = finished(proc, timeout=10)
         assert lines[-1]["complete"]["interrupted"] is True
-        assert lines[-1]["complete"]["rc"] == -1
+        # Killed by SIGTERM (bbx's default interrupt, then SIGKILL after the grace), the worker
+        # reports -1. Interrupted "@start", the TERM can also land in the worker's forked child
+        # before its exec, where Twisted's child code turns any exception into exit status 1.
+        assert lines[-1]["complete"]["rc"] in (-1, 1)
     finally:
         proc.terminate()
 
