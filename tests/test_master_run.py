@@ -79,8 +79,9 @@ def test_interrupting_a_long_command_completes_within_10_seconds(farm):
         lines = finished(proc, timeout=10)
         assert lines[-1]["complete"]["interrupted"] is True
         # Killed by SIGTERM (bbx's default interrupt, then SIGKILL after the grace), the worker
-        # reports -1. Interrupted "@start", the TERM can also land in the worker's forked child
-        # before its exec, where Twisted's child code turns any exception into exit status 1.
+        # reports -1. Interrupted "@start", it once reported exit status 1 under load (likely
+        # the TERM landing in its forked child before the exec, where Twisted's child code
+        # exits 1 on any error); either way the command is over, which is what this is about.
         assert lines[-1]["complete"]["rc"] in (-1, 1)
     finally:
         proc.terminate()
