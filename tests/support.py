@@ -48,6 +48,27 @@ def refused_port() -> int:
     return s.getsockname()[1]
 
 
+def marked(marker: str, *, anywhere: bool = False) -> set[int]:
+    """Live processes running `marker` (their argv[0]), or with it `anywhere` in their argv."""
+    found = set()
+    needle = marker.encode()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if not (needle in b"\0".join(argv) if anywhere else argv[0] == needle):
+                continue
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        if data[data.rindex(b")") + 2:].split()[0] not in (b"Z", b"X"):
+            found.add(int(name))
+    return found
+
+
 def file_contains(path, text: str) -> bool:
     try:
         return text in Path(path).read_text(errors="replace")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.buildfarm import Farm, master_toml, stored_log
-from tests.support import wait_until
+from tests.support import marked, wait_until
 
 # A command with a TERM cleanup, and one that ignores TERM (its children inherit SIG_IGN).
 CLEANS_UP = "trap 'echo cleanup; exit 0' TERM; echo ready; while :; do sleep 0.1; done"
@@ -68,17 +68,15 @@ def farm(tmp_path_factory):
 
 
 def running_with(marker: str) -> list[int]:
-    """Pids of processes whose command line holds `marker`."""
+    """Pids of live processes whose command line holds `marker` (pytest's own excepted)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
+    for pid in sorted(marked(marker, anywhere=True)):
         try:
-            cmdline = (entry / "cmdline").read_bytes()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if marker.encode() in cmdline and b"pytest" not in cmdline:
-            found.append(int(entry.name))
+        if pid != os.getpid() and b"pytest" not in cmdline:
+            found.append(pid)
     return found
 
 

@@ -23,7 +23,7 @@ import pytest
 from bbx.slave import cgroup as cg
 from bbx.slave.containment import slave_key
 from tests.buildfarm import Farm, master_toml
-from tests.support import file_contains, run_bbx, wait_until
+from tests.support import file_contains, marked, run_bbx, wait_until
 
 BUILDER = '[[builders]]\nname = "b"\nslaves = ["s1"]\n'
 DRIVER = Path(__file__).with_name("drive_command.py")
@@ -55,27 +55,6 @@ def sleeper(tmp_path: Path) -> str:
     path = tmp_path / f"bbx-orphan-{uuid.uuid4().hex}"
     path.symlink_to(shutil.which("sleep"))
     return str(path)
-
-
-def marked(marker: str, *, anywhere: bool = False) -> set[int]:
-    """Live processes running `marker` (their argv[0]), or with it `anywhere` in their argv."""
-    found = set()
-    needle = marker.encode()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            if not (needle in b"\0".join(argv) if anywhere else argv[0] == needle):
-                continue
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        if data[data.rindex(b")") + 2:].split()[0] not in (b"Z", b"X"):
-            found.add(int(name))
-    return found
 
 
 def zombie_children(pid: int) -> set[int]:
