@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchutil import wait_for
+
 BIN = Path(sys.executable).parent
 BBX = str(BIN / "bbx")
 
@@ -64,14 +66,6 @@ command = "yes 0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 [control]
 users = [{{ name = "admin", password = "admin-pw" }}]
 '''
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def main() -> int:

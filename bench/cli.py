@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from benchutil import wait_for
 
 BIN = Path(sys.executable).parent
 BBX = str(BIN / "bbx")
@@ -63,14 +64,6 @@ command = ["true"]
 [control]
 users = [{ name = "admin", password = "admin-pw" }]
 '''
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def timed(argv, env) -> tuple[float, float]:

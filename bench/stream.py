@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from benchutil import wait_for
 
 BIN = Path(sys.executable).parent
 BBX = str(BIN / "bbx")
@@ -72,17 +73,6 @@ def base64_size(raw: int) -> int:
 def command_for(mb: float) -> tuple[str, int]:
     raw = int(mb * 750_000)
     return f"head -c {raw} /dev/zero | base64", base64_size(raw)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench: timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Child:
