@@ -1,3 +1,3 @@
-from bbx.cli import main
+from bbx.startup import main
 
 main()

@@ -191,7 +191,7 @@ sys.argv = ["bbx", *sys.argv[2:]]
 profile = cProfile.Profile(time.process_time)
 atexit.register(lambda: (profile.disable(), profile.dump_stats(out)))
 profile.enable()
-from bbx.cli import main
+from bbx.startup import main
 main()
 """
 

@@ -152,7 +152,7 @@ def measure(env, runs: int, label: str) -> None:
 
 
 def importtime(cmd: str, env) -> None:
-    argv = [sys.executable, "-X", "importtime", "-c", "import sys; from bbx.cli import main; "
+    argv = [sys.executable, "-X", "importtime", "-c", "import sys; from bbx.startup import main; "
             f"sys.argv = ['bbx', *{shlex.split(cmd)!r}]; main()"]
     result = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     rows = []

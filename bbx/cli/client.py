@@ -156,6 +156,9 @@ def run_reactor(main: Callable[[Any], Any]):
     stopped_early: list[bool] = []
     reactor.addSystemEventTrigger("before", "shutdown", lambda: stopped_early.append(not outcome))
     reactor.callWhenRunning(start)
+    from bbx import startup
+
+    startup.resume()
     reactor.run()
     if not outcome or stopped_early[:1] == [True]:
         raise Interrupted()

@@ -451,8 +451,10 @@ def migrate_store(
     if not target.shared:
         raise UsageError(f"--to {to!r} is not a PostgreSQL URL; write e.g. "
                          "--to postgresql://bbx@db.example.org/bbx")
+    from bbx import startup
     from bbx.master.migrate import migrate
 
+    startup.resume()  # a long copy: the collector runs while it does
     print(f"copying {source.path} into {target.display()} ...")
     started = time.monotonic()
     try:

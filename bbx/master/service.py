@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
-from bbx import pidfile
+from bbx import pidfile, startup
 from bbx.pb.banana import FastBroker
 from bbx.pb.endpoints import enable_tcp_keepalive, server_endpoint, with_backlog
 
@@ -518,6 +518,7 @@ def run(basedir, config: MasterConfig, *, to_terminal: bool, log_options=None,
     reactor.addSystemEventTrigger("before", "shutdown", service.stop)
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(sighup))
     log.info("master starting in {dir} (pid {pid})", dir=str(basedir), pid=os.getpid())
+    startup.resume(freeze=False)
     try:
         reactor.run()
     finally:

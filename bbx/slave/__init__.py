@@ -239,6 +239,9 @@ def run(config, *, console: bool = True, log_options=None, http: str | None = No
         systemd.notify("READY=1", f"STATUS=connecting to {config.connection}")
 
     reactor.callWhenRunning(begin)
+    from bbx import startup
+
+    startup.resume(freeze=False)
     try:
         reactor.run()
     finally:
