@@ -213,17 +213,23 @@ class Build:
     @defer.inlineCallbacks
     def _run_steps(self):
         sb = self.slave_builder
+        starting = None
         if self.lost is None:
-            try:
-                yield sb.link.start_build(sb.name)
-            except Exception as e:
-                self.lost = self.lost or f"slave {self.slave_name} did not start the build: {e}"
+            def not_started(failure):
+                self.lost = self.lost or (f"slave {self.slave_name} did not start the build: "
+                                          f"{failure.value}")
+            # The slave's answer to startBuild and the first step's row in the store are
+            # independent: wait for both at once (the round trip overlaps the write).
+            starting = sb.link.start_build(sb.name).addErrback(not_started)
         for number, step in enumerate(self.steps, 1):
             if self.queue.stopping:
                 return
+            step_id = yield self.store.start_step(self.build_id, number, step.name)
+            if starting is not None:
+                yield starting  # never fails: a refusal sets self.lost
+                starting = None
             run = not (self.terminate or self.cancelled or self.lost) or (
                 step.always_run and not self.lost)
-            step_id = yield self.store.start_step(self.build_id, number, step.name)
             info = {"build_id": self.build_id, "number": number, "name": step.name,
                     "kind": step.kind}
             if not run:
