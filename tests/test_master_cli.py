@@ -73,6 +73,18 @@ def test_checkconfig_lists_what_is_configured_but_no_passwords(tmp_path):
     assert "pa" not in result.stdout.split() and config["control"]["users"][0]["password"] not in result.stdout
 
 
+def test_checkconfig_of_a_big_farm_names_a_few_and_counts_the_rest(tmp_path):
+    slaves = [f"s{i}:p{i}" for i in range(1000)]
+    builders = [f"b{i}=s{i}" for i in range(200)]
+    make_master(tmp_path, slaves=slaves, builders=builders)
+    result = run_bbx("master", "checkconfig", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "slaves (1000): s0, s1," in result.stdout and "s19 and 980 more" in result.stdout
+    assert "s20," not in result.stdout and "    b49: slaves s49" in result.stdout
+    assert "b50:" not in result.stdout and "and 150 more" in result.stdout
+    assert len(result.stdout.splitlines()) < 80
+
+
 def test_checkconfig_on_a_malformed_file_names_file_line_and_key(tmp_path):
     make_master(tmp_path)
     path = tmp_path / "master.toml"
@@ -194,3 +206,26 @@ def test_start_with_a_bad_listen_string_names_the_config_line(tmp_path):
     number = int(line.split(str(path) + ":")[1].split(":")[0])
     assert path.read_text().splitlines()[number - 1] == 'listen = "bogus:1"'
     assert "master.listen" in line and "bogus" in line
+
+
+def test_create_gives_slaves_tags_and_builders_chosen_by_tags(tmp_path):
+    result = run_bbx("master", "create", tmp_path, "--listen", "tcp:0:interface=127.0.0.1",
+                     "--slave", "a:pa", "--slave", "b:pb", "--slave-tags", "a=linux,docker",
+                     "--builder", "images=tag:linux,tag:docker", "--builder", "both=a,b,tag:arm")
+    assert result.returncode == 0, result.stderr
+    config = tomllib.loads((tmp_path / "master.toml").read_text())
+    assert [s.get("tags") for s in config["slaves"]] == [["linux", "docker"], None]
+    assert config["builders"][0]["slaves"] == {"tags": ["linux", "docker"]}
+    assert config["builders"][1]["slaves"] == {"names": ["a", "b"], "tags": ["arm"]}
+    checked = run_bbx("master", "checkconfig", tmp_path)
+    assert "a [linux, docker], b" in checked.stdout
+    assert "images: slaves tags linux+docker" in checked.stdout
+
+
+def test_create_refuses_tags_for_a_slave_it_does_not_create(tmp_path):
+    line = one_clear_line(run_bbx("master", "create", tmp_path, "--slave", "a:pa",
+                                  "--slave-tags", "x=linux"))
+    assert "'x'" in line and "no --slave" in line
+    assert not (tmp_path / "master.toml").exists()
+    line = one_clear_line(run_bbx("master", "create", tmp_path, "--slave-tags", "local=bad tag"))
+    assert "'bad tag' is not a tag" in line

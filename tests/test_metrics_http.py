@@ -50,6 +50,8 @@ def test_master_metrics_count_slaves_builds_and_log_bytes(farm):
     assert values["bbx_master_slaves_connected"] == 1
     assert values['bbx_master_builds_total{result="success"}'] >= 1
     assert values["bbx_master_builds_running"] == 0 and values["bbx_master_requests_queued"] == 0
+    assert values["bbx_master_slaves_attaching"] == 0
+    assert values["bbx_master_slaves_attach_waiting"] == 0
     assert values["bbx_master_log_bytes_received_total"] >= len("twelve bytes\n")
     assert values["bbx_master_store_write_seconds_count"] >= 1
     assert "# TYPE bbx_master_keepalive_rtt_seconds histogram" in text

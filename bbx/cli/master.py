@@ -49,12 +49,33 @@ def _parse_slave(text: str):
 
 
 def _parse_builder(text: str):
-    name, sep, slaves = text.partition("=")
-    names = [s.strip() for s in slaves.split(",") if s.strip()]
-    if not sep or not name.strip() or not names:
-        raise UsageError(f"--builder {text!r} is not NAME=SLAVE[,SLAVE...]; "
-                         f"write e.g. --builder linux=local")
-    return name.strip(), names
+    """NAME=ITEM[,ITEM...], each item a slave's name or tag:TAG; (name, names, tags)."""
+    name, sep, items = text.partition("=")
+    words = [s.strip() for s in items.split(",") if s.strip()]
+    names = [w for w in words if not w.startswith("tag:")]
+    if not sep or not name.strip() or not words or "tag:" in words:
+        raise UsageError(f"--builder {text!r} is not NAME=SLAVE[,SLAVE...] (or tag:TAG items); "
+                         f"write e.g. --builder linux=local or --builder test=tag:linux")
+    tags = _tags(f"--builder {text!r}", [w[len("tag:"):] for w in words if w.startswith("tag:")])
+    return name.strip(), names, tags
+
+
+def _parse_slave_tags(text: str):
+    name, sep, items = text.partition("=")
+    tags = [t.strip() for t in items.split(",") if t.strip()]
+    if not sep or not name.strip() or not tags:
+        raise UsageError(f"--slave-tags {text!r} is not NAME=TAG[,TAG...]; "
+                         f"write e.g. --slave-tags local=linux,x86_64")
+    return name.strip(), _tags(f"--slave-tags {text!r}", tags)
+
+
+def _tags(where: str, tags: list[str]) -> tuple[str, ...]:
+    from bbx.pb.tags import check_tags
+
+    try:
+        return check_tags(tags)
+    except ValueError as e:
+        raise UsageError(f"{where}: {e}") from None
 
 
 @app.command()
@@ -64,8 +85,13 @@ def create(
                                help="Twisted server endpoint string to listen on."),
     slave: Optional[List[str]] = typer.Option(None, "--slave", help="NAME:PASSWORD (repeatable). "
                                               "Default: one slave 'local' with a random password."),
-    builder: Optional[List[str]] = typer.Option(None, "--builder", help="NAME=SLAVE[,SLAVE...] "
-                                                "(repeatable). Default: one builder per slave."),
+    slave_tags: Optional[List[str]] = typer.Option(
+        None, "--slave-tags", metavar="NAME=TAG[,TAG...]",
+        help="Tags of a slave given by --slave (repeatable), e.g. local=linux,x86_64."),
+    builder: Optional[List[str]] = typer.Option(
+        None, "--builder", help="NAME=SLAVE[,SLAVE...] (repeatable); an item tag:TAG selects "
+        "the slaves with that tag (all tag: items must match), e.g. test=tag:linux,tag:docker. "
+        "Default: one builder per slave."),
     tls: bool = typer.Option(False, "--tls", help="Listen with TLS: write a private key (0600) and a "
                              "self-signed certificate to DIR and print its SHA-256 fingerprint."),
     tls_name: Optional[List[str]] = typer.Option(
@@ -91,11 +117,22 @@ def create(
         from bbx.master.config import SlaveConfig
 
         slaves = [SlaveConfig(DEFAULT_SLAVE, new_password())]
+    if slave_tags:
+        import dataclasses
+
+        by_name = {s.name: i for i, s in enumerate(slaves)}
+        for text in slave_tags:
+            name, tags = _parse_slave_tags(text)
+            if name not in by_name:
+                raise UsageError(f"--slave-tags {text!r} names slave {name!r}, which no --slave "
+                                 f"gives; slaves: {', '.join(by_name)}")
+            i = by_name[name]
+            slaves[i] = dataclasses.replace(slaves[i], tags=tags)
     if builder:
         builders = []
         for text in builder:
-            name, names = _parse_builder(text)
-            builders.append(BuilderConfig(name, tuple(names), safe_builddir(name)))
+            name, names, tags = _parse_builder(text)
+            builders.append(BuilderConfig(name, tuple(names), safe_builddir(name), tags=tags))
     else:
         builders = [BuilderConfig(s.name, (s.name,), safe_builddir(s.name)) for s in slaves]
     certificate = _make_certificate(directory, listen, tls_name or [], force) if tls else None
@@ -168,6 +205,11 @@ def _check_listen(listen: str, config=None) -> None:
                          f'"tcp:9989:interface=127.0.0.1"') from None
 
 
+# How many slaves and builders checkconfig names before it only counts the rest.
+CHECKCONFIG_SLAVES = 20
+CHECKCONFIG_BUILDERS = 50
+
+
 @app.command()
 def checkconfig(directory: Path = typer.Argument(..., help="The master's directory.")) -> None:
     """Validate DIR/master.toml and say what it configures (never the passwords)."""
@@ -180,11 +222,17 @@ def checkconfig(directory: Path = typer.Argument(..., help="The master's directo
           f"{config.keepalive_timeout:g} s is declared gone")
     from bbx.master.selection import describe, unserved
 
-    print(f"  slaves ({len(config.slaves)}): "
-          f"{', '.join(_slave_text(s) for s in config.slaves) or 'none'}")
+    # A farm may configure thousands of each: the first few, then how many more.
+    shown = ", ".join(_slave_text(s) for s in config.slaves[:CHECKCONFIG_SLAVES]) or "none"
+    if len(config.slaves) > CHECKCONFIG_SLAVES:
+        shown += f" and {len(config.slaves) - CHECKCONFIG_SLAVES} more"
+    print(f"  slaves ({len(config.slaves)}): {shown}")
     print(f"  builders ({len(config.builders)}):")
-    for b in config.builders:
+    for b in config.builders[:CHECKCONFIG_BUILDERS]:
         print(f"    {b.name}: slaves {describe(b)}; builddir {b.builddir}")
+    if len(config.builders) > CHECKCONFIG_BUILDERS:
+        print(f"    and {len(config.builders) - CHECKCONFIG_BUILDERS} more "
+              f"(`bbx builders` lists them from a running master)")
     for line in unserved(config):
         print(f"  warning: {line}")
     print(f"  control users: {', '.join(u.name for u in config.control_users) or 'none'}")

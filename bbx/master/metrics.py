@@ -22,6 +22,10 @@ KEEPALIVE_RTT = REGISTRY.histogram("bbx_master_keepalive_rtt_seconds",
                                    "Round trip of the master's keepalive to a slave.")
 STORE_WRITE = REGISTRY.histogram("bbx_master_store_write_seconds",
                                  "Time for one batch of log to be written to the store.")
+ATTACHING = REGISTRY.gauge("bbx_master_slaves_attaching",
+                           "Slaves logged in whose attach sequence runs now (at most max_attaching).")
+ATTACH_WAITING = REGISTRY.gauge("bbx_master_slaves_attach_waiting",
+                                "Slaves logged in and waiting for a turn to attach (a storm).")
 LOGINS_REFUSED = REGISTRY.counter("bbx_master_logins_refused_total",
                                   "Logins refused, by reason.", ["reason"])
 
@@ -48,3 +52,5 @@ def bind(service) -> None:
     BUILDS_RUNNING.read = lambda: len(service.queue.running)
     REQUESTS_QUEUED.read = lambda: len(service.queue.requests)
     COMMANDS_RUNNING.read = commands
+    ATTACHING.read = lambda: service.admission.running
+    ATTACH_WAITING.read = lambda: service.admission.waiting
