@@ -142,7 +142,7 @@ def run_farm(db: str, options) -> dict:
     try:
         master_out = open(root / "master.out", "wb")
         procs.append(subprocess.Popen(bbx_argv(options, "master", "master", "start",
-                                               str(master_dir)), stdout=master_out,
+                                               str(master_dir)), stdout=master_out, cwd=root,
                                       stderr=subprocess.STDOUT, start_new_session=True))
         wait_for(lambda: (master_dir / "master.endpoint").exists(), 30, "the master")
         endpoint = (master_dir / "master.endpoint").read_text().strip()
@@ -154,7 +154,7 @@ def run_farm(db: str, options) -> dict:
             toml.write_text(toml.read_text().replace("cgroup = true", "cgroup = false"))
         slave_out = open(root / "slave.out", "wb")
         procs.append(subprocess.Popen(bbx_argv(options, "slave", "slave", "start",
-                                               str(root / "s")), stdout=slave_out,
+                                               str(root / "s")), stdout=slave_out, cwd=root,
                                       stderr=subprocess.STDOUT, start_new_session=True))
         wait_for(lambda: b"message from master: attached" in (root / "slave.out").read_bytes(),
                  30, "the slave")
@@ -177,7 +177,9 @@ def run_farm(db: str, options) -> dict:
 def bbx_argv(options, role: str, *args: str) -> list[str]:
     if options.profile is None:
         # `python -m bbx` rather than the venv's script, so PYTHONPATH can point the roles at
-        # another checkout (git archive main | tar -x -C /tmp/old) for an interleaved A/B.
+        # another checkout (git archive main | tar -x -C /tmp/old) for an interleaved A/B. The
+        # roles run in the temporary directory: `-m` puts the working directory first on
+        # sys.path, and from the repository's root it would beat PYTHONPATH.
         return [sys.executable, "-m", "bbx", *args]
     out = options.profile / f"{options.engine}-{role}.prof"
     # CPU time, not wall time: on a loaded machine wall time is mostly other processes' turn.

@@ -109,6 +109,10 @@ def main(reactor, builder_dir, name, args_json, *rest):
     interrupt_on = rest[rest.index("--interrupt-on-output") + 1] if "--interrupt-on-output" in rest else None
     holder = {}
     containment = None
+    # As a slave starts: commands spawn fork-free where the tools exist (BBX_SPAWN=fork: fork).
+    from bbx.slave.spawn import choose_spawner
+
+    choose_spawner()
     if "--contain" in rest:
         from bbx.slave.containment import Containment
 
@@ -158,6 +162,9 @@ def main(reactor, builder_dir, name, args_json, *rest):
         yield batcher.flush()
         if containment is not None:
             yield containment.stop()
+        spawned_by = getattr(getattr(cmd, "process", None), "spawned_by", None)
+        if spawned_by is not None:
+            out.write(json.dumps({"spawned_by": spawned_by}) + "\n")
         for peer in (args.get("writer"), args.get("reader")):
             if isinstance(peer, _Local):
                 out.write(json.dumps({"peer_calls": getattr(peer, "calls", [])}) + "\n")

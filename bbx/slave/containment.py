@@ -34,7 +34,7 @@ from twisted.logger import Logger
 import bbx
 from bbx.slave.cgroup import Cgroup, CgroupTree
 from bbx.slave.proctree import COOKIE_VAR, ProcessTree, children_of, process_table, start_time
-from bbx.slave.spawn import DetachedProcess, set_child_subreaper
+from bbx.slave.spawn import DetachedProcess, choose_spawner, set_child_subreaper
 
 log = Logger(namespace="bbx.slave")
 
@@ -105,6 +105,7 @@ class Containment:
 
     def start(self) -> None:
         self.subreaper = set_child_subreaper()
+        log.info("commands start by {how}", how=choose_spawner())
         stale: list[Cgroup] = []
         if self.want_cgroups:
             self.tree, self.why_no_cgroup = CgroupTree.create(self.key)

@@ -147,6 +147,7 @@ class RunProcess:
 
         self.cookie = uuid.uuid4().hex
         self.pid: int | None = None
+        self.spawned_by: str | None = None
         self.tree: ProcessTree | None = None
         self.run = None  # our place in the containment
         self._transport = None
@@ -256,6 +257,7 @@ class RunProcess:
     def _connected(self, transport) -> None:
         self._transport = transport
         self.pid = transport.pid
+        self.spawned_by = getattr(transport, "spawned_by", "fork")  # clone3, posix_spawn, fork
         inodes = []
         for pipe in getattr(transport, "pipes", {}).values():
             try:
