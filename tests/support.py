@@ -69,6 +69,15 @@ def marked(marker: str, *, anywhere: bool = False) -> set[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """Whether pid is a live (non-zombie) process."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return data[data.rindex(b")") + 2:].split()[0] not in (b"Z", b"X")
+
+
 def file_contains(path, text: str) -> bool:
     try:
         return text in Path(path).read_text(errors="replace")

@@ -13,7 +13,7 @@ import pytest
 
 from bbx.pb.secrets import is_secret_name
 from bbx.slave.shellargs import build_environment, command_argv, environment_header, signal_number
-from tests.support import wait_until
+from tests.support import alive, wait_until
 
 DRIVER = Path(__file__).with_name("drive_command.py")
 PY = sys.executable
@@ -105,15 +105,6 @@ def drive(tmp_path, args: dict, *extra: str, runner: list[str] | None = None, ti
         "header": "".join(v for k, v in updates if k == "header"),
         "stdout": "".join(v for k, v in updates if k == "stdout"),
     }
-
-
-def alive(pid: int) -> bool:
-    """Whether pid is a live (non-zombie) process."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return data[data.rindex(b")") + 2:].split()[0] not in (b"Z", b"X")
 
 
 def read_pids(path: Path) -> list[int]:

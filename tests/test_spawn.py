@@ -16,7 +16,7 @@ import pytest
 
 from bbx.slave import cgroup as cg
 from bbx.slave.spawn import SPAWN_ENV, choose_spawner
-from tests.support import wait_until
+from tests.support import alive, wait_until
 
 DRIVER = Path(__file__).with_name("drive_command.py")
 PY = sys.executable
@@ -138,7 +138,7 @@ def test_the_command_dies_with_the_process_that_started_it(tmp_path, spawner):
         child = int(pid_file.read_text())
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(10)
-        wait_until(lambda: not _alive(child), 15, what="the command to die with its parent")
+        wait_until(lambda: not alive(child), 15, what="the command to die with its parent")
     finally:
         for pid in (driver.pid, child):
             if pid:
@@ -155,11 +155,3 @@ def test_a_program_that_cannot_run_gets_a_shells_exit_codes(tmp_path, spawner):
     script.chmod(0o644)
     assert drive(tmp_path, spawner, [str(script)])["rc"] == [126]
     assert drive(tmp_path, spawner, ["no-such-program-bbx"])["rc"] == [127]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return data[data.rindex(b")") + 2:].split()[0] not in (b"Z", b"X")

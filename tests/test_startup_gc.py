@@ -7,6 +7,8 @@ import gc
 import sys
 from importlib import metadata
 
+import pytest
+
 from tests.support import Proc, refused_port, run_bbx
 
 # Runs the console script's entry point, and says when (and how) the collector is resumed.
@@ -47,23 +49,16 @@ def test_help_never_resumes_and_still_exits_cleanly(tmp_path):
     assert "Usage" in proc.output() and "RESUMED" not in proc.output()
 
 
-def test_the_master_daemon_resumes_without_freezing_its_configuration(tmp_path):
-    master = tmp_path / "m"
-    created = run_bbx("master", "create", master, "--listen", "tcp:0:interface=127.0.0.1")
+@pytest.mark.parametrize("role", ["master", "slave"])
+def test_the_daemons_resume_without_freezing_their_configuration(tmp_path, role):
+    basedir = tmp_path / role
+    if role == "master":
+        create = ("master", "create", basedir, "--listen", "tcp:0:interface=127.0.0.1")
+    else:
+        create = ("slave", "create", basedir, f"127.0.0.1:{refused_port()}", "s1", "pw")
+    created = run_bbx(*create)
     assert created.returncode == 0, created.stderr
-    proc = probe(tmp_path, "master", "start", master)
-    try:
-        proc.wait_for_output("listening on", timeout=60)
-        assert "RESUMED freeze=False enabled=True frozen=False" in proc.output()
-    finally:
-        proc.terminate()
-
-
-def test_the_slave_daemon_resumes_without_freezing(tmp_path):
-    slave = tmp_path / "s"
-    created = run_bbx("slave", "create", slave, f"127.0.0.1:{refused_port()}", "s1", "pw")
-    assert created.returncode == 0, created.stderr
-    proc = probe(tmp_path, "slave", "start", slave)
+    proc = probe(tmp_path, role, "start", basedir)
     try:
         proc.wait_for_output("RESUMED", timeout=60)
         assert "RESUMED freeze=False enabled=True frozen=False" in proc.output()
