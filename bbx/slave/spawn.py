@@ -107,8 +107,6 @@ class _ChildSetup:
             self.spawned_by = "clone3"
             return
         super()._fork(path, uid, gid, executable, args, environment, **kwargs)
-        if getattr(self, "_spawned", False):
-            self.spawned_by = "posix_spawn"
 
     def _clone_into_cgroup(self, path, uid, gid, executable, args, environment, kwargs) -> bool:
         """Twisted's fork and child setup, with clone3 born in the cgroup; False (nothing
@@ -283,7 +281,7 @@ class SessionProcess(_ChildSetup, process.Process):
                                   else os.environ, file_actions=actions, setsid=True,
                                   setsigdef=ignored)
         self.status = -1
-        self._spawned = True
+        self.spawned_by = "posix_spawn"
         return True
 
     def _setupChild(self, fdmap):
