@@ -27,7 +27,7 @@ class FullStore:
         self.give_up_after = give_up_after
         self.queue = None
 
-    def start_build(self, request_id, builder, slave):
+    def start_build(self, request_id, builder, slave, first_step=None):
         self.start_attempts += 1
         if self.start_attempts >= self.give_up_after:
             self.queue.stop()
@@ -42,11 +42,20 @@ class IdleSlave:
     link = None
 
 
+class AnsweringLink:
+    """The slave's side of startBuild: answered at once."""
+
+    def start_build(self, builder):
+        return defer.succeed(None)
+
+
 class AnsweringSlaveBuilder:
-    """A SlaveBuilder whose slave answers every ping at once."""
+    """A SlaveBuilder whose slave answers every ping (and startBuild) at once."""
 
     def __init__(self, builder):
         self.builder = builder
+        self.name = builder.name
+        self.link = AnsweringLink()
         self.slave = IdleSlave()
         self.command = None
         self.build = None

@@ -251,6 +251,20 @@ class LogTests(StoreTestCase):
         self.assertEqual(seqs, sorted(set(seqs)))
 
     @defer.inlineCallbacks
+    def test_a_build_can_start_with_its_first_step_in_one_transaction(self):
+        store = yield self.open_store()
+        build_id, number, step_id = yield store.start_build(None, "b", "s", first_step="compile")
+        store.append_log(step_id, "stdout", "compiled\n")
+        yield store.finish_step(step_id, 0, 0)
+        second = yield store.start_step(build_id, 2, "test")
+        steps = (yield store.build(build_id))["steps"]
+        self.assertEqual(number, 1)
+        self.assertEqual([(s["number"], s["name"]) for s in steps], [(1, "compile"), (2, "test")])
+        self.assertEqual([(s, t) for _q, s, t in (yield store.log(build_id, "compile"))],
+                         [("stdout", "compiled\n")])
+        self.assertNotEqual(second, step_id)
+
+    @defer.inlineCallbacks
     def test_follow_reads_only_what_came_after_the_last_seq(self):
         store = yield self.open_store()
         build_id, step_id = yield self.build_with_step(store)

@@ -187,15 +187,22 @@ class Build:
                     self.result = None
                     self._fail_first(e)
                     return None
-            self.build_id, self.number = yield self.store.start_build(
-                self.request_id, self.builder.name, self.slave_name)
+            # The slave's answer to startBuild and the build's rows in the store (the build
+            # and its first step, one transaction) are independent: wait for both at once.
+            starting = (sb.link.start_build(sb.name).addErrback(self._not_started)
+                        if self.lost is None else defer.succeed(None))
+            first_step = self.steps[0].name if self.steps else None
+            started = yield self.store.start_build(self.request_id, self.builder.name,
+                                                   self.slave_name, first_step=first_step)
+            self.build_id, self.number = started[:2]
             self.started_at = self.reactor.seconds()
             self.queue.build_started(self)
             log.info("build {id} (#{number} of {builder}) started on slave {slave}",
                      id=self.build_id, number=self.number, builder=self.builder.name,
                      slave=self.slave_name)
             self._notify("buildStarted", self.info())
-            yield self._run_steps()
+            yield starting  # never fails: a refusal sets self.lost
+            yield self._run_steps(first_step_id=started[2] if first_step else None)
         except Exception as e:
             log.failure("build {id} of {builder} failed", id=self.build_id,
                         builder=self.builder.name)
@@ -210,24 +217,19 @@ class Build:
             self.first_command.errback(error if isinstance(error, BaseException)
                                        else RuntimeError(str(error)))
 
+    def _not_started(self, failure) -> None:
+        self.lost = self.lost or (f"slave {self.slave_name} did not start the build: "
+                                  f"{failure.value}")
+
     @defer.inlineCallbacks
-    def _run_steps(self):
-        sb = self.slave_builder
-        starting = None
-        if self.lost is None:
-            def not_started(failure):
-                self.lost = self.lost or (f"slave {self.slave_name} did not start the build: "
-                                          f"{failure.value}")
-            # The slave's answer to startBuild and the first step's row in the store are
-            # independent: wait for both at once (the round trip overlaps the write).
-            starting = sb.link.start_build(sb.name).addErrback(not_started)
+    def _run_steps(self, first_step_id: int | None = None):
         for number, step in enumerate(self.steps, 1):
             if self.queue.stopping:
                 return
-            step_id = yield self.store.start_step(self.build_id, number, step.name)
-            if starting is not None:
-                yield starting  # never fails: a refusal sets self.lost
-                starting = None
+            if number == 1 and first_step_id is not None:
+                step_id = first_step_id  # written with the build (store.start_build)
+            else:
+                step_id = yield self.store.start_step(self.build_id, number, step.name)
             run = not (self.terminate or self.cancelled or self.lost) or (
                 step.always_run and not self.lost)
             info = {"build_id": self.build_id, "number": number, "name": step.name,

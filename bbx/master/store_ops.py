@@ -26,11 +26,23 @@ class StoreOperations:
         reason, retries."""
         return self._call(sql.pending_requests, builder, write=False)
 
-    def start_build(self, request_id: int | None, builder: str, slave: str):
+    def start_build(self, request_id: int | None, builder: str, slave: str,
+                    first_step: str | None = None):
         """Start a build of `builder` on `slave`, claiming request `request_id` (None for a
         build nobody queued). Fires with (build_id, number); `number` counts per builder from
-        1. NoSuchRequest / RequestNotQueued if the request cannot be claimed."""
-        return self._call(sql.start_build, request_id, builder, slave, self._reactor.seconds())
+        1. NoSuchRequest / RequestNotQueued if the request cannot be claimed. With
+        `first_step` (its name), step 1 starts in the same transaction and it fires with
+        (build_id, number, step_id): one commit fewer per build."""
+        if first_step is None:
+            return self._call(sql.start_build, request_id, builder, slave,
+                              self._reactor.seconds())
+        d = self._call(sql.start_build_and_step, request_id, builder, slave, first_step,
+                       self._reactor.seconds())
+
+        def remember(started):
+            self._step_builds[started[2]] = started[0]
+            return started
+        return d.addCallback(remember)
 
     def requeue_request(self, request_id: int):
         """Put a claimed request back in the queue (its build was cut short); retries += 1."""

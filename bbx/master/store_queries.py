@@ -153,6 +153,11 @@ def start_build(sql, request_id, builder, slave, now):
     return build_id, number
 
 
+def start_build_and_step(sql, request_id, builder, slave, step_name, now):
+    build_id, number = start_build(sql, request_id, builder, slave, now)
+    return build_id, number, start_step(sql, build_id, 1, step_name, now)
+
+
 def requeue_request(sql, request_id):
     _request_state(sql, request_id)
     sql.write("UPDATE requests SET state = 'queued', claimed_by_build = NULL, "
