@@ -120,6 +120,19 @@ class Farm:
         proc.popen.wait(10)
 
 
+def running_farm(directory: Path, toml: str, *slaves: str):
+    """A Farm in `directory` with its master and `slaves` (default s1) started, for module
+    fixtures (`yield from running_farm(...)`): yields the farm, then stops it."""
+    farm = Farm(directory, toml)
+    try:
+        farm.start_master()
+        for name in slaves or ("s1",):
+            farm.start_slave(name)
+        yield farm
+    finally:
+        farm.stop()
+
+
 def stored_log(db: Path, build_id: int, stream: str | None = None) -> str:
     """A build's log straight from the SQLite file, in order."""
     conn = sqlite3.connect(db)

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from tests.buildfarm import Farm, master_toml, stored_log
+from tests.buildfarm import master_toml, stored_log, running_farm
 from tests.support import wait_until
 
 BUILDERS = '''
@@ -112,13 +112,7 @@ slaves = ["s1"]
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory):
-    farm = Farm(tmp_path_factory.mktemp("builds"), master_toml(BUILDERS))
-    try:
-        farm.start_master()
-        farm.start_slave()
-        yield farm
-    finally:
-        farm.stop()
+    yield from running_farm(tmp_path_factory.mktemp("builds"), master_toml(BUILDERS))
 
 
 def events(stdout: str) -> list[dict]:

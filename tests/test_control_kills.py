@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.buildfarm import Farm, master_toml, stored_log
+from tests.buildfarm import master_toml, stored_log, running_farm
 from tests.support import marked, wait_until
 
 # A command with a TERM cleanup, and one that ignores TERM (its children inherit SIG_IGN).
@@ -58,13 +58,7 @@ command = ["echo", "hello"]
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory):
-    farm = Farm(tmp_path_factory.mktemp("kills"), master_toml(BUILDERS))
-    try:
-        farm.start_master()
-        farm.start_slave()
-        yield farm
-    finally:
-        farm.stop()
+    yield from running_farm(tmp_path_factory.mktemp("kills"), master_toml(BUILDERS))
 
 
 def running_with(marker: str) -> list[int]:

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from tests.buildfarm import PASSWORD, Farm, master_toml
+from tests.buildfarm import PASSWORD, Farm, master_toml, running_farm
 from tests.support import run_bbx
 from tests.tlsca import CertAuthority, self_signed
 
@@ -24,13 +24,8 @@ command = ["true"]
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory):
-    farm = Farm(tmp_path_factory.mktemp("doctor"), master_toml(BUILDERS, slaves=(("s1", 1), ("s2", 1))))
-    try:
-        farm.start_master()
-        farm.start_slave("s1")
-        yield farm
-    finally:
-        farm.stop()
+    yield from running_farm(tmp_path_factory.mktemp("doctor"),
+                            master_toml(BUILDERS, slaves=(("s1", 1), ("s2", 1))), "s1")
 
 
 def stages(result) -> dict:

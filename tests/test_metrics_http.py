@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 
 from bbx import metrics
-from tests.buildfarm import Farm, master_toml
+from tests.buildfarm import master_toml, running_farm
 from tests.support import BBX, Proc, run_bbx, wait_until
 
 BUILDERS = '''
@@ -30,14 +30,9 @@ def get(url: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory):
-    farm = Farm(tmp_path_factory.mktemp("metrics"), master_toml(
-        BUILDERS, slaves=(("s1", 1), ("s2", 1)), master_extra='http = "tcp:0:interface=127.0.0.1"'))
-    try:
-        farm.start_master()
-        farm.start_slave("s1")
-        yield farm
-    finally:
-        farm.stop()
+    yield from running_farm(tmp_path_factory.mktemp("metrics"), master_toml(
+        BUILDERS, slaves=(("s1", 1), ("s2", 1)), master_extra='http = "tcp:0:interface=127.0.0.1"'),
+        "s1")
 
 
 def test_master_metrics_count_slaves_builds_and_log_bytes(farm):
